@@ -1,0 +1,268 @@
+"""Run directories and checkpoints: save, find and load, without ever unpickling.
+
+A run directory is self-describing:
+
+    RUN_DIR/
+      run.json                 the fully resolved config of the run
+      metrics.jsonl            one JSON object per logged step and per eval
+      loss.png                 the loss curves
+      latest.json, best.json   pointers to checkpoint directories
+      checkpoints/step-000500/
+        config.json            format version, model type and model config
+        tokenizer.json         the tokenizer, so samples decode without the dataset
+        model.safetensors      the weights
+        state.json             step, best val loss, data position, python/numpy RNG
+        trainer.safetensors    optimizer tensors and torch RNG states (resume only)
+        optimizer.json         the optimizer's non-tensor state (resume only)
+
+A checkpoint directory is written under a temporary name, fsynced and renamed;
+then a pointer file is replaced atomically. A kill at any instant therefore
+leaves `latest.json` pointing at a complete checkpoint. Weights are
+safetensors and metadata JSON: loading a checkpoint runs no code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from folio.errors import FolioError
+from folio.fsutil import atomic_write_json, fsync_dir, fsync_file, read_json
+from folio.models import build_model, model_config_from_dict
+from folio.tokenizers import tokenizer_from_dict
+
+CHECKPOINT_FORMAT = "folio-checkpoint"
+CHECKPOINT_VERSION = 1
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights with any torch.compile / DDP wrapper prefix removed, tied tensors once."""
+    sd = {}
+    seen: dict[int, str] = {}
+    for k, v in model.state_dict().items():
+        for prefix in ("_orig_mod.", "module."):
+            while k.startswith(prefix):
+                k = k[len(prefix) :]
+        k = k.replace("._orig_mod.", ".")
+        ptr = v.data_ptr()
+        if ptr in seen and v.numel() > 0:  # a tied weight: safetensors refuses shared storage
+            continue
+        seen[ptr] = k
+        sd[k] = v.detach().contiguous().cpu()
+    return sd
+
+
+def _optimizer_to_files(
+    opt: torch.optim.Optimizer,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    plain_state: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for name, val in st.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"optim.{pid}.{name}"] = val.detach().contiguous().cpu()
+            else:
+                plain_state.setdefault(str(pid), {})[name] = val
+    return tensors, {"param_groups": sd["param_groups"], "state": plain_state}
+
+
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, val in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = val
+    for pid, st in meta.get("state", {}).items():
+        state.setdefault(int(pid), {}).update(st)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    run_dir: Path,
+    model: nn.Module,
+    model_config,
+    tokenizer,
+    state: dict[str, Any],
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    rng_tensors: dict[str, torch.Tensor] | None = None,
+    best: bool = False,
+    keep_latest: bool = True,
+) -> Path:
+    """Write a checkpoint for `state['step']` and point latest.json (and best.json) at it."""
+    run_dir = Path(run_dir)
+    step = int(state["step"])
+    ckpt_root = run_dir / "checkpoints"
+    final = ckpt_root / f"step-{step:08d}"
+    tmp = ckpt_root / f".step-{step:08d}.tmp-{os.getpid()}"
+    try:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        config = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "model_type": model_config.model_type,
+            "model": model_config.to_dict(),
+        }
+        atomic_write_json(tmp / "config.json", config)
+        atomic_write_json(tmp / "tokenizer.json", tokenizer.to_dict())
+        save_file(
+            clean_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"}
+        )
+        fsync_file(tmp / "model.safetensors")
+        if optimizer is not None:
+            tensors, opt_meta = _optimizer_to_files(optimizer)
+            tensors.update(rng_tensors or {})
+            save_file(tensors, str(tmp / "trainer.safetensors"))
+            fsync_file(tmp / "trainer.safetensors")
+            atomic_write_json(tmp / "optimizer.json", opt_meta)
+        atomic_write_json(tmp / "state.json", {"format_version": CHECKPOINT_VERSION, **state})
+        fsync_dir(tmp)
+        if final.exists():  # re-saving the same step (e.g. after a resume): replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        fsync_dir(ckpt_root)
+        pointer = {
+            "checkpoint": f"checkpoints/{final.name}",
+            "step": step,
+            "val_loss": state.get("val_loss"),
+        }
+        if keep_latest:
+            atomic_write_json(run_dir / "latest.json", pointer)
+        if best:
+            atomic_write_json(run_dir / "best.json", pointer)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FolioError(
+            f"cannot write checkpoint in {run_dir}: {e.strerror or e}; the previous checkpoint is intact"
+        ) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _prune(run_dir)
+    return final
+
+
+def _pointed(run_dir: Path) -> set[str]:
+    names = set()
+    for which in ("latest", "best"):
+        try:
+            names.add(Path(read_json(run_dir / f"{which}.json", "pointer")["checkpoint"]).name)
+        except (FolioError, KeyError, TypeError):
+            pass
+    return names
+
+
+def _prune(run_dir: Path) -> None:
+    """Remove checkpoint directories no pointer refers to, and stale temporaries."""
+    keep = _pointed(run_dir)
+    for d in (run_dir / "checkpoints").iterdir():
+        if d.name in keep:
+            continue
+        if _STEP_DIR.match(d.name) or (
+            d.name.startswith(".step-") and f"tmp-{os.getpid()}" not in d.name
+        ):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
+    """A checkpoint directory from a run directory (following latest/best) or a checkpoint path."""
+    path = Path(path)
+    if not path.exists():
+        raise FolioError(f"{path}: checkpoint or run directory not found")
+    if (path / "model.safetensors").exists() or (path / "config.json").exists():
+        return path
+    pointer = path / f"{which}.json"
+    if not pointer.exists():
+        if which == "best" and (path / "latest.json").exists():
+            return resolve_checkpoint(path, "latest")
+        raise FolioError(f"{path}: no checkpoint in this run directory ({pointer.name} missing)")
+    target = read_json(pointer, "checkpoint pointer")
+    try:
+        ckpt = path / target["checkpoint"]
+    except (KeyError, TypeError):
+        raise FolioError(f"{pointer}: checkpoint pointer is corrupt") from None
+    if not ckpt.is_dir():
+        raise FolioError(f"{pointer}: points to {ckpt}, which is missing")
+    return ckpt
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model ready to use, and what is needed to resume."""
+
+    path: Path
+    model: nn.Module
+    model_config: Any
+    tokenizer: Any
+    state: dict[str, Any]
+
+    def trainer_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """Optimizer state dict and RNG tensors, for --resume."""
+        f = self.path / "trainer.safetensors"
+        if not f.exists():
+            raise FolioError(
+                f"{self.path}: this checkpoint holds weights only and cannot be resumed"
+            )
+        tensors = _load_safetensors(f)
+        opt_meta = read_json(self.path / "optimizer.json", "optimizer state")
+        rng = {k: v for k, v in tensors.items() if not k.startswith("optim.")}
+        return _optimizer_from_files(tensors, opt_meta), rng
+
+
+def _load_safetensors(f: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(f))
+    except FileNotFoundError:
+        raise FolioError(f"{f}: file missing") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise FolioError(
+            f"{f}: not a valid safetensors file ({str(e).splitlines()[0][:120]})"
+        ) from None
+
+
+def load_checkpoint(
+    path: str | Path, which: str = "latest", device: str | torch.device = "cpu"
+) -> Checkpoint:
+    """Load a checkpoint (or a run directory's latest/best) into a fresh model."""
+    ckpt = resolve_checkpoint(path, which)
+    config = read_json(ckpt / "config.json", "checkpoint config")
+    if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
+        raise FolioError(f"{ckpt / 'config.json'}: not a Folio checkpoint")
+    version = config.get("version")
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise FolioError(
+            f"{ckpt / 'config.json'}: checkpoint format version {version!r} is newer than this "
+            f"Folio reads ({CHECKPOINT_VERSION}); upgrade Folio"
+        )
+    try:
+        model_config = model_config_from_dict(config["model_type"], dict(config["model"]))
+    except (KeyError, TypeError):
+        raise FolioError(f"{ckpt / 'config.json'}: model config is missing or malformed") from None
+    tokenizer = tokenizer_from_dict(read_json(ckpt / "tokenizer.json", "tokenizer"))
+    state = read_json(ckpt / "state.json", "training state")
+    weights = _load_safetensors(ckpt / "model.safetensors")
+    model = build_model(model_config)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {"lm_head.weight"} if getattr(model_config, "tie_weights", False) else set()
+    if set(missing) - tied or unexpected:
+        raise FolioError(
+            f"{ckpt / 'model.safetensors'}: weights do not match the config "
+            f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+    for name, t in weights.items():
+        if not torch.isfinite(t).all():
+            raise FolioError(f"{ckpt / 'model.safetensors'}: tensor {name} holds NaN or Inf values")
+    return Checkpoint(ckpt, model.to(device), model_config, tokenizer, state)

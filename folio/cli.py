@@ -1,0 +1,359 @@
+"""The `folio` command: a thin layer over functions a notebook can call too.
+
+Every error a user can cause surfaces as a FolioError, printed here as one
+line on stderr with exit status 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from folio.errors import FolioError
+
+
+def _fmt_help(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from folio.data.corpora import load_corpus
+    from folio.data.prepare import prepare_dataset
+
+    corpus = load_corpus(args.sources, errors=args.errors, input_path=args.input)
+    s = prepare_dataset(corpus, Path(args.out), val_fraction=args.val_fraction)
+    print(f"corpus: {corpus.name} ({len(corpus.files)} file(s))")
+    print(f"length of dataset in characters: {s.characters:,}")
+    print(f"vocabulary ({s.vocab_size} characters): {s.vocab!r}")
+    print(f"train tokens: {s.train_tokens:,}  val tokens: {s.val_tokens:,}  ({s.dtype})")
+    print("excerpt:")
+    print("  " + s.excerpt[:200].replace("\n", "\n  "))
+    print(f"wrote {s.out_dir}")
+
+
+def _overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
+    from folio.train.config import parse_override
+
+    pairs = [parse_override(s) for s in args.set or []]
+    for flag, key in (
+        ("max_iters", "train.max_iters"),
+        ("seed", "train.seed"),
+        ("dtype", "train.dtype"),
+        ("device", "train.device"),
+        ("threads", "train.threads"),
+        ("max_time", "train.max_time"),
+        ("patience", "train.patience"),
+        ("batch_size", "train.batch_size"),
+        ("learning_rate", "train.learning_rate"),
+        ("eval_interval", "train.eval_interval"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            pairs.append((key, value))
+    if getattr(args, "compile", False):
+        pairs.append(("train.compile", True))
+    return pairs
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from folio.train.config import build_run_config
+    from folio.train.trainer import train
+
+    run = build_run_config(args.preset, _overrides(args))
+    result = train(run, args.data, args.out, resume=args.resume, progress=not args.quiet)
+    summary = {
+        "run_dir": str(result.run_dir),
+        "step": result.step,
+        "train_loss": result.train_loss,
+        "val_loss": result.val_loss,
+        "best_val_loss": result.best_val_loss,
+        "seconds": round(result.seconds, 2),
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        "params": result.n_params,
+        "stopped": result.stopped,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"done: step {result.step}, val loss {result.val_loss:.4f}, "
+            f"{result.seconds:.1f} s, {result.tokens_per_s:,.0f} tokens/s -> {result.run_dir}"
+        )
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from folio.checkpoint import load_checkpoint
+    from folio.data.batches import Dataset
+    from folio.eval import evaluate_split
+    from folio.fsutil import read_json
+    from folio.train.device import autocast, pick_device, resolve_dtype
+
+    device = pick_device(args.device)
+    ck = load_checkpoint(args.checkpoint, args.which, device)
+    data_dir = args.data
+    if data_dir is None:
+        run_json = Path(args.checkpoint) / "run.json"
+        if not run_json.exists():
+            raise FolioError(
+                f"{args.checkpoint}: no run.json naming the dataset; pass --data DATA_DIR"
+            )
+        data_dir = read_json(run_json, "run config")["data"]
+    ds = Dataset.open(data_dir)
+    if ds.tokenizer.to_dict() != ck.tokenizer.to_dict():
+        raise FolioError(
+            f"{ck.path}: the checkpoint's tokenizer does not match the dataset {data_dir}"
+        )
+    dtype = resolve_dtype(args.dtype, device)
+    block = ck.model_config.block_size
+    out: dict[str, object] = {"checkpoint": str(ck.path), "step": ck.state.get("step")}
+    for split in args.splits:
+        r = evaluate_split(
+            ck.model,
+            ds.tokens(split),
+            block,
+            device,
+            lambda: autocast(device, dtype),
+            n_bytes=ds.meta.get(f"{split}_bytes"),
+            batch_size=args.batch_size,
+            max_batches=args.max_batches,
+        )
+        out[f"{split}_loss"] = r["loss"]
+        out[f"{split}_perplexity"] = r["perplexity"]
+        out[
+            f"{split}_bits_per_char" if ck.tokenizer.kind == "char" else f"{split}_bits_per_token"
+        ] = r["bits_per_token"]
+        if "bits_per_byte" in r:
+            out[f"{split}_bits_per_byte"] = r["bits_per_byte"]
+        out[f"{split}_tokens"] = r["tokens"]
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import warnings
+
+    from folio.checkpoint import load_checkpoint
+    from folio.sample import Sampler, SamplingConfig
+    from folio.train.device import pick_device, resolve_dtype
+
+    device = pick_device(args.device)
+    ck = load_checkpoint(args.checkpoint, args.which, device)
+    cfg = SamplingConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=args.stop or [],
+        num_samples=args.num_samples,
+    )
+    dtype = resolve_dtype(args.dtype, device)
+    sampler = Sampler(
+        ck.model,
+        ck.tokenizer,
+        device=device,
+        dtype=None if dtype.is_floating_point and dtype.itemsize == 4 else dtype,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if args.stream and cfg.num_samples == 1:
+            sys.stdout.write(args.prompt)
+            for pieces in sampler.stream(args.prompt, cfg):
+                sys.stdout.write(pieces[0])
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        else:
+            for i, text in enumerate(sampler.generate(args.prompt, cfg)):
+                if cfg.num_samples > 1:
+                    print(f"--- sample {i + 1} ---")
+                print(args.prompt + text)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="folio",
+        description="Folio: build, train, sample and evaluate a GPT from scratch.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pp = sub.add_parser("prepare", help="tokenize a corpus into a dataset directory")
+    _fmt_help(pp)
+    pp.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="'shakespeare', 'tinyshakespeare', or text files / directories / globs",
+    )
+    pp.add_argument("--out", required=True, help="dataset directory to write")
+    pp.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of tokens (the end) kept for validation",
+    )
+    pp.add_argument("--input", default=None, help="local copy of tinyshakespeare's input.txt")
+    pp.add_argument(
+        "--errors",
+        choices=["strict", "replace"],
+        default="strict",
+        help="how to treat bytes that are not UTF-8",
+    )
+    pp.set_defaults(func=cmd_prepare)
+
+    from folio.train.config import list_presets
+
+    pt = sub.add_parser("train", help="train a model on a prepared dataset")
+    _fmt_help(pt)
+    pt.add_argument("--data", required=True, help="dataset directory from `folio prepare`")
+    pt.add_argument(
+        "--preset",
+        default="bigram",
+        help=f"preset name ({', '.join(list_presets())}) or a TOML file",
+    )
+    pt.add_argument("--out", required=True, help="run directory (checkpoints, metrics, plot)")
+    pt.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a preset field, e.g. train.learning_rate=3e-4 or model.n_layer=4 (repeatable)",
+    )
+    pt.add_argument(
+        "--max-iters", type=int, default=None, help="optimizer steps (overrides the preset)"
+    )
+    pt.add_argument("--seed", type=int, default=None, help="random seed (overrides the preset)")
+    pt.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch")
+    pt.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
+    pt.add_argument(
+        "--eval-interval", type=int, default=None, help="steps between evals and checkpoints"
+    )
+    pt.add_argument(
+        "--dtype",
+        default=None,
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="precision (preset default: auto)",
+    )
+    pt.add_argument(
+        "--device", default=None, help="auto, cpu, cuda, cuda:N or mps (preset default: auto)"
+    )
+    pt.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: physical cores)"
+    )
+    pt.add_argument(
+        "--compile", action="store_true", help="use torch.compile (falls back to eager on failure)"
+    )
+    pt.add_argument(
+        "--max-time",
+        type=float,
+        default=None,
+        help="stop after this many seconds, saving a checkpoint",
+    )
+    pt.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="early stop after this many evals without improvement",
+    )
+    pt.add_argument(
+        "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
+    )
+    pt.add_argument("--quiet", action="store_true", help="no progress bar")
+    pt.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    pt.set_defaults(func=cmd_train)
+
+    pe = sub.add_parser("eval", help="loss, perplexity and bits per character of a checkpoint")
+    _fmt_help(pe)
+    pe.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+    pe.add_argument(
+        "--which",
+        choices=["latest", "best"],
+        default="latest",
+        help="which checkpoint of a run directory",
+    )
+    pe.add_argument(
+        "--data", default=None, help="dataset directory (default: the one the run trained on)"
+    )
+    pe.add_argument(
+        "--splits",
+        nargs="+",
+        choices=["train", "val"],
+        default=["train", "val"],
+        help="splits to evaluate",
+    )
+    pe.add_argument(
+        "--max-batches",
+        type=int,
+        default=None,
+        help="stop after this many batches per split (default: the whole split)",
+    )
+    pe.add_argument("--batch-size", type=int, default=32, help="windows per batch")
+    pe.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="precision",
+    )
+    pe.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    pe.add_argument("--json", action="store_true", help="print one JSON object")
+    pe.set_defaults(func=cmd_eval)
+
+    ps = sub.add_parser("sample", help="generate text from a checkpoint")
+    _fmt_help(ps)
+    ps.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+    ps.add_argument(
+        "--which",
+        choices=["latest", "best"],
+        default="latest",
+        help="which checkpoint of a run directory",
+    )
+    ps.add_argument("--prompt", default="", help="text to continue (empty: start from a newline)")
+    ps.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate")
+    ps.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    ps.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    ps.add_argument(
+        "--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]"
+    )
+    ps.add_argument("--seed", type=int, default=None, help="seed for reproducible samples")
+    ps.add_argument(
+        "--stop",
+        action="append",
+        metavar="TEXT",
+        help="stop a sample when it produces TEXT (repeatable)",
+    )
+    ps.add_argument(
+        "--num-samples", type=int, default=1, help="samples decoded together as a batch"
+    )
+    ps.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    ps.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="precision",
+    )
+    ps.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    ps.set_defaults(func=cmd_sample)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except FolioError as e:
+        print(f"folio: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("folio: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

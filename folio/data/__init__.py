@@ -1,0 +1,1 @@
+"""Data: corpora -> token files -> batches."""

@@ -1,0 +1,89 @@
+"""Writing files so that nothing a user has is ever half-written.
+
+Every file goes to a temporary name in the same directory, is flushed and
+fsynced, then renamed over its final name: a crash at any instant leaves
+either the old file or the new one, never a mixture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from folio.errors import FolioError
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp_path), fsync it, then rename it to `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise FolioError(f"cannot write {path}: {e.strerror or e}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Load a JSON file, turning every way it can be missing or broken into one clear line."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FolioError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FolioError(
+            f"{path}: {what} is unreadable or corrupt ({e.__class__.__name__})"
+        ) from None
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the finished directory `tmp` to `final`, replacing any directory there.
+
+    The old directory is renamed aside first and removed last, so that a
+    crash leaves either the old or the new one in place (or, for an instant,
+    the old one under its aside name).
+    """
+    aside = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.rename(final, aside)
+    os.rename(tmp, final)
+    fsync_dir(final.parent)
+    if aside.exists():
+        shutil.rmtree(aside, ignore_errors=True)

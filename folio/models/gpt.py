@@ -1,0 +1,197 @@
+"""The GPT: a decoder-only Transformer, as built in the video and in GPT-2.
+
+Notation: B batch, T time, C channels (n_embd), V vocabulary size.
+
+Read top to bottom: feed-forward -> block -> the model. Parameter names follow
+GPT-2 (`wte`, `wpe`, `h`, `ln_1`, `attn`, `c_attn`, `c_proj`, `ln_2`, `mlp`,
+`c_fc`, `ln_f`, `lm_head`) so that mapping weights to Hugging Face is a short
+table. Blocks are pre-LayerNorm (x + attn(ln(x))), as in GPT-2 and the video,
+rather than the post-norm of "Attention Is All You Need".
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from folio.models.attention import CausalSelfAttention, CrossAttention, MultiHeadAttention
+from folio.models.config import GPTConfig
+from folio.models.kv_cache import KVCache, LayerKVCache
+
+
+def _activation(name: str) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU()
+    return nn.GELU(approximate="tanh" if name == "gelu_tanh" else "none")
+
+
+def _layer_norm(config: GPTConfig) -> nn.Module:
+    return nn.LayerNorm(config.n_embd, bias=config.bias) if config.layer_norm else nn.Identity()
+
+
+class MLP(nn.Module):
+    """Feed-forward: each token thinks on its own about what attention gathered."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        hidden = config.mlp_ratio * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.act = _activation(config.activation)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Communication (attention) then computation (feed-forward), each on a residual branch.
+
+    With `cross=True` the block also attends to another sequence between the
+    two (a decoder block of an encoder-decoder Transformer).
+    """
+
+    def __init__(self, config: GPTConfig, cross: bool = False) -> None:
+        super().__init__()
+        self.residual = config.residual
+        args = (config.n_embd, config.n_head, config.dropout, config.bias)
+        self.ln_1 = _layer_norm(config)
+        if config.attention == "fused":
+            self.attn = CausalSelfAttention(*args, causal=config.causal)
+        else:
+            self.attn = MultiHeadAttention(*args, causal=config.causal)
+        if cross:
+            self.ln_cross = _layer_norm(config)
+            self.cross_attn = CrossAttention(*args)
+        if config.feed_forward:
+            self.ln_2 = _layer_norm(config)
+            self.mlp = MLP(config)
+
+    def _add(self, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        return x + branch if self.residual else branch
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: LayerKVCache | None = None,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h = self.ln_1(x)
+        x = self._add(x, self.attn(h, cache) if cache is not None else self.attn(h))
+        if hasattr(self, "cross_attn"):
+            if context is None:
+                raise ValueError("a cross-attention block needs a context sequence")
+            x = self._add(x, self.cross_attn(self.ln_cross(x), context))
+        if hasattr(self, "mlp"):
+            x = self._add(x, self.mlp(self.ln_2(x)))
+        return x
+
+
+class GPT(nn.Module):
+    """Token and position embeddings -> n_layer blocks -> final LayerNorm -> logits."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        modules = {"wte": nn.Embedding(config.vocab_size, config.n_embd)}
+        if config.pos_embedding:
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules["drop"] = nn.Dropout(config.dropout)
+        modules["h"] = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        modules["ln_f"] = _layer_norm(config)
+        self.transformer = nn.ModuleDict(modules)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the projections that write into the residual stream by
+        # 1/sqrt(2 * n_layer), so the stream's variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """All parameters, a tied matrix counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def new_kv_cache(
+        self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        """An empty cache for `batch` sequences of up to `max_len` (default block_size) positions."""
+        c = self.config
+        if c.attention != "fused" or not c.causal:
+            raise ValueError("the KV cache needs causal (decoder) attention in the fused form")
+        p = self.transformer.wte.weight
+        return KVCache(
+            c.n_layer,
+            batch,
+            c.n_head,
+            max_len or c.block_size,
+            c.head_size,
+            dtype or p.dtype,
+            p.device,
+        )
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V) and, given targets (B, T), the mean cross-entropy loss.
+
+        With a cache, idx holds only the new positions; they are placed after
+        the cached ones. `last_only` computes logits for the final position
+        only (B, 1, V), which is all that sampling needs.
+        """
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if self.config.pos_embedding and start + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {start + T} positions exceeds block_size {self.config.block_size}"
+            )
+        x = self.transformer.wte(idx)  # (B, T) -> (B, T, C)
+        if self.config.pos_embedding:
+            pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+            x = x + self.transformer.wpe(pos)  # (B, T, C) + (T, C) -> (B, T, C)
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache.layers[i] if cache is not None else None)
+        x = self.transformer.ln_f(x)
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C)
+        logits = self.lm_head(x)  # (B, T, C) -> (B, T, V)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(
+        self, idx: torch.Tensor, max_new_tokens: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The video's sampling loop: re-run the last block_size tokens for every new token.
+
+        Kept as the reference the KV-cached sampler (folio.sample) is tested against.
+        """
+        for _ in range(max_new_tokens):
+            idx_cond = idx[:, -self.config.block_size :]  # (B, <= block_size)
+            logits, _ = self(idx_cond, last_only=True)  # (B, 1, V)
+            probs = F.softmax(logits[:, -1, :].float(), dim=-1)  # (B, V)
+            idx_next = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+            idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
+        return idx

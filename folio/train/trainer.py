@@ -1,0 +1,514 @@
+"""The training loop: batches -> loss -> gradients -> AdamW step, with everything
+a long run needs to be trusted.
+
+One optimizer step: `grad_accum` micro-batches, each loss divided by
+grad_accum so the summed gradient equals that of one big batch; clip the
+global norm; set the scheduled learning rate; step. Every `eval_interval`
+steps: estimate train/val loss on fixed batches, write metrics and the loss
+plot, checkpoint (latest; best when val improved). Resume restores weights,
+optimizer, the data sampler's and dropout's random states and the step, so a
+resumed run continues exactly as if never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from folio.checkpoint import load_checkpoint, save_checkpoint
+from folio.data.batches import Dataset, get_batch
+from folio.errors import FolioError
+from folio.eval import estimate_loss
+from folio.fsutil import atomic_write_json
+from folio.models import build_model, model_config_from_dict
+from folio.train.config import RunConfig
+from folio.train.device import (
+    autocast,
+    flops_per_token,
+    peak_flops,
+    physical_cores,
+    pick_device,
+    resolve_dtype,
+)
+from folio.train.optim import learning_rate, make_optimizer
+
+
+@dataclass
+class TrainResult:
+    """What a run ended with."""
+
+    run_dir: Path
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    seconds: float
+    tokens_per_s: float
+    n_params: int
+    stopped: str
+    """Why the run ended: 'max_iters', 'max_time', 'patience' or 'interrupted'."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _StopFlag:
+    """Ctrl-C asks the loop to stop at the next step boundary; a second Ctrl-C aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def _rng_tensors(data_gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    out = {"rng.torch": torch.get_rng_state(), "rng.data": data_gen.get_state()}
+    if device.type == "cuda":
+        out["rng.cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def _py_np_rng() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python_rng": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+
+
+def _restore_py_np_rng(state: dict[str, Any]) -> None:
+    if "python_rng" in state:
+        v, internal, gauss = state["python_rng"]
+        random.setstate((v, tuple(internal), gauss))
+    if "numpy_rng" in state:
+        name, keys, pos, has_gauss, cached = state["numpy_rng"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _maybe_compile(
+    model: nn.Module, enabled: bool, example: tuple[torch.Tensor, torch.Tensor], log
+) -> nn.Module:
+    if not enabled:
+        return model
+    try:
+        compiled = torch.compile(model)
+        _, loss = compiled(*example)  # compile now, so a failure shows here and not mid-run
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return compiled
+    except Exception as e:  # noqa: BLE001 - any compiler failure means: run eager
+        model.zero_grad(set_to_none=True)
+        log(
+            f"warning: torch.compile failed ({e.__class__.__name__}: {str(e).splitlines()[0][:100]}); running eager"
+        )
+        return model
+
+
+class MetricsLog:
+    """Appends JSON lines to RUN_DIR/metrics.jsonl and keeps them for the plot."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if resume_step is not None and path.exists():
+            # Keep what happened up to the checkpoint; drop rows the resumed run will redo.
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                if row.get("step", 0) <= resume_step:
+                    self.rows.append(row)
+            atomic_write_json_lines(path, self.rows)
+        elif path.exists():
+            path.unlink()
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def atomic_write_json_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    from folio.fsutil import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def train(
+    run: RunConfig,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log=print,
+) -> TrainResult:
+    """Train the model `run` describes on the dataset in `data_dir`, writing the run to `out_dir`."""
+    tc = run.train
+    out_dir = Path(out_dir)
+    ds = Dataset.open(data_dir)
+    tokenizer = ds.tokenizer
+    model_fields = dict(run.model)
+    model_fields.setdefault("vocab_size", ds.vocab_size)
+    if model_fields["vocab_size"] != ds.vocab_size:
+        raise FolioError(
+            f"model vocab_size {model_fields['vocab_size']} does not match the dataset's {ds.vocab_size}"
+        )
+    model_config = model_config_from_dict(run.model_type, model_fields)
+    block_size = model_config.block_size
+    ds.check_block_size(block_size)
+
+    device = pick_device(tc.device)
+    dtype = resolve_dtype(tc.dtype, device)
+    if device.type == "cpu":
+        torch.set_num_threads(tc.threads or physical_cores())
+    random.seed(tc.seed)
+    np.random.seed(tc.seed % 2**32)
+    torch.manual_seed(tc.seed)
+    data_gen = torch.Generator().manual_seed(tc.seed)
+
+    model = build_model(model_config).to(device)
+    n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    optimizer = make_optimizer(
+        model, tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2), device.type
+    )
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+    step, best_val, tokens_seen = 0, math.inf, 0
+    if resume:
+        if not (out_dir / "latest.json").exists():
+            raise FolioError(
+                f"{out_dir}: nothing to resume (no latest.json); drop --resume to start fresh"
+            )
+        ck = load_checkpoint(out_dir, "latest")
+        if ck.model_config != model_config:
+            raise FolioError(
+                f"{ck.path}: the checkpoint's model config differs from this run's; resume with the same preset"
+            )
+        if ck.tokenizer.to_dict() != tokenizer.to_dict():
+            raise FolioError(
+                f"{ck.path}: the checkpoint's tokenizer does not match the dataset {data_dir}"
+            )
+        model.load_state_dict(ck.model.state_dict())
+        opt_state, rng = ck.trainer_state()
+        optimizer.load_state_dict(opt_state)
+        step = int(ck.state["step"])
+        best_val = float(ck.state.get("best_val_loss") or math.inf)
+        tokens_seen = int(ck.state.get("tokens_seen", 0))
+        torch.set_rng_state(rng["rng.torch"])
+        data_gen.set_state(rng["rng.data"])
+        if "rng.cuda" in rng and device.type == "cuda":
+            torch.cuda.set_rng_state(rng["rng.cuda"], device)
+        _restore_py_np_rng(ck.state)
+        log(f"resuming from {ck.path} at step {step}")
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        atomic_write_json(
+            out_dir / "run.json",
+            {**run.to_dict(), "model": model_config.to_dict(), "data": str(data_dir)},
+        )
+    except FolioError:
+        raise
+    metrics = MetricsLog(out_dir / "metrics.jsonl", step if resume else None)
+
+    train_data, val_data = ds.tokens("train"), ds.tokens("val")
+    tokens_per_step = tc.batch_size * tc.grad_accum * block_size
+    ac = lambda: autocast(device, dtype)  # noqa: E731
+    example = tuple(
+        t.to(device)
+        for t in get_batch(train_data, tc.batch_size, block_size, torch.Generator().manual_seed(0))
+    )
+    fwd = _maybe_compile(model, tc.compile, example, log)
+    flops_tok = flops_per_token(
+        n_params,
+        getattr(model_config, "n_layer", 0),
+        getattr(model_config, "n_embd", 0),
+        block_size,
+    )
+    peak = None
+
+    log(
+        f"{run.model_type} model, {n_params / 1e6:.2f}M parameters | device {device}, "
+        f"{'fp32' if dtype == torch.float32 else str(dtype).split('.')[-1] + ' autocast'}, "
+        f"{torch.get_num_threads() if device.type == 'cpu' else ''} threads | {tokens_per_step} tokens/step"
+    )
+
+    def evaluate() -> dict[str, float]:
+        losses = estimate_loss(
+            fwd,
+            {"train": train_data, "val": val_data},
+            tc.batch_size,
+            block_size,
+            tc.eval_iters,
+            tc.seed + 1,
+            device,
+            ac,
+        )
+        return losses
+
+    history: list[dict[str, Any]] = []
+    last_eval: dict[str, float] = {}
+    evals_since_best = 0
+    stop_flag = _StopFlag()
+    old_handler = signal.signal(signal.SIGINT, stop_flag) if _main_thread() else None
+    stopped = "max_iters"
+    t_start = time.perf_counter()
+    train_time = 0.0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=tc.max_iters,
+            initial=step,
+            desc="train",
+            unit="it",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+
+    def do_eval_and_checkpoint(final: bool) -> None:
+        nonlocal best_val, evals_since_best, last_eval
+        losses = evaluate()
+        last_eval = losses
+        improved = losses["val"] < best_val
+        if improved:
+            best_val, evals_since_best = losses["val"], 0
+        else:
+            evals_since_best += 1
+        row = {
+            "step": step,
+            "tokens": tokens_seen,
+            "train_loss": losses["train"],
+            "val_loss": losses["val"],
+            "eval": True,
+            "time": time.perf_counter() - t_start,
+        }
+        history.append(row)
+        metrics.write(row)
+        msg = f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+        (bar.write if bar else log)(msg)
+        if tc.save_checkpoints and step > 0:
+            state = {
+                "step": step,
+                "tokens_seen": tokens_seen,
+                "val_loss": losses["val"],
+                "train_loss": losses["train"],
+                "best_val_loss": best_val,
+                **_py_np_rng(),
+            }
+            save_checkpoint(
+                out_dir,
+                model,
+                model_config,
+                tokenizer,
+                state,
+                optimizer=optimizer,
+                rng_tensors=_rng_tensors(data_gen, device),
+                best=improved,
+            )
+        _plot(out_dir, metrics.rows)
+
+    try:
+        if tc.eval_at_start and step == 0:
+            do_eval_and_checkpoint(final=False)
+        model.train()
+        while step < tc.max_iters:
+            t0 = time.perf_counter()
+            lr = learning_rate(
+                step,
+                schedule=tc.lr_schedule,
+                max_lr=tc.learning_rate,
+                min_lr=tc.min_lr,
+                warmup_iters=tc.warmup_iters,
+                max_iters=tc.max_iters,
+                decay_fraction=tc.decay_fraction,
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for _ in range(tc.grad_accum):
+                x, y = get_batch(train_data, tc.batch_size, block_size, data_gen)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with ac():
+                    _, loss = fwd(x, y)
+                loss = loss / tc.grad_accum
+                (scaler.scale(loss) if scaler else loss).backward()
+                loss_sum += loss.detach().float().item()
+            if scaler:
+                scaler.unscale_(optimizer)
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf
+                )
+            )
+            if not math.isfinite(loss_sum) or (not math.isfinite(grad_norm) and scaler is None):
+                _nan_snapshot(out_dir, model, model_config, tokenizer, step, x, y)
+                what = "loss" if not math.isfinite(loss_sum) else "gradient norm"
+                raise FolioError(
+                    f"step {step}: the {what} became {loss_sum if what == 'loss' else grad_norm} "
+                    f"(likely causes: learning rate {lr:g} too high, float16 overflow, or bad data); "
+                    f"a diagnostic snapshot is in {out_dir / f'nan-step-{step}'}"
+                )
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tokens_per_step
+            dt = time.perf_counter() - t0
+            train_time += dt
+            tok_s = tokens_per_step / dt
+            if step % tc.log_interval == 0 or step == tc.max_iters:
+                if peak is None and flops_tok:
+                    peak = peak_flops(device, dtype)
+                mfu = flops_tok * tok_s / peak if peak else None
+                row = {
+                    "step": step,
+                    "tokens": tokens_seen,
+                    "loss": loss_sum,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": tok_s,
+                    "mfu": mfu,
+                    "time": time.perf_counter() - t_start,
+                }
+                metrics.write(row)
+            if bar:
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False
+                )
+            elapsed = time.perf_counter() - t_start
+            out_of_time = tc.max_time > 0 and elapsed >= tc.max_time
+            if (
+                step % tc.eval_interval == 0
+                or step == tc.max_iters
+                or out_of_time
+                or stop_flag.requested
+            ):
+                do_eval_and_checkpoint(final=step == tc.max_iters)
+                if tc.patience and evals_since_best >= tc.patience:
+                    stopped = "patience"
+                    log(
+                        f"early stop: val loss has not improved for {tc.patience} evals (best {best_val:.4f})"
+                    )
+                    break
+            if out_of_time:
+                stopped = "max_time"
+                log(f"time budget of {tc.max_time:g} s reached at step {step}")
+                break
+            if stop_flag.requested:
+                stopped = "interrupted"
+                log(f"interrupted: checkpoint saved at step {step}; continue with --resume")
+                break
+    finally:
+        if bar:
+            bar.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    seconds = time.perf_counter() - t_start
+    return TrainResult(
+        run_dir=out_dir,
+        step=step,
+        train_loss=last_eval.get("train"),
+        val_loss=last_eval.get("val"),
+        best_val_loss=best_val if math.isfinite(best_val) else None,
+        seconds=seconds,
+        tokens_per_s=(tokens_seen / train_time) if train_time else 0.0,
+        n_params=n_params,
+        stopped=stopped,
+        history=history,
+    )
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _nan_snapshot(out_dir: Path, model, model_config, tokenizer, step, x, y) -> None:
+    """Weights and the offending batch, for a post-mortem of a NaN."""
+    from safetensors.torch import save_file
+
+    from folio.checkpoint import clean_state_dict
+
+    d = out_dir / f"nan-step-{step}"
+    d.mkdir(parents=True, exist_ok=True)
+    save_file(clean_state_dict(model), str(d / "model.safetensors"))
+    save_file({"x": x.cpu().contiguous(), "y": y.cpu().contiguous()}, str(d / "batch.safetensors"))
+    atomic_write_json(
+        d / "config.json",
+        {
+            "step": step,
+            "model_type": model_config.model_type,
+            "model": model_config.to_dict(),
+            "tokenizer": tokenizer.to_dict(),
+        },
+    )
+
+
+def _plot(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Train and val loss against step and against tokens seen, as RUN_DIR/loss.png."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    steps = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if r.get("eval")]
+    if not steps and not evals:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, xkey, xlabel in ((axes[0], "step", "step"), (axes[1], "tokens", "tokens seen")):
+        if steps:
+            ax.plot(
+                [r[xkey] for r in steps],
+                [r["loss"] for r in steps],
+                lw=0.8,
+                alpha=0.6,
+                label="train (batch)",
+            )
+        if evals:
+            ax.plot(
+                [r[xkey] for r in evals],
+                [r["train_loss"] for r in evals],
+                "o-",
+                label="train (eval)",
+            )
+            ax.plot(
+                [r[xkey] for r in evals], [r["val_loss"] for r in evals], "o-", label="val (eval)"
+            )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = out_dir / ".loss.png.tmp"
+    try:
+        fig.savefig(tmp, format="png", dpi=90)
+        tmp.replace(out_dir / "loss.png")
+    except OSError as e:
+        warnings.warn(f"could not write loss plot: {e}", stacklevel=2)
+    finally:
+        plt.close(fig)
