@@ -50,9 +50,12 @@ def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     sd = {}
     seen: dict[int, str] = {}
     for k, v in model.state_dict().items():
-        for prefix in ("_orig_mod.", "module."):
-            while k.startswith(prefix):
-                k = k[len(prefix) :]
+        stripped = True
+        while stripped:  # in any order and nesting: DDP(compile(m)) gives module._orig_mod.
+            stripped = False
+            for prefix in ("_orig_mod.", "module."):
+                if k.startswith(prefix):
+                    k, stripped = k[len(prefix) :], True
         k = k.replace("._orig_mod.", ".")
         ptr = v.data_ptr()
         if ptr in seen and v.numel() > 0:  # a tied weight: safetensors refuses shared storage
@@ -249,13 +252,27 @@ def load_checkpoint(
         )
     try:
         model_config = model_config_from_dict(config["model_type"], dict(config["model"]))
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         raise FolioError(f"{ckpt / 'config.json'}: model config is missing or malformed") from None
-    tokenizer = tokenizer_from_dict(read_json(ckpt / "tokenizer.json", "tokenizer"))
+    except FolioError as e:
+        raise FolioError(f"{ckpt / 'config.json'}: {e}") from None
+    try:
+        tokenizer = tokenizer_from_dict(read_json(ckpt / "tokenizer.json", "tokenizer"))
+    except FolioError as e:
+        msg = str(e)
+        raise FolioError(msg if str(ckpt) in msg else f"{ckpt / 'tokenizer.json'}: {msg}") from None
     state = read_json(ckpt / "state.json", "training state")
+    if not isinstance(state, dict):
+        raise FolioError(f"{ckpt / 'state.json'}: training state is not a JSON object")
     weights = _load_safetensors(ckpt / "model.safetensors")
     model = build_model(model_config)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # a tensor whose shape the config does not give
+        raise FolioError(
+            f"{ckpt / 'model.safetensors'}: weights do not match the config "
+            f"({str(e).splitlines()[-1].strip()[:160]})"
+        ) from None
     tied = {"lm_head.weight"} if getattr(model_config, "tie_weights", False) else set()
     if set(missing) - tied or unexpected:
         raise FolioError(

@@ -99,7 +99,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
             raise FolioError(
                 f"{args.checkpoint}: no run.json naming the dataset; pass --data DATA_DIR"
             )
-        data_dir = read_json(run_json, "run config")["data"]
+        run_config = read_json(run_json, "run config")
+        data_dir = run_config.get("data") if isinstance(run_config, dict) else None
+        if not isinstance(data_dir, str):
+            raise FolioError(f"{run_json}: names no dataset; pass --data DATA_DIR")
     ds = Dataset.open(data_dir)
     if ds.tokenizer.to_dict() != ck.tokenizer.to_dict():
         raise FolioError(
@@ -174,6 +177,25 @@ def cmd_sample(args: argparse.Namespace) -> None:
                 print(args.prompt + text)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
+
+
+def cmd_ladder(args: argparse.Namespace) -> None:
+    from folio.ladder import markdown_table, rows_json, run_ladder
+
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    rows = run_ladder(
+        args.data,
+        args.out,
+        scale_up=args.scale_up,
+        seed=args.seed,
+        max_iters=args.max_iters,
+        log=log,
+    )
+    if args.json:
+        print(rows_json(rows))
+    else:
+        print(markdown_table(rows))
+        print(f"wrote {Path(args.out) / 'ladder.md'}, ladder.json and ladder.png")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,6 +360,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ps.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     ps.set_defaults(func=cmd_sample)
+    pb = sub.add_parser("bench", help="measure training or sampling speed")
+    bsub = pb.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    from folio import bench, bench_sample
+
+    pbt = bsub.add_parser("train", help="training tokens/s: baseline and fast modes side by side")
+    _fmt_help(pbt)
+    bench.add_train_arguments(pbt)
+    pbt.set_defaults(func=bench.run_train)
+    pbs = bsub.add_parser(
+        "sample", help="sampling tokens/s: KV cache against re-running the context"
+    )
+    _fmt_help(pbs)
+    pbs.add_argument("--preset", default="video", help="preset whose model is measured")
+    bench_sample.add_arguments(pbs)
+    pbs.set_defaults(func=bench_sample.run)
+
+    pl = sub.add_parser("ladder", help="reproduce the video's build-up as one table of val losses")
+    _fmt_help(pl)
+    pl.add_argument(
+        "--data", required=True, help="dataset directory (the video uses tinyshakespeare)"
+    )
+    pl.add_argument(
+        "--out", required=True, help="directory for the rung runs, ladder.md/.json/.png"
+    )
+    pl.add_argument(
+        "--scale-up", action="store_true", help="also train the video preset (hours on a CPU)"
+    )
+    pl.add_argument("--seed", type=int, default=1337, help="seed shared by every rung")
+    pl.add_argument(
+        "--max-iters", type=int, default=None, help="override every rung's iterations (quick look)"
+    )
+    pl.add_argument("--json", action="store_true", help="print the rows as one JSON list")
+    pl.set_defaults(func=cmd_ladder)
     return p
 
 

@@ -24,6 +24,28 @@ from folio.fsutil import read_json
 from folio.tokenizers import tokenizer_from_dict
 
 
+def _check_meta(where: Path, meta: dict[str, Any]) -> None:
+    """Every field the loaders read must be present and of the right type."""
+
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    problem = None
+    if not count(meta.get("version", 0)):
+        problem = "version must be an integer"
+    elif meta.get("dtype") not in ("uint16", "uint32"):
+        problem = f"dtype must be 'uint16' or 'uint32', got {meta.get('dtype')!r}"
+    elif not all(count(meta.get(k)) for k in ("vocab_size", "train_tokens", "val_tokens")):
+        problem = "vocab_size, train_tokens and val_tokens must be integers"
+    else:
+        try:
+            tokenizer_from_dict(meta.get("tokenizer"))
+        except FolioError as e:
+            problem = str(e)
+    if problem:
+        raise FolioError(f"{where}: dataset metadata is malformed ({problem})")
+
+
 @dataclass
 class Dataset:
     """A prepared dataset directory: token files and their metadata."""
@@ -39,11 +61,13 @@ class Dataset:
         meta = read_json(path / "meta.json", "dataset metadata")
         if not isinstance(meta, dict) or meta.get("format") != DATASET_FORMAT:
             raise FolioError(f"{path / 'meta.json'}: not a Folio dataset")
-        if meta.get("version", 0) > DATASET_VERSION:
+        version = meta.get("version", 0)
+        if isinstance(version, int) and version > DATASET_VERSION:
             raise FolioError(
-                f"{path}: dataset format version {meta.get('version')} is newer than this Folio "
+                f"{path}: dataset format version {version} is newer than this Folio "
                 f"understands ({DATASET_VERSION}); upgrade Folio"
             )
+        _check_meta(path / "meta.json", meta)
         ds = cls(path, meta)
         for split in ("train", "val"):
             f = path / f"{split}.bin"

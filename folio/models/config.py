@@ -13,6 +13,7 @@ from folio.errors import FolioError
 
 ATTENTION_FORMS = ("fused", "heads")
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+INITS = ("gpt2", "pytorch")
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -94,6 +95,9 @@ class GPTConfig:
     """Residual connections around attention and feed-forward (the ladder turns them on)."""
     layer_norm: bool = True
     """Pre-LayerNorm in each block and a final LayerNorm (the ladder turns them on)."""
+    init: str = "gpt2"
+    """'gpt2' (normal std 0.02, residual projections scaled by 1/sqrt(2 n_layer)) or
+    'pytorch' (PyTorch's default initialisation, as in the video's small stages)."""
 
     model_type = "gpt"
 
@@ -127,6 +131,8 @@ class GPTConfig:
             raise FolioError(
                 f"model config: attention must be one of {ATTENTION_FORMS}, got {self.attention!r}"
             )
+        if self.init not in INITS:
+            raise FolioError(f"model config: init must be one of {INITS}, got {self.init!r}")
         if self.activation not in ACTIVATIONS:
             raise FolioError(
                 f"model config: activation must be one of {ACTIVATIONS}, got {self.activation!r}"

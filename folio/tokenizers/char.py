@@ -60,12 +60,11 @@ class CharTokenizer:
             ) from None
 
     def decode(self, ids: Iterable[int]) -> str:
-        try:
-            return "".join(self.chars[int(i)] for i in ids)
-        except IndexError:
-            raise FolioError(
-                f"token id out of range for a vocabulary of {self.vocab_size}"
-            ) from None
+        ids = [int(i) for i in ids]
+        bad = next((i for i in ids if not 0 <= i < len(self.chars)), None)
+        if bad is not None:  # checked, since a negative index would silently wrap around
+            raise FolioError(f"token id {bad} out of range for a vocabulary of {self.vocab_size}")
+        return "".join(self.chars[i] for i in ids)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "chars": self.chars}

@@ -103,11 +103,15 @@ class TrainConfig:
                 )
         if self.learning_rate == 0:
             raise FolioError("train config: learning_rate must be positive")
-        for name in ("beta1", "beta2", "decay_fraction"):
-            if not 0.0 <= getattr(self, name) < 1.0 + (name == "decay_fraction"):
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
                 raise FolioError(
                     f"train config: {name} must be in [0, 1), got {getattr(self, name)}"
                 )
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            raise FolioError(
+                f"train config: decay_fraction must be in [0, 1], got {self.decay_fraction}"
+            )
         if self.lr_schedule not in SCHEDULES:
             raise FolioError(
                 f"train config: lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}"

@@ -126,9 +126,10 @@ def _matmul_flops(dtype: torch.dtype, device: torch.device, budget_s: float = 0.
     """Measured FLOP/s of a square matmul, growing the size while a product stays quick."""
     best = 0.0
     n = 256
+    g = torch.Generator().manual_seed(0)  # never the global RNG: measuring must not change a run
     while n <= 2048:
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
+        a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+        b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
         a @ b
         if device.type == "cuda":
             torch.cuda.synchronize()

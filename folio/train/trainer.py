@@ -103,10 +103,14 @@ def _maybe_compile(
 ) -> nn.Module:
     if not enabled:
         return model
+    device = example[0].device
     try:
         compiled = torch.compile(model)
-        _, loss = compiled(*example)  # compile now, so a failure shows here and not mid-run
-        loss.backward()
+        # Compile now, so a failure shows here and not mid-run; under fork_rng so the
+        # warm-up's dropout masks leave the run's (and a resume's) random stream alone.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            _, loss = compiled(*example)
+            loss.backward()
         model.zero_grad(set_to_none=True)
         return compiled
     except Exception as e:  # noqa: BLE001 - any compiler failure means: run eager
@@ -216,7 +220,10 @@ def train(
         _restore_py_np_rng(ck.state)
         log(f"resuming from {ck.path} at step {step}")
     else:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise FolioError(f"cannot create run directory {out_dir}: {e.strerror or e}") from None
     try:
         atomic_write_json(
             out_dir / "run.json",

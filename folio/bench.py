@@ -1,0 +1,236 @@
+"""`folio bench train`: training throughput of a preset, baseline and fast modes side by side.
+
+Every mode trains the same model (randomly initialised, random token batches:
+speed does not depend on the data) for a few optimizer steps after a warmup,
+and reports tokens/s and MFU (model FLOPs utilisation: the training FLOPs per
+token, 6N plus attention, times tokens/s, over the measured matmul peak of
+the dtype the mode computes in). Modes:
+
+- baseline: fp32, eager, the teaching list-of-Heads attention (how the video's code runs);
+- fused: fp32, eager, the fused attention kernel;
+- fused+compile: fp32, torch.compile (CPU inductor);
+- fused+bf16: bf16 autocast. On a CPU without AMX or AVX512-BF16 bf16 is emulated
+  and very slow, so it runs only with --bf16 there (and with fewer steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from typing import Any
+
+import torch
+
+from folio.bench_sample import preset_model_config
+from folio.models import GPT
+from folio.train.device import (
+    autocast,
+    cpu_has_fast_bf16,
+    flops_per_token,
+    peak_flops,
+    physical_cores,
+    pick_device,
+)
+from folio.train.optim import make_optimizer
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_mode(
+    preset: str,
+    *,
+    attention: str,
+    dtype: torch.dtype,
+    compile: bool,
+    steps: int,
+    warmup: int,
+    batch_size: int | None,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Train `steps` optimizer steps of the preset's model and time them."""
+    cfg = preset_model_config(preset)
+    cfg.attention = attention
+    torch.manual_seed(0)
+    model = GPT(cfg).to(device)
+    from folio.train.config import TrainConfig, load_preset_dict
+
+    tc = TrainConfig(**load_preset_dict(preset).get("train", {}))
+    B = batch_size or tc.batch_size
+    T = cfg.block_size
+    opt = make_optimizer(
+        model, tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2), device.type
+    )
+    fwd = torch.compile(model) if compile else model
+    g = torch.Generator().manual_seed(0)
+
+    def step() -> float:
+        x = torch.randint(cfg.vocab_size, (B, T), generator=g).to(device)
+        y = torch.randint(cfg.vocab_size, (B, T), generator=g).to(device)
+        with autocast(device, dtype):
+            _, loss = fwd(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss)
+
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    warm_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    tok_s = B * T * steps / dt
+    n_params = model.num_params()
+    peak = peak_flops(device, dtype)
+    return {
+        "tokens_per_s": tok_s,
+        "seconds_per_step": dt / steps,
+        "batch_size": B,
+        "block_size": T,
+        "steps": steps,
+        "warmup_seconds": warm_s,
+        "params": n_params,
+        "mfu": flops_per_token(n_params, cfg.n_layer, cfg.n_embd, T) * tok_s / peak,
+        "peak_flops": peak,
+    }
+
+
+def bench_train(
+    preset: str = "video",
+    *,
+    steps: int = 3,
+    warmup: int = 1,
+    compile: bool = True,
+    bf16: bool | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    log=lambda *a: print(*a, file=sys.stderr, flush=True),
+) -> dict[str, Any]:
+    """All modes of one preset in one run; ratios are against the baseline mode."""
+    dev = pick_device(device)
+    fast_bf16 = dev.type == "cuda" or (dev.type == "cpu" and cpu_has_fast_bf16())
+    if bf16 is None:
+        bf16 = fast_bf16
+    modes: list[tuple[str, str, torch.dtype, bool]] = [
+        ("baseline (fp32, eager, list of heads)", "heads", torch.float32, False),
+        ("fused (fp32, eager)", "fused", torch.float32, False),
+    ]
+    if compile:
+        modes.append(("fused + compile (fp32)", "fused", torch.float32, True))
+    if bf16:
+        modes.append(("fused + bf16 autocast", "fused", torch.bfloat16, False))
+        if compile:
+            modes.append(("fused + compile + bf16", "fused", torch.bfloat16, True))
+    rows = []
+    for name, attention, dtype, comp in modes:
+        log(f"measuring {name} ...")
+        n = steps if (dtype == torch.float32 or fast_bf16) else 1
+        try:
+            r = measure_mode(
+                preset,
+                attention=attention,
+                dtype=dtype,
+                compile=comp,
+                steps=n,
+                warmup=warmup,
+                batch_size=batch_size,
+                device=dev,
+            )
+        except Exception as e:  # noqa: BLE001 - a mode that cannot run (e.g. no compiler) is reported, not fatal
+            log(f"  {name} failed: {e.__class__.__name__}: {str(e).splitlines()[0][:120]}")
+            rows.append(
+                {"mode": name, "error": f"{e.__class__.__name__}: {str(e).splitlines()[0][:200]}"}
+            )
+            continue
+        r["mode"] = name
+        rows.append(r)
+        log(
+            f"  {r['tokens_per_s']:,.0f} tokens/s, {r['seconds_per_step']:.2f} s/step, MFU {r['mfu']:.1%}"
+        )
+    ok = [r for r in rows if "tokens_per_s" in r]
+    base = ok[0]["tokens_per_s"] if ok and ok[0]["mode"].startswith("baseline") else None
+    for r in ok:
+        r["speedup_vs_baseline"] = r["tokens_per_s"] / base if base else None
+    best = max(ok, key=lambda r: r["tokens_per_s"]) if ok else {}
+    return {
+        "preset": preset,
+        "device": str(dev),
+        "machine": _cpu_name() if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "fast_bf16": fast_bf16,
+        "tokens_per_s": best.get("tokens_per_s"),
+        "best_mode": best.get("mode"),
+        "baseline_tokens_per_s": base,
+        "mfu": best.get("mfu"),
+        "speedup": best.get("speedup_vs_baseline"),
+        "modes": rows,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = ["| mode | tokens/s | s/step | vs baseline | MFU |", "|---|---:|---:|---:|---:|"]
+    for r in result["modes"]:
+        if "error" in r:
+            lines.append(f"| {r['mode']} | failed: {r['error']} | | | |")
+            continue
+        sp = f"{r['speedup_vs_baseline']:.2f}x" if r.get("speedup_vs_baseline") else "-"
+        lines.append(
+            f"| {r['mode']} | {r['tokens_per_s']:,.0f} | {r['seconds_per_step']:.2f} | {sp} | {r['mfu']:.1%} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Preset {result['preset']} on {result['device']} ({result['machine']}), {result['threads']} threads, "
+        f"torch {result['torch']}, {result['date']}; fast bf16 hardware: {result['fast_bf16']}."
+    )
+    return "\n".join(lines)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="video", help="preset whose model is measured")
+    p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per mode")
+    p.add_argument(
+        "--warmup", type=int, default=1, help="untimed steps first (compilation happens here)"
+    )
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile modes")
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure bf16 modes (default: only where bf16 is fast)",
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: physical cores)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run_train(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads or physical_cores())
+    result = bench_train(
+        args.preset, steps=args.steps, warmup=args.warmup, compile=not args.no_compile,
+        bf16=args.bf16, batch_size=args.batch_size, device=args.device,
+    )  # fmt: skip
+    print(json.dumps(result) if args.json else markdown(result))

@@ -1,0 +1,408 @@
+"""The sampling engine: prompt -> token ids -> text, with a KV cache and decoding controls.
+
+Notation: B batch (num_samples), T time, V vocabulary size.
+
+The video samples by re-running the model on the last block_size tokens for
+every new token (`GPT.generate`). Here the fused-attention GPT runs the prompt
+once (prefill) and then one token per step, reusing the keys and values of
+earlier positions from a `KVCache`. The teaching forms (the list-of-heads GPT
+and the bigram model) have no cache and fall back to re-running the window.
+
+Context policy beyond block_size. Learned position embeddings exist for
+block_size positions only, so a cache cannot simply slide: every cached key
+depends on its absolute position. When the window [start, n) that the next
+logits condition on would exceed block_size, the engine slides it to the last
+`context_keep` tokens (default block_size // 2) and re-prefills the cache from
+them; decoding then continues one token at a time until the window is full
+again. Every step therefore conditions on between context_keep and block_size
+tokens. `use_cache=False` recomputes exactly the same windows without a cache,
+so the two paths produce the same tokens (up to float rounding in the logits);
+the tests hold this for 300 greedy tokens across many slides. The same window
+applies to models without learned positions (they were trained on block_size
+tokens) and to the fallback models. With
+context_keep = block_size the engine conditions on the last block_size tokens
+at every step, exactly like the video's loop, at the price of a full re-prefill
+per token once the context is full.
+
+Decoding follows the usual order: temperature, then top-k, then top-p (the
+nucleus of Holtzman et al., 2019, "The Curious Case of Neural Text
+Degeneration"), then one multinomial draw from a private `torch.Generator`, so
+a seed reproduces a sample and never touches the global RNG.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from folio.errors import FolioError
+from folio.models.bigram import BigramLanguageModel
+from folio.models.gpt import GPT
+
+_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_HOLD_UNFINISHED = 4  # tokens a piece may wait for the rest of a multi-token character
+
+
+class Tokenizer(Protocol):
+    """What the sampler needs from a tokenizer."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise FolioError(f"sampling config: {name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise FolioError(f"sampling config: {name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class SamplingConfig:
+    """How to decode: length, randomness, filters, stop strings, batch and cache."""
+
+    max_new_tokens: int = 500
+    """Tokens to generate per sample (0 generates nothing)."""
+    temperature: float = 1.0
+    """Divides the logits before sampling: below 1 sharper, above 1 flatter; 0 is greedy (argmax)."""
+    top_k: int | None = None
+    """Sample only among the k most likely tokens; larger than the vocabulary means all of them."""
+    top_p: float | None = None
+    """Nucleus sampling, in (0, 1]: keep the smallest set of most likely tokens whose
+    probabilities sum to at least top_p (the most likely token is always kept)."""
+    seed: int | None = None
+    """Seed of this call's private random generator; the same seed gives the same text. None: fresh."""
+    stop: list[str] = field(default_factory=list)
+    """Stop a sample when its text contains one of these strings; the output ends just before it."""
+    num_samples: int = 1
+    """Independent samples of the same prompt, decoded together as one batch."""
+    use_cache: bool = True
+    """Use the KV cache where the model supports it (fused-attention GPT); same tokens either way."""
+    context_keep: int | None = None
+    """Tokens kept when the context outgrows block_size and the window slides (then the cache is
+    re-filled from them). None: block_size // 2. block_size: the video's 'last block_size tokens'
+    at every step, exact but slow. Values above block_size are clamped to it."""
+
+    def __post_init__(self) -> None:
+        _check_int("max_new_tokens", self.max_new_tokens, 0)
+        self.temperature = _check_number("temperature", self.temperature)
+        if self.temperature < 0:
+            raise FolioError(
+                f"sampling config: temperature must be >= 0 (0 is greedy), got {self.temperature!r}"
+            )
+        if self.top_k is not None:
+            _check_int("top_k", self.top_k, 1)
+        if self.top_p is not None:
+            self.top_p = _check_number("top_p", self.top_p)
+            if not 0.0 < self.top_p <= 1.0:
+                raise FolioError(f"sampling config: top_p must be in (0, 1], got {self.top_p!r}")
+        if self.seed is not None:
+            _check_int("seed", self.seed, 0)
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if not isinstance(self.stop, list | tuple) or not all(
+            isinstance(s, str) and s for s in self.stop
+        ):
+            raise FolioError(
+                f"sampling config: stop must be a list of non-empty strings, got {self.stop!r}"
+            )
+        self.stop = list(self.stop)
+        _check_int("num_samples", self.num_samples, 1)
+        if not isinstance(self.use_cache, bool):
+            raise FolioError(
+                f"sampling config: use_cache must be true or false, got {self.use_cache!r}"
+            )
+        if self.context_keep is not None:
+            _check_int("context_keep", self.context_keep, 1)
+
+
+@dataclass
+class Step:
+    """One decoding step: the logits the tokens were chosen from, and the tokens."""
+
+    logits: torch.Tensor
+    """(B, V) float32 logits of the last position, before temperature and filters."""
+    ids: torch.Tensor
+    """(B,) the token chosen for each sample."""
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k, then outside the top-p nucleus. (B, V) -> (B, V)."""
+    V = logits.shape[-1]
+    if top_k is not None and top_k < V:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V) each
+        probs = F.softmax(sorted_logits, dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p; the
+        # first token has nothing above it, so it always stays.
+        mass_before = probs.cumsum(dim=-1) - probs  # (B, V)
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def choose_tokens(
+    logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """Pick one token per row of (B, V) float32 logits: argmax at temperature 0, else a draw."""
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1)  # (B,)
+    # Subtracting the max first keeps a tiny temperature from overflowing to inf.
+    scaled = (logits - logits.amax(dim=-1, keepdim=True)) / cfg.temperature
+    probs = F.softmax(filter_logits(scaled, cfg.top_k, cfg.top_p), dim=-1)  # (B, V)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
+
+
+class _TextStream:
+    """The text of one sample, released piece by piece without ever showing a stop string.
+
+    Text that could still be the start of a stop string (the longest suffix that
+    is a prefix of one) is held back until the next tokens settle it. A token
+    whose text is an unfinished multi-byte character (U+FFFD) waits for the
+    next few tokens, so byte-level tokenizers stream cleanly too.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop: list[str]) -> None:
+        self.tokenizer, self.stop = tokenizer, stop
+        self.text, self.released, self.pending, self.done = "", 0, [], False
+
+    def feed(self, token_id: int) -> str:
+        if self.done:
+            return ""
+        self.pending.append(token_id)
+        piece = self.tokenizer.decode(self.pending)
+        if piece.endswith("\ufffd") and len(self.pending) < _HOLD_UNFINISHED:
+            return ""
+        self.pending = []
+        self.text += piece
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        """Release everything held back (generation ended without a stop string)."""
+        if self.done:
+            return ""
+        if self.pending:
+            self.text += self.tokenizer.decode(self.pending)
+            self.pending = []
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> str:
+        # A stop string can only start at or after `released`: anything earlier
+        # was neither a stop string nor the beginning of one.
+        hits = [i for s in self.stop if (i := self.text.find(s, self.released)) >= 0]
+        if hits:
+            end, self.done = min(hits), True
+            self.text = self.text[:end]
+        else:
+            end = len(self.text) - (0 if final else self._undecided())
+        piece, self.released = self.text[self.released : end], end
+        return piece
+
+    def _undecided(self) -> int:
+        """Length of the longest unreleased suffix that begins some stop string."""
+        tail = self.text[self.released :]
+        for n in range(min(len(tail), max((len(s) for s in self.stop), default=0)), 0, -1):
+            if any(s.startswith(tail[-n:]) for s in self.stop):
+                return n
+        return 0
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _default_start(tokenizer: Tokenizer | None) -> int:
+    """Newline if the tokenizer has it as one token, else token 0 (the video's choice)."""
+    if tokenizer is None:
+        return 0
+    try:
+        ids = tokenizer.encode("\n")
+    except FolioError:
+        return 0
+    return ids[0] if len(ids) == 1 else 0
+
+
+class Sampler:
+    """Generates text from a model: token ids step by step, streamed text, or whole completions.
+
+    An empty prompt starts from a default token, `start_id`: the tokenizer's
+    newline when it is a single token (the first token of a Shakespeare
+    character vocabulary, as in the video), else token 0. The start token is
+    context only and not part of the completion. A prompt longer than the
+    context keeps its last block_size tokens, with a warning.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Tokenizer | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+    ) -> None:
+        """`dtype`: autocast dtype (bfloat16 or float16); None or float32 computes in fp32.
+
+        The model is moved to `device` (default: where it already is). Dropout is
+        off while a step runs; the model's train/eval mode is left as it was.
+        """
+        if isinstance(dtype, str):
+            if dtype not in _DTYPES:
+                raise FolioError(f"unknown sampling dtype {dtype!r} (known: {', '.join(_DTYPES)})")
+            dtype = _DTYPES[dtype]
+        if dtype == torch.float32:
+            dtype = None
+        if dtype not in (None, torch.bfloat16, torch.float16):
+            raise FolioError(f"sampling dtype must be float32, bfloat16 or float16, got {dtype}")
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.model = model.to(self.device)
+        self.tokenizer = tokenizer
+        self.dtype = dtype
+        self.vocab_size: int = model.config.vocab_size
+        # The bigram model reads only the last token, so its window is one token
+        # and a long prompt loses nothing.
+        self.is_bigram = isinstance(model, BigramLanguageModel)
+        self.block_size: int = 1 if self.is_bigram else model.config.block_size
+        self.supports_cache = isinstance(model, GPT) and model.config.attention == "fused"
+        self.start_id = _default_start(tokenizer)
+
+    @contextmanager
+    def _compute(self) -> Iterator[None]:
+        # Entered around each step's work only, so that no_grad, autocast and
+        # eval mode never leak into the caller's code between yields (a trainer
+        # may sample between optimizer steps and keep its dropout).
+        autocast = torch.autocast(
+            self.device.type, dtype=self.dtype, enabled=self.dtype is not None
+        )
+        was_training = self.model.training
+        if was_training:
+            self.model.eval()
+        try:
+            with torch.no_grad(), autocast:
+                yield
+        finally:
+            if was_training:
+                self.model.train()
+
+    def _prompt(self, prompt_ids: Iterable[int]) -> list[int]:
+        ids = [int(i) for i in prompt_ids]
+        if any(not 0 <= i < self.vocab_size for i in ids):
+            raise FolioError(f"prompt has token ids outside the vocabulary of {self.vocab_size}")
+        if not ids:
+            return [self.start_id]
+        if len(ids) > self.block_size:
+            if not self.is_bigram:
+                warnings.warn(
+                    f"prompt of {len(ids)} tokens is longer than block_size {self.block_size}; "
+                    f"keeping its last {self.block_size} tokens",
+                    stacklevel=3,
+                )
+            ids = ids[-self.block_size :]
+        return ids
+
+    def decode_steps(
+        self, prompt_ids: Iterable[int], cfg: SamplingConfig | None = None
+    ) -> Iterator[Step]:
+        """Yield a `Step` (logits and chosen ids) for each new token; checks the prompt now."""
+        cfg = cfg if cfg is not None else SamplingConfig()
+        return self._steps(self._prompt(prompt_ids), cfg)
+
+    def _steps(self, ids: list[int], cfg: SamplingConfig) -> Iterator[Step]:
+        B, window = cfg.num_samples, self.block_size
+        keep = min(cfg.context_keep or max(1, window // 2), window)
+        generator = torch.Generator(device=self.device)
+        if cfg.seed is None:
+            generator.seed()  # fresh entropy, still without the global RNG
+        else:
+            generator.manual_seed(cfg.seed)
+        tokens = torch.empty(B, len(ids) + cfg.max_new_tokens, dtype=torch.long, device=self.device)
+        tokens[:, : len(ids)] = torch.tensor(ids, device=self.device)
+        n, start = len(ids), 0  # the next logits condition on tokens[:, start:n]
+        cache = None
+        if cfg.use_cache and self.supports_cache:
+            cache = self.model.new_kv_cache(B, max_len=window, dtype=self.dtype)
+        for step in range(cfg.max_new_tokens):
+            with self._compute():
+                if n - start > window:  # slide: keep the last `keep` tokens, re-prefill
+                    start = n - keep
+                    if cache is not None:
+                        cache.reset()
+                if cache is not None:  # the cache holds tokens[:, start : start + cache.length]
+                    logits, _ = self.model(
+                        tokens[:, start + cache.length : n], cache=cache, last_only=True
+                    )
+                elif self.is_bigram:  # its forward has no last_only; the window is one token
+                    logits, _ = self.model(tokens[:, start:n])
+                else:
+                    logits, _ = self.model(tokens[:, start:n], last_only=True)
+                logits = logits[:, -1, :].float()  # (B, V)
+                if not torch.isfinite(logits).all():
+                    raise FolioError(
+                        f"model produced non-finite logits at step {step} (NaN or inf); "
+                        "the weights may be corrupt or training may have diverged"
+                    )
+                next_ids = choose_tokens(logits, cfg, generator)  # (B,)
+                tokens[:, n] = next_ids
+                n += 1
+            yield Step(logits, next_ids)
+
+    def generate_ids(
+        self, prompt_ids: Iterable[int], cfg: SamplingConfig | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Yield the (num_samples,) new token ids of each step; checks the prompt now."""
+        steps = self.decode_steps(prompt_ids, cfg)
+        return (step.ids for step in steps)
+
+    def _tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise FolioError("this sampler has no tokenizer, so it can only generate token ids")
+        return self.tokenizer
+
+    def stream(self, prompt: str, cfg: SamplingConfig | None = None) -> Iterator[list[str]]:
+        """Yield new text as it is decoded: one piece per sample (possibly ''), prompt excluded.
+
+        A sample stops at its first stop string, which is never shown; decoding
+        ends when every sample has stopped or after max_new_tokens.
+        """
+        cfg = cfg if cfg is not None else SamplingConfig()
+        tokenizer = self._tokenizer()
+        ids = self.generate_ids(tokenizer.encode(prompt), cfg)
+        return self._stream(ids, [_TextStream(tokenizer, cfg.stop) for _ in range(cfg.num_samples)])
+
+    @staticmethod
+    def _stream(steps: Iterator[torch.Tensor], texts: list[_TextStream]) -> Iterator[list[str]]:
+        try:
+            for next_ids in steps:
+                pieces = [t.feed(i) for t, i in zip(texts, next_ids.tolist(), strict=True)]
+                if any(pieces):
+                    yield pieces
+                if all(t.done for t in texts):
+                    return
+        finally:
+            steps.close()
+        tail = [t.finish() for t in texts]
+        if any(tail):
+            yield tail
+
+    def generate(self, prompt: str, cfg: SamplingConfig | None = None) -> list[str]:
+        """The full completion of each sample (prompt excluded), cut before any stop string."""
+        cfg = cfg if cfg is not None else SamplingConfig()
+        parts: list[list[str]] = [[] for _ in range(cfg.num_samples)]
+        for pieces in self.stream(prompt, cfg):
+            for part, piece in zip(parts, pieces, strict=True):
+                part.append(piece)
+        return ["".join(part) for part in parts]

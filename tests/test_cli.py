@@ -1,0 +1,522 @@
+"""Tests for folio/cli.py: the `folio` command end to end, in-process through `main`.
+
+Every user mistake must end with exit status 2, exactly one line on stderr
+starting with "folio: error:", no traceback, and nothing half-written where
+the command would have written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from folio.cli import build_parser, main
+
+VERSE = [
+    "FIRST CITIZEN:",
+    "Before we proceed any further, hear me speak.",
+    "ALL:",
+    "Speak, speak.",
+    "FIRST CITIZEN:",
+    "You are all resolved rather to die than to famish?",
+    "ALL:",
+    "Resolved. resolved.",
+    "FIRST CITIZEN:",
+    "First, you know Caius Marcius is chief enemy to the people.",
+    "ALL:",
+    "We know't, we know't.",
+]
+CORPUS = "\n".join(VERSE * 8) + "\n"  # about 3 KB
+PROMPT = "FIRST"
+TRAIN = ["--preset", "tiny", "--max-iters", "20", "--quiet", "--threads", "1"]
+
+
+def cli(*argv: object) -> tuple[int, str, str]:
+    """Run `folio ARGV` in-process; return (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code: int, err: str, *fragments: str) -> str:
+    """Exit 2 and one line `folio: error: ...` containing every fragment."""
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("folio: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def assert_nothing_written(out: Path) -> None:
+    """The output location is absent and no temporary sits beside it."""
+    assert not out.exists()
+    if out.parent.exists():
+        hidden = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+        assert hidden == []
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@dataclass
+class Trained:
+    corpus: Path
+    data: Path
+    run: Path
+    prepare_out: str
+    train_out: str
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """`folio prepare` and `folio train --preset tiny --seed 1` once for the whole module."""
+    root = tmp_path_factory.mktemp("cli")
+    corpus = root / "corpus.txt"
+    corpus.write_text(CORPUS, encoding="utf-8")
+    code, prepare_out, err = cli("prepare", corpus, "--out", root / "data")
+    assert code == 0, err
+    code, train_out, err = cli(
+        "train", "--data", root / "data", "--out", root / "run", *TRAIN, "--seed", 1
+    )
+    assert code == 0, err
+    return Trained(corpus, root / "data", root / "run", prepare_out, train_out)
+
+
+# ----------------------------------------------------------------- happy paths
+
+
+def test_prepare_output(trained: Trained) -> None:
+    out = trained.prepare_out
+    assert f"length of dataset in characters: {len(CORPUS):,}" in out
+    assert f"vocabulary ({len(set(CORPUS))} characters)" in out
+    n_train = int(len(CORPUS) * 0.9)
+    assert f"train tokens: {n_train:,}  val tokens: {len(CORPUS) - n_train:,}  (uint16)" in out
+    assert sorted(p.name for p in trained.data.iterdir()) == ["meta.json", "train.bin", "val.bin"]
+
+
+def test_train_writes_a_run_directory(trained: Trained) -> None:
+    assert "done: step 20" in trained.train_out
+    for name in ("run.json", "metrics.jsonl", "latest.json", "best.json", "loss.png"):
+        assert (trained.run / name).is_file(), name
+    assert [p.name for p in (trained.run / "checkpoints").iterdir()] == ["step-00000020"]
+    assert json.loads((trained.run / "run.json").read_text())["data"] == str(trained.data)
+
+
+def test_eval_json(trained: Trained, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "eval", "--checkpoint", trained.run, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["step"] == 20
+    for split in ("train", "val"):
+        loss = result[f"{split}_loss"]
+        assert math.isfinite(loss) and 0 < loss < math.log(len(set(CORPUS))) + 1
+        assert result[f"{split}_perplexity"] == pytest.approx(math.exp(loss))
+    n_val = len(CORPUS) - int(len(CORPUS) * 0.9)
+    assert result["val_tokens"] == n_val - 1  # every val token but the first is predicted
+
+
+def test_sample_prints_prompt_and_new_tokens(
+    trained: Trained, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        capsys,
+        "sample",
+        "--checkpoint",
+        trained.run,
+        "--prompt",
+        PROMPT,
+        "--max-new-tokens",
+        40,
+        "--temperature",
+        0.8,
+        "--seed",
+        3,
+    )
+    assert code == 0, err
+    assert err == ""
+    assert out.endswith("\n")
+    text = out[:-1]
+    assert text.startswith(PROMPT)
+    assert len(text) == len(PROMPT) + 40
+    assert set(text) <= set(CORPUS)
+
+
+def test_sample_seed_is_reproducible(trained: Trained, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["sample", "--checkpoint", trained.run, "--max-new-tokens", 40, "--prompt", PROMPT]
+    first = run(capsys, *args, "--seed", 5)
+    again = run(capsys, *args, "--seed", 5)
+    other = run(capsys, *args, "--seed", 6)
+    assert first[0] == again[0] == other[0] == 0
+    assert first[1] == again[1]
+    assert first[1] != other[1]
+
+
+def test_train_seed_determinism(trained: Trained, tmp_path: Path) -> None:
+    def losses(run_dir: Path) -> list[float]:
+        return [r["loss"] for r in read_metrics(run_dir) if "loss" in r]
+
+    code, out, err = cli(
+        "train", "--data", trained.data, "--out", tmp_path / "same", *TRAIN, "--seed", 1, "--json"
+    )
+    assert code == 0, err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["step"] == 20 and summary["stopped"] == "max_iters"
+    assert len(losses(trained.run)) == 4  # log_interval 5
+    assert losses(tmp_path / "same") == losses(trained.run)
+    evals = [r for r in read_metrics(trained.run) if r.get("eval")]
+    assert summary["val_loss"] == evals[-1]["val_loss"]
+
+    code, _, err = cli("train", "--data", trained.data, "--out", tmp_path / "other", *TRAIN)
+    assert code == 0, err  # the preset's seed, 1337
+    assert losses(tmp_path / "other") != losses(trained.run)
+
+
+def test_prepare_tinyshakespeare(
+    tinyshakespeare_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        capsys,
+        "prepare",
+        "tinyshakespeare",
+        "--input",
+        tinyshakespeare_path,
+        "--out",
+        tmp_path / "d",
+    )
+    assert code == 0, err
+    assert "length of dataset in characters: 1,115,394" in out
+    assert "vocabulary (65 characters)" in out
+    assert "train tokens: 1,003,854  val tokens: 111,540" in out
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+@pytest.mark.parametrize("command", sorted(subcommands()))
+def test_subcommand_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # undo line wrapping
+    assert text.startswith(f"usage: folio {command}")
+    for action in subcommands()[command]._actions:
+        for flag in action.option_strings:
+            assert flag in text
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            assert f"(default: {action.default})" in text, action.dest
+
+
+def test_top_level_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("prepare", "train", "eval", "sample"):
+        assert command in out
+
+
+def test_module_entry_point() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "folio", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: folio")
+    assert "prepare" in r.stdout and "sample" in r.stdout
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_prepare_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "prepare", tmp_path / "nope.txt", "--out", tmp_path / "d")
+    assert_user_error(code, err, "nope.txt", "no such file")
+    assert_nothing_written(tmp_path / "d")
+
+
+@pytest.mark.parametrize("content", [b"", b"  \n\n\t\n", b"\xef\xbb\xbf"])
+def test_prepare_empty_file(
+    content: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty.txt").write_bytes(content)
+    code, _, err = run(capsys, "prepare", tmp_path / "empty.txt", "--out", tmp_path / "d")
+    assert_user_error(code, err, "empty")
+    assert_nothing_written(tmp_path / "d")
+
+
+def test_prepare_non_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("Ophélie sings.\n".encode() + "Café crème\n".encode("latin-1") * 20)
+    code, _, err = run(capsys, "prepare", bad, "--out", tmp_path / "d")
+    assert_user_error(code, err, "latin1.txt", "byte offset 19", "--errors replace")
+    assert_nothing_written(tmp_path / "d")
+
+    code, out, err = run(capsys, "prepare", bad, "--out", tmp_path / "d", "--errors", "replace")
+    assert code == 0, err
+    assert "\ufffd" in out  # the replacement character is in the vocabulary
+    assert (tmp_path / "d" / "meta.json").is_file()
+
+
+def test_failed_prepare_keeps_previous_dataset(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "d"
+    shutil.copytree(trained.data, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xff\n")
+    code, _, err = run(capsys, "prepare", tmp_path / "bad.txt", "--out", out)
+    assert_user_error(code, err, "byte offset 0")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_prepare_directory_without_txt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "notes"
+    src.mkdir()
+    (src / "readme.md").write_text("# not a .txt file\n")
+    code, _, err = run(capsys, "prepare", src, "--out", tmp_path / "d")
+    assert_user_error(code, err, "no .txt files")
+    assert_nothing_written(tmp_path / "d")
+
+
+@pytest.mark.parametrize("fraction", ["0", "1", "-0.5"])
+def test_prepare_bad_val_fraction(
+    fraction: str, trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        capsys, "prepare", trained.corpus, "--out", tmp_path / "d", f"--val-fraction={fraction}"
+    )
+    assert_user_error(code, err, "--val-fraction")
+    assert_nothing_written(tmp_path / "d")
+
+
+def test_train_val_split_shorter_than_block(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "short.txt").write_text(
+        "To be, or not to be, that is the question:\nWhether tis no\n"
+    )
+    code, _, err = run(capsys, "prepare", tmp_path / "short.txt", "--out", tmp_path / "d")
+    assert code == 0, err  # 60 characters: 54 train, 6 val
+    code, _, err = run(capsys, "train", "--data", tmp_path / "d", "--out", tmp_path / "r", *TRAIN)
+    assert_user_error(code, err, "val split has 6 tokens", "block_size + 1 = 17")
+    assert_nothing_written(tmp_path / "r")
+
+
+def test_train_missing_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "train", "--data", tmp_path / "d", "--out", tmp_path / "r", *TRAIN)
+    assert_user_error(code, err, "folio prepare")
+    assert_nothing_written(tmp_path / "r")
+
+
+def test_train_out_is_a_file(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "r").write_text("a file, not a run directory")
+    code, _, err = run(capsys, "train", "--data", trained.data, "--out", tmp_path / "r", *TRAIN)
+    assert_user_error(code, err, "cannot create run directory")
+    assert (tmp_path / "r").read_text() == "a file, not a run directory"
+
+
+@pytest.mark.parametrize("run_json", [None, "{}", '{"data": 5}', "[1]", "{broken"])
+def test_eval_run_json_without_dataset(
+    run_json: str | None, trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained.run, run_dir)
+    if run_json is None:
+        (run_dir / "run.json").unlink()
+    else:
+        (run_dir / "run.json").write_text(run_json)
+    code, out, err = run(capsys, "eval", "--checkpoint", run_dir)
+    assert_user_error(code, err, "run.json")
+    assert out == ""
+    code, out, err = run(
+        capsys, "eval", "--checkpoint", run_dir, "--data", trained.data, "--splits", "val"
+    )
+    assert code == 0, err  # naming the dataset explicitly works
+    assert "val_loss" in out
+
+
+def test_sample_prompt_outside_vocabulary(
+    trained: Trained, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        capsys, "sample", "--checkpoint", trained.run, "--prompt", "Quoth 🙂", "--seed", 0
+    )
+    assert_user_error(code, err, "outside the vocabulary", "'Q'", "'🙂'")
+    assert out == ""
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_missing_checkpoint(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, command, "--checkpoint", tmp_path / "no-run")
+    assert_user_error(code, err, "no-run", "not found")
+
+
+def _truncate_weights(run_dir: Path) -> None:
+    f = next(run_dir.glob("checkpoints/*/model.safetensors"))
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _empty_weights(run_dir: Path) -> None:
+    next(run_dir.glob("checkpoints/*/model.safetensors")).write_bytes(b"")
+
+
+def _garbage_config(run_dir: Path) -> None:
+    next(run_dir.glob("checkpoints/*/config.json")).write_text("{garbage")
+
+
+def _wrong_model_config(run_dir: Path) -> None:
+    f = next(run_dir.glob("checkpoints/*/config.json"))
+    config = json.loads(f.read_text())
+    config["model"]["n_layer"] = 3
+    f.write_text(json.dumps(config))
+
+
+def _garbage_tokenizer(run_dir: Path) -> None:
+    next(run_dir.glob("checkpoints/*/tokenizer.json")).write_text('{"kind": "char"}')
+
+
+def _latest_points_nowhere(run_dir: Path) -> None:
+    (run_dir / "latest.json").write_text('{"checkpoint": "checkpoints/step-99999999"}')
+
+
+def _latest_is_garbage(run_dir: Path) -> None:
+    (run_dir / "latest.json").write_bytes(b"\x00\x01")
+
+
+def _no_pointer(run_dir: Path) -> None:
+    (run_dir / "latest.json").unlink()
+    (run_dir / "best.json").unlink()
+
+
+def _model_config_not_a_table(run_dir: Path) -> None:
+    f = next(run_dir.glob("checkpoints/*/config.json"))
+    f.write_text(json.dumps({**json.loads(f.read_text()), "model": "gpt"}))
+
+
+def _newer_format(run_dir: Path) -> None:
+    f = next(run_dir.glob("checkpoints/*/config.json"))
+    f.write_text(json.dumps({**json.loads(f.read_text()), "version": 99}))
+
+
+def _garbage_state(run_dir: Path) -> None:
+    next(run_dir.glob("checkpoints/*/state.json")).write_text("")
+
+
+CORRUPTIONS = {
+    "truncated weights": (_truncate_weights, "model.safetensors"),
+    "empty weights": (_empty_weights, "model.safetensors"),
+    "garbage config": (_garbage_config, "config.json"),
+    "config not matching weights": (_wrong_model_config, "model.safetensors"),
+    "model config not a table": (_model_config_not_a_table, "model config"),
+    "newer format": (_newer_format, "upgrade Folio"),
+    "garbage state": (_garbage_state, "state.json"),
+    "garbage tokenizer": (_garbage_tokenizer, "tokenizer"),
+    "latest points nowhere": (_latest_points_nowhere, "missing"),
+    "garbage latest": (_latest_is_garbage, "latest.json"),
+    "no pointer": (_no_pointer, "latest.json missing"),
+}
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_corrupt_checkpoint(
+    corruption: str,
+    command: str,
+    trained: Trained,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    damage, fragment = CORRUPTIONS[corruption]
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained.run, run_dir)
+    damage(run_dir)
+    extra = ["--max-new-tokens", 5] if command == "sample" else []
+    code, out, err = run(capsys, command, "--checkpoint", run_dir, *extra)
+    assert_user_error(code, err, fragment)
+    assert out == ""
+
+
+def test_unknown_preset(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        capsys, "train", "--data", trained.data, "--out", tmp_path / "r", "--preset", "huge"
+    )
+    assert_user_error(code, err, "unknown preset 'huge'", "tiny")
+    assert_nothing_written(tmp_path / "r")
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("train.no_such_thing=1", "unknown training setting 'no_such_thing'"),
+        ("model.no_such_thing=1", "unknown field(s) no_such_thing"),
+        ("optim.learning_rate=1", "section must be 'model' or 'train'"),
+        ("learning_rate", "expects key=value"),
+        ("model.n_embd=33", "n_embd (33) must be divisible by n_head (2)"),
+        ("train.learning_rate=-1e-3", "learning_rate must not be negative"),
+        ("train.learning_rate=0", "learning_rate must be positive"),
+        ("train.batch_size=2.5", "batch_size must be an integer"),
+        ("model.n_layer=0", "n_layer must be a positive integer"),
+        ("model.dropout=1.5", "dropout"),
+        ("model.block_size=100000", "fewer than block_size + 1 = 100001"),
+    ],
+)
+def test_bad_set(
+    override: str,
+    fragment: str,
+    trained: Trained,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run(
+        capsys, "train", "--data", trained.data, "--out", tmp_path / "r", *TRAIN, "--set", override
+    )
+    assert_user_error(code, err, fragment)
+    assert_nothing_written(tmp_path / "r")
+
+
+def test_bad_flag_value(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        capsys,
+        "train",
+        "--data",
+        trained.data,
+        "--out",
+        tmp_path / "r",
+        *TRAIN,
+        "--learning-rate",
+        -1,
+    )
+    assert_user_error(code, err, "learning_rate must not be negative")
+    assert_nothing_written(tmp_path / "r")

@@ -1,0 +1,265 @@
+"""The optimizer and the learning-rate schedules (folio.train.optim), gradient
+accumulation, and the validation of TrainConfig.
+
+The tiny model is 2 layers, 32 wide, block 16, fp32 on CPU, seeded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from folio.data.corpora import load_corpus
+from folio.data.prepare import prepare_dataset
+from folio.errors import FolioError
+from folio.models import GPT, GPTConfig
+from folio.train.config import TrainConfig, build_run_config
+from folio.train.optim import SCHEDULES, learning_rate, make_optimizer, param_groups
+from folio.train.trainer import train
+
+V, BLOCK = 20, 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The trainer sets the thread count globally; tests use one thread and put it back.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
+def flops_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    # The trainer caches its measured peak FLOP/s; keep that cache out of the home directory.
+    monkeypatch.setenv("FOLIO_CACHE", str(tmp_path_factory.getbasetemp() / "folio-cache"))
+
+
+def _gpt(seed: int = 0, **overrides: Any) -> GPT:
+    kw: dict[str, Any] = dict(vocab_size=V, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32)
+    kw.update(overrides)
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**kw))
+
+
+# --- weight-decay groups -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_only_matrices_are_decayed_and_every_tensor_appears_once(tie: bool) -> None:
+    model = _gpt(tie_weights=tie)
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert decay["params"] and no_decay["params"]
+    assert all(p.dim() >= 2 for p in decay["params"])
+    assert all(p.dim() < 2 for p in no_decay["params"])
+    grouped = [id(p) for p in decay["params"] + no_decay["params"]]
+    assert len(grouped) == len(set(grouped))  # no tensor twice, tied or not
+    unique = {id(p) for p in model.parameters()}
+    assert set(grouped) == unique
+    names = {id(p): n for n, p in model.named_parameters()}  # a tied tensor: its first name
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "transformer.wte.weight" in decayed and "transformer.wpe.weight" in decayed
+    assert ("lm_head.weight" in decayed) is not tie  # tied: it is wte's tensor, listed once
+    assert not any(n.endswith(".bias") or ".ln_" in n for n in decayed)
+
+
+def test_optimizer_is_adamw_over_the_two_groups() -> None:
+    model = _gpt(tie_weights=True)
+    opt = make_optimizer(model, 1e-3, 0.1, (0.9, 0.95), "cpu")
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    assert opt.param_groups[0]["betas"] == (0.9, 0.95)
+    n = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n == model.num_params()
+
+
+def test_frozen_parameters_are_left_out() -> None:
+    model = _gpt()
+    model.transformer.wpe.weight.requires_grad_(False)
+    decay, _ = param_groups(model, 0.1)
+    assert all(p is not model.transformer.wpe.weight for p in decay["params"])
+
+
+# --- learning-rate schedules ---------------------------------------------------------------
+
+
+MAX_LR, MIN_LR = 1e-3, 1e-4
+
+
+def _lr(step: int, schedule: str, warmup: int = 10, max_iters: int = 100, **kw: Any) -> float:
+    return learning_rate(
+        step,
+        schedule=schedule,
+        max_lr=MAX_LR,
+        min_lr=MIN_LR,
+        warmup_iters=warmup,
+        max_iters=max_iters,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_warmup_is_linear_up_to_max_lr(schedule: str) -> None:
+    lrs = [_lr(s, schedule) for s in range(10)]
+    for s, lr in enumerate(lrs):
+        assert lr == pytest.approx(MAX_LR * (s + 1) / 10)
+    steps = [b - a for a, b in zip(lrs, lrs[1:], strict=False)]
+    assert all(d == pytest.approx(MAX_LR / 10) for d in steps)
+    assert lrs[-1] == pytest.approx(MAX_LR)
+    assert _lr(10, schedule) == pytest.approx(MAX_LR)  # the first step after warmup
+
+
+def test_cosine_starts_at_max_lr_falls_monotonically_and_ends_at_min_lr() -> None:
+    lrs = [_lr(s, "cosine") for s in range(10, 101)]
+    assert lrs[0] == pytest.approx(MAX_LR)
+    assert all(b < a for a, b in zip(lrs, lrs[1:], strict=False))
+    assert lrs[-1] == pytest.approx(MIN_LR)  # step max_iters
+    assert _lr(99, "cosine") == pytest.approx(MIN_LR, rel=1e-2)  # the last step taken
+    assert _lr(55, "cosine") == pytest.approx((MAX_LR + MIN_LR) / 2)  # half way: the midpoint
+    assert _lr(500, "cosine") == pytest.approx(MIN_LR)  # past the end: stays at the floor
+
+
+def test_cosine_without_warmup_starts_at_max_lr() -> None:
+    assert _lr(0, "cosine", warmup=0) == MAX_LR
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 1.0])
+def test_wsd_is_flat_then_decays_linearly_over_the_last_fraction(fraction: float) -> None:
+    max_iters = 100
+    decay_start = max_iters - int(fraction * max_iters)
+    lrs = {s: _lr(s, "wsd", warmup=0, decay_fraction=fraction) for s in range(max_iters + 1)}
+    assert all(lrs[s] == MAX_LR for s in range(decay_start))
+    decaying = [lrs[s] for s in range(decay_start, max_iters + 1)]
+    assert decaying[0] == pytest.approx(MAX_LR)
+    assert decaying[-1] == pytest.approx(MIN_LR)
+    diffs = [b - a for a, b in zip(decaying, decaying[1:], strict=False)]
+    slope = (MIN_LR - MAX_LR) / (max_iters - decay_start)
+    assert all(d == pytest.approx(slope) for d in diffs)  # a straight line
+
+
+def test_wsd_with_no_decay_fraction_stays_flat() -> None:
+    assert {_lr(s, "wsd", warmup=0, decay_fraction=0.0) for s in range(100)} == {MAX_LR}
+
+
+def test_constant_schedule() -> None:
+    assert {_lr(s, "constant") for s in range(10, 1000, 7)} == {MAX_LR}
+    assert _lr(0, "constant", warmup=0) == MAX_LR
+
+
+def test_unknown_schedule_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown schedule"):
+        _lr(0, "linear", warmup=0)
+
+
+# --- gradient accumulation -----------------------------------------------------------------
+
+
+def test_accumulated_micro_batches_give_the_big_batch_gradient() -> None:
+    # k micro-batches of b, each loss divided by k, sum to the gradient of one batch of k*b:
+    # the mean over k*b rows is the mean of the k micro-batch means.
+    k, b = 4, 3
+    model = _gpt(dropout=0.0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, V, (k * b, BLOCK), generator=g)  # (k*b, T)
+    y = torch.randint(0, V, (k * b, BLOCK), generator=g)  # (k*b, T)
+
+    model.zero_grad()
+    _, loss = model(x, y)
+    loss.backward()
+    big = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model.zero_grad()
+    for i in range(k):
+        _, loss = model(x[i * b : (i + 1) * b], y[i * b : (i + 1) * b])  # (b, T) each
+        (loss / k).backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, big[n], rtol=1e-5, atol=1e-7, msg=n)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("optim-data")
+    rng = random.Random(0)
+    words = ["the", "king", "queen", "of", "and", "to", "my", "lord", "thou", "art", "good"]
+    lines = (" ".join(rng.choice(words) for _ in range(10)) for _ in range(300))
+    (root / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    prepare_dataset(load_corpus([str(root / "corpus.txt")]), root / "ds")
+    return root / "ds"
+
+
+def test_trainer_with_gradient_accumulation_trains(dataset: Path, tmp_path: Path) -> None:
+    # grad_accum=2 of batch 4 draws different batches from grad_accum=1 of batch 8, so
+    # the two runs are not compared step by step; the accumulating run must simply learn.
+    run = build_run_config(
+        "tiny",
+        [
+            ("train.grad_accum", 2),
+            ("train.batch_size", 4),
+            ("train.max_iters", 30),
+            ("train.eval_interval", 30),
+            ("train.threads", 1),
+        ],
+    )
+    result = train(run, dataset, tmp_path / "run", progress=False, log=lambda _: None)
+    first, last = result.history[0], result.history[-1]
+    assert first["step"] == 0 and last["step"] == 30
+    assert last["val_loss"] < first["val_loss"] - 0.5
+    rows = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    step_rows = [r for r in rows if "loss" in r]
+    assert all(r["tokens"] == r["step"] * 2 * 4 * BLOCK for r in step_rows)
+
+
+# --- TrainConfig validation ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("learning_rate", -1e-3, "learning_rate must not be negative"),
+        ("learning_rate", 0.0, "learning_rate must be positive"),
+        ("learning_rate", math.nan, "learning_rate must be a finite number"),
+        ("learning_rate", math.inf, "learning_rate must be a finite number"),
+        ("learning_rate", "fast", "learning_rate must be a finite number"),
+        ("min_lr", -1.0, "min_lr must not be negative"),
+        ("lr_schedule", "linear", "lr_schedule must be one of"),
+        ("max_iters", True, "max_iters must be an integer"),
+        ("batch_size", 8.0, "batch_size must be an integer"),
+        ("batch_size", 0, "batch_size must be positive"),
+        ("grad_accum", 0, "grad_accum must be positive"),
+        ("warmup_iters", -1, "warmup_iters must not be negative"),
+        ("weight_decay", math.nan, "weight_decay must be a finite number"),
+        ("grad_clip", -1.0, "grad_clip must not be negative"),
+        ("beta2", 1.0, "beta2 must be in"),
+        ("decay_fraction", 1.5, "decay_fraction must be in"),
+        ("decay_fraction", -0.1, "decay_fraction must be in"),
+        ("compile", 1, "compile must be true or false"),
+        ("dtype", "float8", "dtype must be one of"),
+        ("max_time", -5.0, "max_time must not be negative"),
+        ("patience", -1, "patience must not be negative"),
+    ],
+)
+def test_train_config_rejects_bad_values(field: str, value: Any, words: str) -> None:
+    with pytest.raises(FolioError, match=words):
+        TrainConfig(**{field: value})
+
+
+def test_train_config_accepts_ints_for_floats_and_the_edges() -> None:
+    tc = TrainConfig(learning_rate=1, decay_fraction=1.0, beta1=0.0, grad_clip=0)
+    assert isinstance(tc.learning_rate, float) and tc.learning_rate == 1.0
+    assert tc.decay_fraction == 1.0
+
+
+def test_overrides_are_validated_too() -> None:
+    with pytest.raises(FolioError, match="learning_rate must not be negative"):
+        build_run_config("tiny", [("train.learning_rate", -3e-4)])
+    with pytest.raises(FolioError, match="unknown training setting 'learning_rat'"):
+        build_run_config("tiny", [("train.learning_rat", 3e-4)])
+    run = build_run_config("tiny", [("learning_rate", 3e-4), ("n_layer", 3)])  # bare names
+    assert run.train.learning_rate == 3e-4 and run.model["n_layer"] == 3

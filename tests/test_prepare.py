@@ -1,0 +1,242 @@
+"""Tests for folio/data/prepare.py (and Dataset.open in batches.py): text -> token files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from folio.data import prepare as prepare_module
+from folio.data.batches import Dataset
+from folio.data.corpora import Corpus
+from folio.data.prepare import DATASET_VERSION, prepare_dataset
+from folio.errors import FolioError
+
+# Non-ASCII on purpose, so that bytes and characters differ.
+TEXT = "".join(f"Line {i}: sweet Ophélie sings ♪ to Œdipus, {i * i}.\n" for i in range(40))
+OTHER = "".join(f"A different text, number {i}.\n" for i in range(30))
+
+
+def corpus(text: str = TEXT) -> Corpus:
+    return Corpus("test", [text], ["test.txt"])
+
+
+def leftovers(parent: Path) -> list[str]:
+    """Hidden temporaries (partial or set-aside datasets) next to a dataset directory."""
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def test_files_and_meta(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    s = prepare_dataset(corpus(), out)
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    n = len(TEXT)
+    n_train = int(n * 0.9)
+    assert meta["format"] == "folio-dataset"
+    assert meta["version"] == DATASET_VERSION
+    assert meta["vocab_size"] == len(set(TEXT)) == s.vocab_size
+    assert meta["tokenizer"] == {"kind": "char", "chars": sorted(set(TEXT))}
+    assert meta["dtype"] == "uint16" == s.dtype
+    assert meta["train_tokens"] == n_train == s.train_tokens
+    assert meta["val_tokens"] == n - n_train == s.val_tokens
+    assert meta["val_fraction"] == 0.1
+    assert meta["train_bytes"] == len(TEXT[:n_train].encode("utf-8"))
+    assert meta["val_bytes"] == len(TEXT[n_train:].encode("utf-8"))
+    assert meta["train_bytes"] + meta["val_bytes"] == len(TEXT.encode("utf-8")) > n
+    assert meta["source"]["sha256"] == hashlib.sha256(TEXT.encode("utf-8")).hexdigest()
+    assert meta["source"]["characters"] == n == s.characters
+    assert meta["source"]["files"] == ["test.txt"]
+    assert (out / "train.bin").stat().st_size == 2 * n_train
+    assert (out / "val.bin").stat().st_size == 2 * (n - n_train)
+    assert leftovers(tmp_path) == []
+
+
+def test_splits_decode_back_to_the_text(tmp_path: Path) -> None:
+    prepare_dataset(corpus(), tmp_path / "data")
+    ds = Dataset.open(tmp_path / "data")
+    tok = ds.tokenizer
+    train, val = tok.decode(ds.tokens("train")), tok.decode(ds.tokens("val"))
+    assert len(train) == int(len(TEXT) * 0.9)
+    assert train + val == TEXT
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5])
+def test_other_val_fractions(tmp_path: Path, fraction: float) -> None:
+    prepare_dataset(corpus(), tmp_path / "data", val_fraction=fraction)
+    ds = Dataset.open(tmp_path / "data")
+    assert ds.meta["val_fraction"] == fraction
+    assert ds.meta["train_tokens"] == int(len(TEXT) * (1 - fraction))
+    assert ds.meta["train_tokens"] + ds.meta["val_tokens"] == len(TEXT)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5, float("nan")])
+def test_val_fraction_validation(tmp_path: Path, fraction: float) -> None:
+    with pytest.raises(FolioError, match="val-fraction"):
+        prepare_dataset(corpus(), tmp_path / "data", val_fraction=fraction)
+    assert not (tmp_path / "data").exists()
+
+
+def test_too_short_to_split(tmp_path: Path) -> None:
+    with pytest.raises(FolioError, match="too short"):
+        prepare_dataset(corpus("ab\n"), tmp_path / "data")
+    assert not (tmp_path / "data").exists()
+
+
+def test_out_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("not a directory")
+    with pytest.raises(FolioError, match="not a directory"):
+        prepare_dataset(corpus(), tmp_path / "data")
+
+
+def test_reprepare_replaces_cleanly(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    prepare_dataset(corpus(), out)
+    (out / "stale.txt").write_text("left over from an older dataset")
+    prepare_dataset(corpus(OTHER), out)
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
+    ds = Dataset.open(out)
+    assert ds.meta["source"]["characters"] == len(OTHER)
+    tok = ds.tokenizer
+    assert tok.decode(ds.tokens("train")) + tok.decode(ds.tokens("val")) == OTHER
+    assert leftovers(tmp_path) == []
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_interrupted_prepare_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(prepare_module, "atomic_write_json", _interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(corpus(), tmp_path / "data")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_token_write_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(prepare_module, "fsync_file", _interrupt)  # right after train.bin
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(corpus(), tmp_path / "data")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_reprepare_keeps_previous_dataset(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "data"
+    prepare_dataset(corpus(), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(prepare_module, "atomic_write_json", _interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(corpus(OTHER), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert leftovers(tmp_path) == []
+    Dataset.open(out)
+
+
+def test_write_error_is_a_folio_error(tmp_path: Path, monkeypatch) -> None:
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(prepare_module, "fsync_file", disk_full)
+    with pytest.raises(FolioError, match="No space left"):
+        prepare_dataset(corpus(), tmp_path / "data")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------ Dataset.open
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    prepare_dataset(corpus(), tmp_path / "data")
+    return tmp_path / "data"
+
+
+def edit_meta(path: Path, **changes) -> None:
+    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    meta.update(changes)
+    for key in [k for k, v in changes.items() if v is None]:
+        del meta[key]
+    (path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+
+
+def test_open_ok(dataset: Path) -> None:
+    ds = Dataset.open(dataset)
+    assert ds.vocab_size == len(set(TEXT))
+    assert isinstance(ds.tokens("train"), np.memmap)
+
+
+def test_open_missing_dir(tmp_path: Path) -> None:
+    with pytest.raises(FolioError, match="not found .*folio prepare"):
+        Dataset.open(tmp_path / "nowhere")
+
+
+def test_open_missing_meta(dataset: Path) -> None:
+    (dataset / "meta.json").unlink()
+    with pytest.raises(FolioError, match="meta.json: dataset metadata not found"):
+        Dataset.open(dataset)
+
+
+@pytest.mark.parametrize("garbage", [b"{not json", b"\xff\xfe\x00", b""])
+def test_open_corrupt_meta(dataset: Path, garbage: bytes) -> None:
+    (dataset / "meta.json").write_bytes(garbage)
+    with pytest.raises(FolioError, match="corrupt"):
+        Dataset.open(dataset)
+
+
+@pytest.mark.parametrize("doc", ["[1, 2]", '{"format": "something-else"}'])
+def test_open_not_a_dataset(dataset: Path, doc: str) -> None:
+    (dataset / "meta.json").write_text(doc, encoding="utf-8")
+    with pytest.raises(FolioError, match="not a Folio dataset"):
+        Dataset.open(dataset)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"train_tokens": None},
+        {"dtype": "no-such-dtype"},
+        {"dtype": None},
+        {"val_tokens": "many"},
+        {"version": "one"},
+        {"tokenizer": None},
+        {"tokenizer": {"kind": "char", "chars": 5}},
+    ],
+)
+def test_open_malformed_meta(dataset: Path, changes: dict) -> None:
+    edit_meta(dataset, **changes)
+    with pytest.raises(FolioError, match="meta.json"):
+        Dataset.open(dataset)
+
+
+def test_open_truncated_tokens(dataset: Path) -> None:
+    f = dataset / "train.bin"
+    with open(f, "r+b") as fh:
+        fh.truncate(f.stat().st_size - 2)
+    with pytest.raises(FolioError, match="train.bin: missing or truncated"):
+        Dataset.open(dataset)
+
+
+def test_open_missing_tokens(dataset: Path) -> None:
+    os.remove(dataset / "val.bin")
+    with pytest.raises(FolioError, match="val.bin: missing or truncated"):
+        Dataset.open(dataset)
+
+
+def test_open_newer_version(dataset: Path) -> None:
+    edit_meta(dataset, version=DATASET_VERSION + 1)
+    with pytest.raises(FolioError, match="newer than this Folio"):
+        Dataset.open(dataset)
+
+
+def test_check_block_size(dataset: Path) -> None:
+    ds = Dataset.open(dataset)
+    n_val = ds.meta["val_tokens"]
+    ds.check_block_size(n_val - 1)  # exactly one window of block_size + 1 fits
+    with pytest.raises(FolioError, match=f"val split has {n_val} tokens"):
+        ds.check_block_size(n_val)
+    with pytest.raises(FolioError, match="train split"):
+        ds.check_block_size(ds.meta["train_tokens"])
