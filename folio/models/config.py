@@ -61,7 +61,7 @@ class BigramConfig:
 
 @dataclass
 class GPTConfig:
-    """A decoder-only Transformer. The defaults are the video's final model, except vocab_size."""
+    """A decoder-only Transformer. The defaults are the video's final model without dropout."""
 
     vocab_size: int
     """Number of distinct tokens (65 for tinyshakespeare's characters)."""

@@ -277,7 +277,9 @@ class Sampler:
         # and a long prompt loses nothing.
         self.is_bigram = isinstance(model, BigramLanguageModel)
         self.block_size: int = 1 if self.is_bigram else model.config.block_size
-        self.supports_cache = isinstance(model, GPT) and model.config.attention == "fused"
+        self.supports_cache = (
+            isinstance(model, GPT) and model.config.attention == "fused" and model.config.causal
+        )
         self.start_id = _default_start(tokenizer)
 
     @contextmanager
