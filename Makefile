@@ -34,7 +34,7 @@ lint: install
 	$(VENV)/bin/ruff format --check folio tests benchmarks
 
 bench: install
-	$(PY) -m folio bench train --preset video
+	$(FOLIO) bench train --preset video --steps 2
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache
