@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from typing import Any
 
 import torch
 
-from folio.bench_sample import preset_model_config
+from folio.bench_sample import _cpu_name, preset_model_config
 from folio.models import GPT
 from folio.train.device import (
     autocast,
@@ -35,17 +34,6 @@ from folio.train.device import (
     pick_device,
 )
 from folio.train.optim import make_optimizer
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def measure_mode(

@@ -198,6 +198,26 @@ def cmd_ladder(args: argparse.Namespace) -> None:
         print(f"wrote {Path(args.out) / 'ladder.md'}, ladder.json and ladder.png")
 
 
+def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+    p.add_argument(
+        "--which",
+        choices=["latest", "best"],
+        default="latest",
+        help="which checkpoint of a run directory",
+    )
+
+
+def _precision_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="precision",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="folio",
@@ -291,13 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pe = sub.add_parser("eval", help="loss, perplexity and bits per character of a checkpoint")
     _fmt_help(pe)
-    pe.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
-    pe.add_argument(
-        "--which",
-        choices=["latest", "best"],
-        default="latest",
-        help="which checkpoint of a run directory",
-    )
+    _checkpoint_arguments(pe)
     pe.add_argument(
         "--data", default=None, help="dataset directory (default: the one the run trained on)"
     )
@@ -315,25 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many batches per split (default: the whole split)",
     )
     pe.add_argument("--batch-size", type=int, default=32, help="windows per batch")
-    pe.add_argument(
-        "--dtype",
-        default="float32",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="precision",
-    )
-    pe.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    _precision_arguments(pe)
     pe.add_argument("--json", action="store_true", help="print one JSON object")
     pe.set_defaults(func=cmd_eval)
 
     ps = sub.add_parser("sample", help="generate text from a checkpoint")
     _fmt_help(ps)
-    ps.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
-    ps.add_argument(
-        "--which",
-        choices=["latest", "best"],
-        default="latest",
-        help="which checkpoint of a run directory",
-    )
+    _checkpoint_arguments(ps)
     ps.add_argument("--prompt", default="", help="text to continue (empty: start from a newline)")
     ps.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate")
     ps.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
@@ -352,13 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-samples", type=int, default=1, help="samples decoded together as a batch"
     )
     ps.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    ps.add_argument(
-        "--dtype",
-        default="float32",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="precision",
-    )
-    ps.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    _precision_arguments(ps)
     ps.set_defaults(func=cmd_sample)
     pb = sub.add_parser("bench", help="measure training or sampling speed")
     bsub = pb.add_subparsers(dest="bench", required=True, metavar="WHAT")

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture
@@ -20,3 +21,17 @@ def tinyshakespeare_path() -> Path:
     if not path.is_file():
         pytest.skip(f"tinyshakespeare not found at {path}; set FOLIO_TINYSHAKESPEARE")
     return path
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests train tiny models: one thread each, and the count put back afterwards.
+
+    Tiny models gain nothing from threads, and on a busy machine OpenMP workers
+    waiting for each other make every step many times slower. The trainer sets
+    the thread count globally, so every test restores it.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -26,15 +26,6 @@ from folio.train.trainer import train
 V, BLOCK = 20, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The trainer sets the thread count globally; tests use one thread and put it back.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(autouse=True)
 def flops_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     # The trainer caches its measured peak FLOP/s; keep that cache out of the home directory.

@@ -16,16 +16,6 @@ TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
 BLOCK = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from threads, and on a busy machine OpenMP
-    # workers waiting for each other make every step many times slower.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def tok() -> CharTokenizer:
     return CharTokenizer.from_text(TEXT)

@@ -69,15 +69,6 @@ CHECKPOINT_FILES = {
 # --- fixtures and helpers ------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The trainer sets the thread count globally; tests use one thread and put it back.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.getbasetemp() / "folio-cache"
@@ -691,8 +682,12 @@ def test_patience_stops_a_run_that_no_longer_improves(dataset: Path, tmp_path: P
         ("train.eval_interval", 5),
         ("train.max_iters", 40),
     )
-    assert result.stopped == "patience" and result.step == 5
-    assert _latest_step(tmp_path / "run") == 5
+    # The step-0 estimate has no checkpoint, so the first best is step 5; step 10
+    # does not improve on it and patience 1 stops there.
+    assert result.stopped == "patience" and result.step == 10
+    assert _latest_step(tmp_path / "run") == 10
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert best["step"] == 5 and (tmp_path / "run" / best["checkpoint"]).is_dir()
 
 
 def test_max_time_stops_with_a_checkpoint(dataset: Path, tmp_path: Path) -> None:

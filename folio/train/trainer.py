@@ -192,7 +192,7 @@ def train(
     )
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
-    step, best_val, tokens_seen = 0, math.inf, 0
+    step, best_val, tokens_seen, evals_since_best = 0, math.inf, 0, 0
     if resume:
         if not (out_dir / "latest.json").exists():
             raise FolioError(
@@ -210,8 +210,12 @@ def train(
         model.load_state_dict(ck.model.state_dict())
         opt_state, rng = ck.trainer_state()
         optimizer.load_state_dict(opt_state)
-        step = int(ck.state["step"])
-        best_val = float(ck.state.get("best_val_loss") or math.inf)
+        try:
+            step = int(ck.state["step"])
+            best_val = float(ck.state.get("best_val_loss") or math.inf)
+            evals_since_best = int(ck.state.get("evals_since_best", 0))
+        except (KeyError, TypeError, ValueError):
+            raise FolioError(f"{ck.path / 'state.json'}: training state is malformed") from None
         tokens_seen = int(ck.state.get("tokens_seen", 0))
         torch.set_rng_state(rng["rng.torch"])
         data_gen.set_state(rng["rng.data"])
@@ -270,7 +274,6 @@ def train(
 
     history: list[dict[str, Any]] = []
     last_eval: dict[str, float] = {}
-    evals_since_best = 0
     stop_flag = _StopFlag()
     old_handler = signal.signal(signal.SIGINT, stop_flag) if _main_thread() else None
     stopped = "max_iters"
@@ -293,10 +296,12 @@ def train(
         nonlocal best_val, evals_since_best, last_eval
         losses = evaluate()
         last_eval = losses
-        improved = losses["val"] < best_val
+        # The step-0 estimate is only the curve's starting point: it has no
+        # checkpoint, so it must not become the "best" that best.json points to.
+        improved = step > 0 and losses["val"] < best_val
         if improved:
             best_val, evals_since_best = losses["val"], 0
-        else:
+        elif step > 0:
             evals_since_best += 1
         row = {
             "step": step,
@@ -317,6 +322,7 @@ def train(
                 "val_loss": losses["val"],
                 "train_loss": losses["train"],
                 "best_val_loss": best_val,
+                "evals_since_best": evals_since_best,
                 **_py_np_rng(),
             }
             save_checkpoint(
