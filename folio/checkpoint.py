@@ -42,7 +42,7 @@ from folio.tokenizers import tokenizer_from_dict
 
 CHECKPOINT_FORMAT = "folio-checkpoint"
 CHECKPOINT_VERSION = 1
-_STEP_DIR = re.compile(r"^step-(\d+)$")
+_STEP_DIR = re.compile(r"^step-(\d+)(\.\d+)?$")
 
 
 def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -133,8 +133,12 @@ def save_checkpoint(
             atomic_write_json(tmp / "optimizer.json", opt_meta)
         atomic_write_json(tmp / "state.json", {"format_version": CHECKPOINT_VERSION, **state})
         fsync_dir(tmp)
-        if final.exists():  # re-saving the same step (e.g. after a resume): replace it
-            shutil.rmtree(final)
+        n = 1
+        while (
+            final.exists()
+        ):  # the same step saved again: a new name, so the pointed one stays whole
+            final = ckpt_root / f"step-{step:08d}.{n}"
+            n += 1
         os.rename(tmp, final)
         fsync_dir(ckpt_root)
         pointer = {
@@ -146,10 +150,11 @@ def save_checkpoint(
             atomic_write_json(run_dir / "latest.json", pointer)
         if best:
             atomic_write_json(run_dir / "best.json", pointer)
-    except OSError as e:
+    except (OSError, FolioError) as e:  # FolioError: an atomic_write of a JSON file failed
         shutil.rmtree(tmp, ignore_errors=True)
+        why = (e.strerror or e) if isinstance(e, OSError) else e
         raise FolioError(
-            f"cannot write checkpoint in {run_dir}: {e.strerror or e}; the previous checkpoint is intact"
+            f"cannot write checkpoint in {run_dir}: {why}; the previous checkpoint is intact"
         ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

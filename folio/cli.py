@@ -62,7 +62,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     from folio.train.trainer import train
 
     run = build_run_config(args.preset, _overrides(args))
-    result = train(run, args.data, args.out, resume=args.resume, progress=not args.quiet)
+    result = train(
+        run,
+        args.data,
+        args.out,
+        resume=args.resume,
+        progress=not args.quiet,
+        init_from=args.init_from,
+        force=args.force,
+    )
     summary = {
         "run_dir": str(result.run_dir),
         "step": result.step,
@@ -198,6 +206,13 @@ def cmd_ladder(args: argparse.Namespace) -> None:
         print(f"wrote {Path(args.out) / 'ladder.md'}, ladder.json and ladder.png")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from folio.hf import export_checkpoint_hf
+
+    out = export_checkpoint_hf(args.checkpoint, args.out, args.which)
+    print(f"wrote {out} (GPT2LMHeadModel.from_pretrained loads it)")
+
+
 def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
     p.add_argument(
@@ -305,6 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument(
         "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
     )
+    pt.add_argument(
+        "--force",
+        action="store_true",
+        help="train even when the memory estimate exceeds the memory available",
+    )
+    pt.add_argument(
+        "--init-from",
+        default=None,
+        metavar="hf:DIR",
+        help="start from a local Hugging Face GPT-2 directory's weights; the model's shape "
+        "comes from DIR and the preset's [model] section is ignored except dropout",
+    )
     pt.add_argument("--quiet", action="store_true", help="no progress bar")
     pt.add_argument("--json", action="store_true", help="print the result as one JSON object")
     pt.set_defaults(func=cmd_train)
@@ -389,6 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pl.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     pl.set_defaults(func=cmd_ladder)
+
+    px = sub.add_parser("export", help="write a checkpoint in another format (Hugging Face GPT-2)")
+    _fmt_help(px)
+    _checkpoint_arguments(px)
+    px.add_argument(
+        "--format", choices=["hf"], default="hf", help="hf: a GPT2LMHeadModel directory"
+    )
+    px.add_argument("--out", required=True, help="directory to write (must not exist, or be empty)")
+    px.set_defaults(func=cmd_export)
     return p
 
 

@@ -155,6 +155,6 @@ MODEL_CONFIGS: dict[str, type] = {"bigram": BigramConfig, "gpt": GPTConfig}
 
 def model_config_from_dict(model_type: str, d: dict[str, Any]) -> BigramConfig | GPTConfig:
     """Build the config of a model type from its JSON/TOML form."""
-    if model_type not in MODEL_CONFIGS:
+    if not isinstance(model_type, str) or model_type not in MODEL_CONFIGS:
         raise FolioError(f"unknown model type {model_type!r} (known: {', '.join(MODEL_CONFIGS)})")
     return MODEL_CONFIGS[model_type].from_dict(d)

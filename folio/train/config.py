@@ -86,6 +86,12 @@ class TrainConfig:
                 setattr(self, f.name, float(v))
             if f.type == "bool" and not isinstance(v, bool):
                 raise FolioError(f"train config: {f.name} must be true or false, got {v!r}")
+            if f.type == "str" and not isinstance(v, str):
+                raise FolioError(f"train config: {f.name} must be a string, got {v!r}")
+        if not 0 <= self.seed < 2**63:  # what torch.manual_seed accepts (with seed + 1 for evals)
+            raise FolioError(f"train config: seed must be in [0, 2**63), got {self.seed}")
+        if self.threads > 1024:  # torch.set_num_threads overflows on huge values
+            raise FolioError(f"train config: threads must be at most 1024, got {self.threads}")
         for name in ("batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
             if getattr(self, name) <= 0:
                 raise FolioError(

@@ -12,6 +12,7 @@ resumed run continues exactly as if never stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -42,6 +43,7 @@ from folio.train.device import (
     pick_device,
     resolve_dtype,
 )
+from folio.train.memory import check_training_memory
 from folio.train.optim import learning_rate, make_optimizer
 
 
@@ -142,8 +144,13 @@ class MetricsLog:
 
     def write(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:  # a full or read-only disk: one clear line, not a traceback
+            raise FolioError(
+                f"cannot write {self.path}: {e.strerror or e}; the previous checkpoint is intact"
+            ) from None
 
 
 def atomic_write_json_lines(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -160,24 +167,41 @@ def train(
     resume: bool = False,
     progress: bool = True,
     log=print,
+    init_from: str | None = None,
+    force: bool = False,
 ) -> TrainResult:
-    """Train the model `run` describes on the dataset in `data_dir`, writing the run to `out_dir`."""
+    """Train the model `run` describes on the dataset in `data_dir`, writing the run to `out_dir`.
+
+    `init_from="hf:DIR"` starts from a local Hugging Face GPT-2's weights; the model's
+    shape then comes from DIR and, of `run.model`, only dropout applies.
+    """
     tc = run.train
     out_dir = Path(out_dir)
     ds = Dataset.open(data_dir)
     tokenizer = ds.tokenizer
     model_fields = dict(run.model)
-    model_fields.setdefault("vocab_size", ds.vocab_size)
-    if model_fields["vocab_size"] != ds.vocab_size:
-        raise FolioError(
-            f"model vocab_size {model_fields['vocab_size']} does not match the dataset's {ds.vocab_size}"
+    init_weights = None
+    if init_from is not None:
+        from folio.hf import pretrained_for_training
+
+        model_config, init_weights = pretrained_for_training(
+            init_from, model_fields, ds.vocab_size, data_dir
         )
-    model_config = model_config_from_dict(run.model_type, model_fields)
+        run = dataclasses.replace(run, model_type=model_config.model_type)
+    else:
+        model_fields.setdefault("vocab_size", ds.vocab_size)
+        if model_fields["vocab_size"] != ds.vocab_size:
+            raise FolioError(
+                f"model vocab_size {model_fields['vocab_size']} does not match the dataset's {ds.vocab_size}"
+            )
+        model_config = model_config_from_dict(run.model_type, model_fields)
     block_size = model_config.block_size
     ds.check_block_size(block_size)
 
     device = pick_device(tc.device)
     dtype = resolve_dtype(tc.dtype, device)
+    # Refuse a config that cannot fit before allocating anything (force=True: try anyway).
+    check_training_memory(model_config, tc, device, force=force)
     if device.type == "cpu":
         torch.set_num_threads(tc.threads or physical_cores())
     random.seed(tc.seed)
@@ -186,6 +210,8 @@ def train(
     data_gen = torch.Generator().manual_seed(tc.seed)
 
     model = build_model(model_config).to(device)
+    if init_weights is not None:
+        model.load_state_dict(init_weights)
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     optimizer = make_optimizer(
         model, tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2), device.type
@@ -231,7 +257,12 @@ def train(
     try:
         atomic_write_json(
             out_dir / "run.json",
-            {**run.to_dict(), "model": model_config.to_dict(), "data": str(data_dir)},
+            {
+                **run.to_dict(),
+                "model": model_config.to_dict(),
+                "data": str(data_dir),
+                "init_from": init_from,
+            },
         )
     except FolioError:
         raise

@@ -1,0 +1,136 @@
+"""How much memory a training run needs, checked before any tensor is allocated.
+
+A config that cannot fit (say n_layer 200 and n_embd 8192 on a laptop) would
+otherwise allocate until the operating system kills the process, or swap for
+an hour first. The trainer asks `check_training_memory` before building the
+model and refuses with one line giving the estimate and what is available,
+unless forced.
+
+The estimate, for fp32 training with AdamW (bytes):
+
+- model states: 16 per parameter: the weights, their gradients and AdamW's
+  two moments, 4 bytes each;
+- activations kept for the backward pass, per micro-batch: Korthikanti et al.
+  2022, "Reducing Activation Recomputation in Large Transformer Models",
+  eq. 2: s*b*h*(34 + 5*a*s/h) bytes per layer for 16-bit activations (s
+  block size, b batch, h n_embd, a heads), doubled for fp32. The a*s^2 part
+  is the attention matrix, which a fused kernel may never store; keeping it
+  makes the estimate an upper bound, which is the safe side for a guard;
+- logits: b*s*V floats, three times (the logits, the softmax inside the
+  cross-entropy and their gradient);
+- eval: estimate_loss runs between steps under no_grad, when the training
+  activations are already freed; its peak (one layer's activations and the
+  logits of one batch) is below the training peak, so it is reported but not
+  added.
+
+Mixed precision and a smaller real attention footprint only lower the real
+figure. Available memory is /proc/meminfo's MemAvailable on Linux (else
+free physical pages from sysconf), and torch.cuda.mem_get_info on CUDA; where
+none of these answers, the check is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from folio.errors import FolioError
+from folio.models.config import BigramConfig, GPTConfig
+
+BYTES_FP32 = 4
+STATE_BYTES_PER_PARAM = 16  # weights + gradients + AdamW exp_avg + exp_avg_sq, fp32 each
+
+
+def count_parameters(config: BigramConfig | GPTConfig) -> int:
+    """The parameter count of the model a config describes, without building it."""
+    if isinstance(config, BigramConfig):
+        return config.vocab_size * config.vocab_size
+    c, v = config.n_embd, config.vocab_size
+    bias = 1 if config.bias else 0
+    ln = (c + bias * c) if config.layer_norm else 0
+    attn = 3 * c * c + 3 * c * bias + c * c + c * bias  # c_attn (q, k, v) and c_proj
+    hidden = config.mlp_ratio * c
+    mlp = (c * hidden + hidden * bias + hidden * c + c * bias) if config.feed_forward else 0
+    per_layer = ln + attn + (ln + mlp if config.feed_forward else 0)
+    embeddings = v * c + (config.block_size * c if config.pos_embedding else 0)
+    head = 0 if config.tie_weights else c * v
+    return embeddings + config.n_layer * per_layer + ln + head
+
+
+def estimate_training_memory(
+    model_config: BigramConfig | GPTConfig, train_config
+) -> dict[str, Any]:
+    """Bytes a training run needs at its peak, by part (see the module docstring)."""
+    n_params = count_parameters(model_config)
+    b, s, v = train_config.batch_size, model_config.block_size, model_config.vocab_size
+    logits = 3 * b * s * v * BYTES_FP32
+    if isinstance(model_config, GPTConfig):
+        h, a, n_layer = model_config.n_embd, model_config.n_head, model_config.n_layer
+        # Korthikanti et al. 2022, eq. 2, in fp32: 2 * s*b*h*(34 + 5*a*s/h) = s*b*(68h + 10as).
+        per_layer = s * b * (68 * h + 10 * a * s)
+        activations = n_layer * per_layer
+        eval_peak = per_layer + logits // 3
+    else:
+        activations, eval_peak = 0, logits // 3
+    states = STATE_BYTES_PER_PARAM * n_params
+    return {
+        "n_params": n_params,
+        "states_bytes": states,
+        "activations_bytes": activations,
+        "logits_bytes": logits,
+        "eval_bytes": eval_peak,
+        "total_bytes": states + activations + logits,
+    }
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on `device`, or None where the platform does not say."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    if device.type != "cpu":
+        return None  # mps shares system memory but reports no budget we can trust
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(n: int) -> str:
+    n = min(n, 10**300)  # a fuzzed config can need more bytes than a float holds
+    return f"{n / 2**30:,.1f} GiB" if n < 10**15 * 2**30 else f"{n / 2**30:.2e} GiB"
+
+
+def check_training_memory(
+    model_config: BigramConfig | GPTConfig,
+    train_config,
+    device: torch.device,
+    *,
+    force: bool = False,
+    available: int | None = None,
+) -> dict[str, Any]:
+    """Refuse (FolioError) a run whose estimate exceeds the memory available, unless forced."""
+    est = estimate_training_memory(model_config, train_config)
+    avail = available if available is not None else available_memory(device)
+    est["available_bytes"] = avail
+    if force or avail is None or est["total_bytes"] <= avail:
+        return est
+    raise FolioError(
+        f"this run needs about {_gib(est['total_bytes'])} "
+        f"({_gib(est['states_bytes'])} weights, gradients and AdamW state for "
+        f"{est['n_params']:,} parameters; {_gib(est['activations_bytes'] + est['logits_bytes'])} "
+        f"activations at batch_size {train_config.batch_size}) but only {_gib(avail)} is "
+        f"available on {device.type}; shrink the model, batch_size or block_size, "
+        "or pass --force to try anyway"
+    )
