@@ -22,11 +22,24 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from folio.data.corpora import load_corpus
     from folio.data.prepare import prepare_dataset
 
-    corpus = load_corpus(args.sources, errors=args.errors, input_path=args.input)
-    s = prepare_dataset(corpus, Path(args.out), val_fraction=args.val_fraction)
+    corpus = load_corpus(
+        args.sources, errors=args.errors, input_path=args.input, allow_binary=args.allow_binary
+    )
+    s = prepare_dataset(
+        corpus,
+        Path(args.out),
+        val_fraction=args.val_fraction,
+        tokenizer=args.tokenizer,
+        vocab_size=args.vocab_size,
+        tokenizer_dir=args.tokenizer_dir,
+        progress=True,
+    )
     print(f"corpus: {corpus.name} ({len(corpus.files)} file(s))")
     print(f"length of dataset in characters: {s.characters:,}")
-    print(f"vocabulary ({s.vocab_size} characters): {s.vocab!r}")
+    if s.tokenizer == "char":
+        print(f"vocabulary ({s.vocab_size} characters): {s.vocab!r}")
+    else:
+        print(f"vocabulary ({s.vocab_size} {s.tokenizer} tokens), first merges: {s.vocab}")
     print(f"train tokens: {s.train_tokens:,}  val tokens: {s.val_tokens:,}  ({s.dtype})")
     print("excerpt:")
     print("  " + s.excerpt[:200].replace("\n", "\n  "))
@@ -54,6 +67,8 @@ def _overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
             pairs.append((key, value))
     if getattr(args, "compile", False):
         pairs.append(("train.compile", True))
+    if getattr(args, "fsdp", False):
+        pairs.append(("train.fsdp", True))
     return pairs
 
 
@@ -71,6 +86,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         init_from=args.init_from,
         force=args.force,
     )
+    from folio.train.distributed import is_main
+
+    if not is_main():  # under torchrun, rank 0 speaks for the job
+        return
     summary = {
         "run_dir": str(result.run_dir),
         "step": result.step,
@@ -262,6 +281,29 @@ def build_parser() -> argparse.ArgumentParser:
         default="strict",
         help="how to treat bytes that are not UTF-8",
     )
+    pp.add_argument(
+        "--allow-binary",
+        action="store_true",
+        help="read files that look binary (over 30%% control bytes in the first 64 KB)",
+    )
+    pp.add_argument(
+        "--tokenizer",
+        choices=["char", "bpe", "gpt2"],
+        default="char",
+        help="char: one token per character; bpe: byte-level BPE trained on the corpus; "
+        "gpt2: GPT-2's own BPE from --tokenizer-dir",
+    )
+    pp.add_argument(
+        "--vocab-size",
+        type=int,
+        default=4096,
+        help="vocabulary size of a trained BPE tokenizer (at least 257)",
+    )
+    pp.add_argument(
+        "--tokenizer-dir",
+        default=None,
+        help="directory holding GPT-2's vocab.json and merges.txt (for --tokenizer gpt2)",
+    )
     pp.set_defaults(func=cmd_prepare)
 
     from folio.train.config import list_presets
@@ -304,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pt.add_argument(
         "--compile", action="store_true", help="use torch.compile (falls back to eager on failure)"
+    )
+    pt.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun, shard the model across processes (fully_shard) instead of DDP",
     )
     pt.add_argument(
         "--max-time",

@@ -296,7 +296,9 @@ def export_hf(model: GPT, out_dir: str | Path, tokenizer: Any = None) -> Path:
 
     Writes config.json and model.safetensors; with a tokenizer, also Folio's own
     tokenizer JSON as folio_tokenizer.json (a character tokenizer has no Hugging
-    Face equivalent: encode and decode with folio.tokenizers.tokenizer_from_dict).
+    Face equivalent: encode and decode with folio.tokenizers.tokenizer_from_dict);
+    a BPE tokenizer is also written as Hugging Face's tokenizer.json
+    (`PreTrainedTokenizerFast(tokenizer_file=...)` loads it).
     The directory is built under a temporary name and renamed into place.
     """
     if not isinstance(model, GPT):
@@ -319,6 +321,8 @@ def export_hf(model: GPT, out_dir: str | Path, tokenizer: Any = None) -> Path:
         fsync_file(tmp / "model.safetensors")
         if tokenizer is not None:
             atomic_write_json(tmp / "folio_tokenizer.json", tokenizer.to_dict())
+            if tokenizer.kind == "bpe":  # BPE has a Hugging Face form: tokenizer.json
+                atomic_write_json(tmp / "tokenizer.json", tokenizer.to_dict()["tokenizer"])
         fsync_dir(tmp)
         if out.exists():
             out.rmdir()  # empty, checked above
@@ -361,7 +365,7 @@ def pretrained_for_training(
         raise FolioError(
             f"{d} has a vocabulary of {config.vocab_size} tokens but the dataset {data_dir} has "
             f"{vocab_size}; a GPT-2 model needs a dataset tokenized with its own tokenizer "
-            "(GPT-2 BPE datasets are planned, not built yet)"
+            "(folio prepare --tokenizer gpt2 --tokenizer-dir DIR)"
         )
     if "dropout" in model_fields:
         config = GPTConfig.from_dict({**config.to_dict(), "dropout": model_fields["dropout"]})

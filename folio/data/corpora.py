@@ -36,6 +36,9 @@ TINYSHAKESPEARE_MD5 = "6fb458f1232090904fb40fe944165e91"
 TINYSHAKESPEARE_CACHE = Path.home() / ".cache" / "folio" / "tinyshakespeare" / "input.txt"
 CORPUS_NAMES = ("shakespeare", "tinyshakespeare")
 DECODE_ERRORS = ("strict", "replace")
+BINARY_SNIFF_BYTES = 64 * 1024  # how much of a file is checked for binary content
+BINARY_THRESHOLD = 0.30  # more control bytes than this: a binary file
+_CONTROL_BYTES = bytes(range(32)) + b"\x7f"
 
 
 @dataclass
@@ -57,18 +60,33 @@ class Corpus:
     @property
     def sha256(self) -> str:
         """Hex SHA-256 of `text` as UTF-8: identifies the exact training text."""
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+        h = hashlib.sha256()  # fed document by document: `text` is never built
+        for i, doc in enumerate(self.documents):
+            h.update(b"\n" if i else b"")
+            h.update(doc.encode("utf-8"))
+        return h.hexdigest()
 
 
 # ---------------------------------------------------------------- reading text
 
 
-def read_text_file(path: Path, errors: str = "strict") -> str:
+def binary_fraction(data: bytes) -> float:
+    """The fraction of control bytes (NUL included; not tab, newlines or form feed) in `data`."""
+    if not data:
+        return 0.0
+    text_controls = sum(data.count(b) for b in b"\t\n\r\f")
+    controls = len(data) - len(data.translate(None, _CONTROL_BYTES))
+    return (controls - text_controls) / len(data)
+
+
+def read_text_file(path: Path, errors: str = "strict", allow_binary: bool = False) -> str:
     """Read a UTF-8 text file and normalise it.
 
     A leading byte-order mark is dropped; "\\r\\n" and lone "\\r" become "\\n";
     a final "\\n" is added if missing. With errors="replace", bytes that are not
-    UTF-8 become U+FFFD instead of stopping with an error.
+    UTF-8 become U+FFFD instead of stopping with an error. A file whose first
+    64 KB are more than 30% control bytes is taken for binary and refused,
+    unless allow_binary.
     """
     if errors not in DECODE_ERRORS:
         raise FolioError(f"unknown --errors value {errors!r}: use 'strict' or 'replace'")
@@ -78,6 +96,12 @@ def read_text_file(path: Path, errors: str = "strict") -> str:
         raise FolioError(f"{path}: no such file") from None
     except OSError as e:
         raise FolioError(f"{path}: cannot read ({e.strerror or e})") from None
+    fraction = binary_fraction(data[:BINARY_SNIFF_BYTES])
+    if not allow_binary and fraction > BINARY_THRESHOLD:
+        raise FolioError(
+            f"{path}: looks like a binary file ({fraction:.0%} of its first 64 KB are control "
+            "bytes such as NUL); pass --allow-binary to read it as text anyway"
+        )
     start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
         text = data[start:].decode("utf-8", errors=errors)
@@ -275,13 +299,18 @@ def _expand_source(source: str) -> list[Path]:
 
 
 def load_corpus(
-    sources: list[str], *, errors: str = "strict", input_path: str | None = None
+    sources: list[str],
+    *,
+    errors: str = "strict",
+    input_path: str | None = None,
+    allow_binary: bool = False,
 ) -> Corpus:
     """Load `shakespeare`, `tinyshakespeare`, or the text files that paths and globs name.
 
     Paths are read in the order given (each directory's or glob's files sorted);
     a file named twice is read once. errors is "strict" or "replace", for bytes
-    that are not UTF-8; input_path is the local tinyshakespeare file (`--input`).
+    that are not UTF-8; input_path is the local tinyshakespeare file (`--input`);
+    allow_binary reads files that look binary (see `read_text_file`).
     """
     if not sources:
         raise FolioError(f"no corpus given: name one of {', '.join(CORPUS_NAMES)} or give paths")
@@ -293,7 +322,7 @@ def load_corpus(
     for source in sources:
         for path in _expand_source(source):
             files.setdefault(path.resolve(), path)
-    documents = [read_text_file(path, errors) for path in files.values()]
+    documents = [read_text_file(path, errors, allow_binary) for path in files.values()]
     name = ", ".join(sources)
     if len(name) > 60:
         name = f"{sources[0]} and {len(sources) - 1} more"

@@ -228,9 +228,16 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _default_start(tokenizer: Tokenizer | None) -> int:
-    """Newline if the tokenizer has it as one token, else token 0 (the video's choice)."""
+    """End-of-text (a BPE document boundary), else newline if it is one token, else token 0.
+
+    A BPE dataset puts `<|endoftext|>` before every document but the first, so
+    starting from it samples the opening of a document, as GPT-2 does.
+    """
     if tokenizer is None:
         return 0
+    eot = getattr(tokenizer, "eot_id", None)
+    if isinstance(eot, int):
+        return eot
     try:
         ids = tokenizer.encode("\n")
     except FolioError:
@@ -241,8 +248,8 @@ def _default_start(tokenizer: Tokenizer | None) -> int:
 class Sampler:
     """Generates text from a model: token ids step by step, streamed text, or whole completions.
 
-    An empty prompt starts from a default token, `start_id`: the tokenizer's
-    newline when it is a single token (the first token of a Shakespeare
+    An empty prompt starts from a default token, `start_id`: a BPE tokenizer's
+    `<|endoftext|>`, else the tokenizer's newline when it is a single token (the first token of a Shakespeare
     character vocabulary, as in the video), else token 0. The start token is
     context only and not part of the completion. A prompt longer than the
     context keeps its last block_size tokens, with a warning.

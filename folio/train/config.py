@@ -74,6 +74,9 @@ class TrainConfig:
     """Stop after this many evals without a new best val loss; 0 = never."""
     save_checkpoints: bool = True
     """Write checkpoints (latest at every eval, best when val improves)."""
+    fsdp: bool = False
+    """Under torchrun: shard weights, gradients and optimizer state across ranks (fully_shard)
+    instead of replicating them (DDP). Checkpoints then hold weights only."""
 
     def __post_init__(self) -> None:
         for f in fields(self):

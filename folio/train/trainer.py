@@ -34,6 +34,7 @@ from folio.errors import FolioError
 from folio.eval import estimate_loss
 from folio.fsutil import atomic_write_json
 from folio.models import build_model, model_config_from_dict
+from folio.train import distributed
 from folio.train.config import RunConfig
 from folio.train.device import (
     autocast,
@@ -199,19 +200,35 @@ def train(
     ds.check_block_size(block_size)
 
     device = pick_device(tc.device)
+    # Under torchrun: join the group, one GPU per process; only rank 0 logs and writes.
+    denv = distributed.init(device.type)
+    device = distributed.device_for(device, denv)
+    main = denv.is_main
+    if not main:
+        log, progress = (lambda *a, **k: None), False
+    if tc.fsdp and not denv.enabled:
+        raise FolioError(
+            "--fsdp shards the model across processes: launch with torchrun --nproc-per-node 2 or more"
+        )
+    if tc.fsdp and resume:
+        raise FolioError("--fsdp checkpoints hold weights only: --resume needs a DDP or single run")
     dtype = resolve_dtype(tc.dtype, device)
     # Refuse a config that cannot fit before allocating anything (force=True: try anyway).
     check_training_memory(model_config, tc, device, force=force)
     if device.type == "cpu":
-        torch.set_num_threads(tc.threads or physical_cores())
+        torch.set_num_threads(tc.threads or max(1, physical_cores() // denv.local_world_size))
     random.seed(tc.seed)
     np.random.seed(tc.seed % 2**32)
     torch.manual_seed(tc.seed)
-    data_gen = torch.Generator().manual_seed(tc.seed)
+    data_gen = torch.Generator().manual_seed(tc.seed + denv.rank)  # rank 0: the single stream
 
     model = build_model(model_config).to(device)
     if init_weights is not None:
         model.load_state_dict(init_weights)
+    if denv.rank:
+        torch.manual_seed(tc.seed + denv.rank)  # the same init everywhere, its own dropout
+    if tc.fsdp:
+        distributed.shard_model(model)
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     optimizer = make_optimizer(
         model, tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2), device.type
@@ -243,18 +260,17 @@ def train(
         except (KeyError, TypeError, ValueError):
             raise FolioError(f"{ck.path / 'state.json'}: training state is malformed") from None
         tokens_seen = int(ck.state.get("tokens_seen", 0))
-        torch.set_rng_state(rng["rng.torch"])
-        data_gen.set_state(rng["rng.data"])
-        if "rng.cuda" in rng and device.type == "cuda":
+        distributed.restore_rank_rng(rng, data_gen, tc.seed, step, denv.rank)
+        if "rng.cuda" in rng and device.type == "cuda" and main:
             torch.cuda.set_rng_state(rng["rng.cuda"], device)
         _restore_py_np_rng(ck.state)
         log(f"resuming from {ck.path} at step {step}")
-    else:
+    elif main:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise FolioError(f"cannot create run directory {out_dir}: {e.strerror or e}") from None
-    try:
+    if main:
         atomic_write_json(
             out_dir / "run.json",
             {
@@ -264,18 +280,27 @@ def train(
                 "init_from": init_from,
             },
         )
-    except FolioError:
-        raise
-    metrics = MetricsLog(out_dir / "metrics.jsonl", step if resume else None)
+    metrics = (
+        MetricsLog(out_dir / "metrics.jsonl", step if resume else None) if main else _NoMetrics()
+    )
 
     train_data, val_data = ds.tokens("train"), ds.tokens("val")
-    tokens_per_step = tc.batch_size * tc.grad_accum * block_size
+    tokens_per_step = tc.batch_size * tc.grad_accum * block_size * denv.world_size
     ac = lambda: autocast(device, dtype)  # noqa: E731
     example = tuple(
         t.to(device)
         for t in get_batch(train_data, tc.batch_size, block_size, torch.Generator().manual_seed(0))
     )
-    fwd = _maybe_compile(model, tc.compile, example, log)
+    ddp = None
+    if denv.enabled and not tc.fsdp:  # after the weights are final: DDP broadcasts rank 0's
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            **distributed.no_buffer_sync_kwargs(),  # buffers (the causal mask) never change
+        )
+    fwd = _maybe_compile(ddp or model, tc.compile, example, log)
     flops_tok = flops_per_token(
         n_params,
         getattr(model_config, "n_layer", 0),
@@ -284,6 +309,11 @@ def train(
     )
     peak = None
 
+    if denv.enabled:
+        log(
+            f"{denv.world_size} processes ({'FSDP' if tc.fsdp else 'DDP'}), "
+            f"global batch {tc.batch_size} x {tc.grad_accum} x {denv.world_size} sequences"
+        )
     log(
         f"{run.model_type} model, {n_params / 1e6:.2f}M parameters | device {device}, "
         f"{'fp32' if dtype == torch.float32 else str(dtype).split('.')[-1] + ' autocast'}, "
@@ -291,8 +321,10 @@ def train(
     )
 
     def evaluate() -> dict[str, float]:
+        # Every rank evaluates the same fixed batches on the unwrapped model (no DDP
+        # collectives to deadlock); rank 0's numbers decide best/patience for all.
         losses = estimate_loss(
-            fwd,
+            model if denv.enabled else fwd,
             {"train": train_data, "val": val_data},
             tc.batch_size,
             block_size,
@@ -301,6 +333,9 @@ def train(
             device,
             ac,
         )
+        if denv.enabled:
+            values = distributed.broadcast_floats(list(losses.values()), device)
+            losses = dict(zip(losses, values, strict=True))
         return losses
 
     history: list[dict[str, Any]] = []
@@ -355,18 +390,27 @@ def train(
                 "best_val_loss": best_val,
                 "evals_since_best": evals_since_best,
                 **_py_np_rng(),
+                "world_size": denv.world_size,
             }
-            save_checkpoint(
-                out_dir,
-                model,
-                model_config,
-                tokenizer,
-                state,
-                optimizer=optimizer,
-                rng_tensors=_rng_tensors(data_gen, device),
-                best=improved,
-            )
-        _plot(out_dir, metrics.rows)
+            # Collectives first (every rank), then rank 0 writes.
+            rng_tensors = {
+                **_rng_tensors(data_gen, device),
+                **distributed.rank_rng_tensors(data_gen),
+            }
+            weights = _FullWeights(distributed.full_state_dict(model)) if tc.fsdp else model
+            if main:
+                save_checkpoint(
+                    out_dir,
+                    weights,
+                    model_config,
+                    tokenizer,
+                    state,
+                    optimizer=None if tc.fsdp else optimizer,
+                    rng_tensors=rng_tensors,
+                    best=improved,
+                )
+        if main:
+            _plot(out_dir, metrics.rows)
 
     try:
         if tc.eval_at_start and step == 0:
@@ -386,23 +430,28 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = 0.0
-            for _ in range(tc.grad_accum):
+            for micro in range(tc.grad_accum):
                 x, y = get_batch(train_data, tc.batch_size, block_size, data_gen)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with ac():
-                    _, loss = fwd(x, y)
-                loss = loss / tc.grad_accum
-                (scaler.scale(loss) if scaler else loss).backward()
+                # Ranks reduce gradients only after the last micro-batch.
+                with distributed.grad_sync(ddp or model, micro == tc.grad_accum - 1):
+                    with ac():
+                        _, loss = fwd(x, y)
+                    loss = loss / tc.grad_accum
+                    (scaler.scale(loss) if scaler else loss).backward()
                 loss_sum += loss.detach().float().item()
+            if denv.enabled:  # the global batch's loss, the same on every rank
+                loss_sum = distributed.all_reduce_sum([loss_sum], device)[0] / denv.world_size
             if scaler:
                 scaler.unscale_(optimizer)
-            grad_norm = float(
+            grad_norm = distributed.to_float(
                 torch.nn.utils.clip_grad_norm_(
                     model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf
                 )
             )
             if not math.isfinite(loss_sum) or (not math.isfinite(grad_norm) and scaler is None):
-                _nan_snapshot(out_dir, model, model_config, tokenizer, step, x, y)
+                if main and not tc.fsdp:
+                    _nan_snapshot(out_dir, model, model_config, tokenizer, step, x, y)
                 what = "loss" if not math.isfinite(loss_sum) else "gradient norm"
                 raise FolioError(
                     f"step {step}: the {what} became {loss_sum if what == 'loss' else grad_norm} "
@@ -423,7 +472,7 @@ def train(
             if step % tc.log_interval == 0 or step == tc.max_iters:
                 if peak is None and flops_tok:
                     peak = peak_flops(device, dtype)
-                mfu = flops_tok * tok_s / peak if peak else None
+                mfu = flops_tok * tok_s / (peak * denv.world_size) if peak else None
                 row = {
                     "step": step,
                     "tokens": tokens_seen,
@@ -442,6 +491,11 @@ def train(
                 )
             elapsed = time.perf_counter() - t_start
             out_of_time = tc.max_time > 0 and elapsed >= tc.max_time
+            if denv.enabled:  # stop together: any rank's clock or Ctrl-C stops every rank
+                flags = distributed.all_reduce_sum(
+                    [float(out_of_time), float(stop_flag.requested)], device
+                )
+                out_of_time, stop_flag.requested = flags[0] > 0, flags[1] > 0
             if (
                 step % tc.eval_interval == 0
                 or step == tc.max_iters
@@ -469,6 +523,7 @@ def train(
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
     seconds = time.perf_counter() - t_start
+    distributed.teardown()
     return TrainResult(
         run_dir=out_dir,
         step=step,
@@ -481,6 +536,27 @@ def train(
         stopped=stopped,
         history=history,
     )
+
+
+class _NoMetrics:
+    """Ranks other than 0 write no metrics."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+
+class _FullWeights(nn.Module):
+    """A sharded model's gathered weights, in the shape save_checkpoint reads."""
+
+    def __init__(self, weights: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.weights = weights
+
+    def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        return dict(self.weights)
 
 
 def _main_thread() -> bool:

@@ -1,0 +1,203 @@
+"""Data-parallel training: N processes take the step one process takes on their union.
+
+Each test launches `torchrun --standalone` (loopback rendezvous, gloo, one thread a
+process) on the tiny model, so they are marked `distributed` but stay in the
+default run: CI exercises them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from folio.checkpoint import load_checkpoint
+from folio.data.batches import Dataset, get_batch
+from folio.data.corpora import load_corpus
+from folio.data.prepare import prepare_dataset
+from folio.errors import FolioError
+from folio.models import build_model, model_config_from_dict
+from folio.train import distributed
+from folio.train.config import build_run_config
+from folio.train.optim import make_optimizer
+from folio.train.trainer import train
+
+pytestmark = pytest.mark.distributed
+
+WORDS = "the quick brown fox jumps over a lazy dog and runs far away".split()
+SEED = 1337
+COMMON = [
+    "--preset",
+    "tiny",
+    "--seed",
+    str(SEED),
+    "--batch-size",
+    "4",
+    "--set",
+    "train.grad_accum=2",
+    "--set",
+    "train.threads=1",
+    "--set",
+    "train.eval_iters=1",
+    "--set",
+    "train.eval_at_start=false",
+    "--set",
+    "train.log_interval=1",
+    "--set",
+    "train.lr_schedule=constant",
+    "--set",
+    "train.warmup_iters=2",
+]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    rng = random.Random(0)
+    lines = (" ".join(rng.choice(WORDS) for _ in range(10)) for _ in range(300))
+    (root / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    prepare_dataset(load_corpus([str(root / "corpus.txt")]), root / "ds")
+    return root / "ds"
+
+
+def _torchrun(dataset: Path, out: Path, *args: str, nproc: int = 2) -> dict[str, Any]:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip(f"torchrun not found beside {sys.executable}")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "FOLIO_CACHE": str(out.parent / "folio-cache"),
+        "MPLBACKEND": "Agg",
+    }
+    cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m", "folio", "train"]
+    cmd += ["--data", str(dataset), "--out", str(out), *COMMON, *args, "--quiet", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summaries = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1, proc.stdout  # rank 0 alone prints
+    return json.loads(summaries[0])
+
+
+def _reference_weights(dataset: Path, steps: int, world_size: int) -> dict[str, torch.Tensor]:
+    """One process, a hand-written loop: rank r's micro-batches drawn from seed + r, the
+    gradient the mean over every micro-batch of every rank, clipped, then AdamW."""
+    run = build_run_config("tiny", [("seed", SEED), ("batch_size", 4), ("grad_accum", 2)])
+    tc = run.train
+    ds = Dataset.open(dataset)
+    config = model_config_from_dict("gpt", {**run.model, "vocab_size": ds.vocab_size})
+    random.seed(tc.seed)
+    np.random.seed(tc.seed)
+    torch.manual_seed(tc.seed)
+    model = build_model(config)
+    optimizer = make_optimizer(
+        model, tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2), "cpu"
+    )
+    gens = [torch.Generator().manual_seed(tc.seed + r) for r in range(world_size)]
+    data = ds.tokens("train")
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = tc.learning_rate * min(1.0, (step + 1) / 2)  # warmup_iters=2
+        for gen in gens:
+            for _ in range(tc.grad_accum):
+                x, y = get_batch(data, tc.batch_size, config.block_size, gen)
+                _, loss = model(x, y)
+                (loss / (tc.grad_accum * world_size)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return model.state_dict()
+
+
+def _step_rows(run_dir: Path) -> list[tuple]:
+    rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["tokens"], r["loss"], r["grad_norm"]) for r in rows if "loss" in r]
+
+
+def test_two_processes_equal_one_process_on_the_union_of_their_batches(
+    dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ddp"
+    summary = _torchrun(dataset, out, "--max-iters", "3", "--eval-interval", "3")
+    assert summary["step"] == 3
+    # The global batch: 4 sequences x 2 micro-batches x 2 ranks x block 16 tokens a step.
+    assert [t for _, t, *_ in _step_rows(out)] == [256, 512, 768]
+    got = load_checkpoint(out).model.state_dict()
+    want = _reference_weights(dataset, steps=3, world_size=2)
+    assert got.keys() == want.keys()
+    # atol 1e-5: the key part of c_attn.bias gets a gradient that is only rounding noise
+    # (softmax ignores a shift shared by all keys), which AdamW scales up to ~1e-6; a
+    # different batch would move weights by ~lr = 3e-3.
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-5, msg=k)
+
+    # A checkpoint two ranks wrote resumes in one process (rank 0's streams carry on).
+    run = build_run_config(
+        "tiny",
+        [("seed", SEED), ("batch_size", 4), ("grad_accum", 2), ("threads", 1)]
+        + [("eval_iters", 1), ("eval_at_start", False), ("max_iters", 4), ("eval_interval", 4)],
+    )
+    result = train(run, dataset, out, resume=True, progress=False, log=lambda _: None)
+    assert result.step == 4
+    assert json.loads((out / "run.json").read_text())["train"]["max_iters"] == 4
+
+
+def test_two_process_resume_is_exact(dataset: Path, tmp_path: Path) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _torchrun(dataset, straight, "--max-iters", "4", "--eval-interval", "2")
+    _torchrun(dataset, resumed, "--max-iters", "2", "--eval-interval", "2")
+    _torchrun(dataset, resumed, "--max-iters", "4", "--eval-interval", "2", "--resume")
+    assert _step_rows(resumed) == _step_rows(straight)  # bitwise: every rank's streams saved
+    a, b = load_checkpoint(straight).model.state_dict(), load_checkpoint(resumed).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fsdp_equals_one_process_too(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fsdp"
+    summary = _torchrun(dataset, out, "--max-iters", "2", "--eval-interval", "2", "--fsdp")
+    assert summary["step"] == 2
+    got = load_checkpoint(out).model.state_dict()  # gathered whole onto rank 0
+    want = _reference_weights(dataset, steps=2, world_size=2)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-5, msg=k)
+    with pytest.raises(FolioError, match="weights only"):
+        load_checkpoint(out).trainer_state()
+
+
+def test_fsdp_needs_torchrun(dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    run = build_run_config("tiny", [("fsdp", True), ("threads", 1)])
+    with pytest.raises(FolioError, match="torchrun"):
+        train(run, dataset, tmp_path / "r", progress=False, log=lambda _: None)
+
+
+def test_single_process_environment(monkeypatch) -> None:
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    env = distributed.env_from_environ()
+    assert (env.rank, env.world_size, env.enabled, env.is_main) == (0, 1, False, True)
+    assert distributed.init("cpu") == env  # no group for one process
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(FolioError, match="outside"):
+        distributed.env_from_environ()
+
+
+def test_a_rank_without_saved_streams_gets_fresh_ones() -> None:
+    gen = torch.Generator().manual_seed(0)
+    saved = {"rng.torch": torch.get_rng_state(), "rng.data": gen.get_state()}
+    assert distributed.restore_rank_rng(saved, gen, SEED, 10, rank=0)
+    assert not distributed.restore_rank_rng(saved, gen, SEED, 10, rank=1)
+    assert torch.equal(
+        gen.get_state(),
+        torch.Generator().manual_seed(distributed.resume_seed(SEED, 10, 1)).get_state(),
+    )
