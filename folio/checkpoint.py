@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from folio.errors import FolioError
-from folio.fsutil import atomic_write_json, fsync_dir, fsync_file, read_json
+from folio.fsutil import atomic_write_json, fsync_dir, fsync_file, read_json, scratch_dir
 from folio.models import build_model, model_config_from_dict
 from folio.tokenizers import tokenizer_from_dict
 
@@ -109,10 +109,9 @@ def save_checkpoint(
     ckpt_root = run_dir / "checkpoints"
     final = ckpt_root / f"step-{step:08d}"
     tmp = ckpt_root / f".step-{step:08d}.tmp-{os.getpid()}"
-    try:
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+    failure = f"cannot write checkpoint in {run_dir}: {{why}}; the previous checkpoint is intact"
+    # FolioError too: an atomic_write of a JSON file failed.
+    with scratch_dir(tmp, failure, catch=(OSError, FolioError)):
         config = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -134,9 +133,8 @@ def save_checkpoint(
         atomic_write_json(tmp / "state.json", {"format_version": CHECKPOINT_VERSION, **state})
         fsync_dir(tmp)
         n = 1
-        while (
-            final.exists()
-        ):  # the same step saved again: a new name, so the pointed one stays whole
+        # The same step saved again gets a new name, so the one a pointer names stays whole.
+        while final.exists():
             final = ckpt_root / f"step-{step:08d}.{n}"
             n += 1
         os.rename(tmp, final)
@@ -150,15 +148,6 @@ def save_checkpoint(
             atomic_write_json(run_dir / "latest.json", pointer)
         if best:
             atomic_write_json(run_dir / "best.json", pointer)
-    except (OSError, FolioError) as e:  # FolioError: an atomic_write of a JSON file failed
-        shutil.rmtree(tmp, ignore_errors=True)
-        why = (e.strerror or e) if isinstance(e, OSError) else e
-        raise FolioError(
-            f"cannot write checkpoint in {run_dir}: {why}; the previous checkpoint is intact"
-        ) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _prune(run_dir)
     return final
 

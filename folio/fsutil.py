@@ -7,10 +7,11 @@ either the old file or the new one, never a mixture.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +88,25 @@ def replace_dir(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
     if aside.exists():
         shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_dir(
+    tmp: Path, failure: str, catch: tuple[type[BaseException], ...] = (OSError,)
+) -> Iterator[Path]:
+    """A fresh, empty directory `tmp` to build something in before renaming it into place.
+
+    If the block fails, `tmp` is removed; the exceptions in `catch` become one
+    FolioError line, `failure` with `{why}` replaced by the reason.
+    """
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        yield tmp
+    except catch as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = (e.strerror or e) if isinstance(e, OSError) else e
+        raise FolioError(failure.format(why=why)) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from folio.errors import FolioError
-from folio.fsutil import atomic_write_json, fsync_dir, fsync_file, read_json
+from folio.fsutil import atomic_write_json, fsync_dir, fsync_file, read_json, scratch_dir
 from folio.models import GPT, GPTConfig
 from folio.models.attention import MultiHeadAttention
 
@@ -308,10 +307,7 @@ def export_hf(model: GPT, out_dir: str | Path, tokenizer: Any = None) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FolioError(f"{out}: already exists and is not empty; choose another --out")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+    with scratch_dir(tmp, f"cannot write {out}: {{why}}"):
         atomic_write_json(tmp / "config.json", hf_config)
         save_file(
             hf_state_dict_from_folio(model),
@@ -328,12 +324,6 @@ def export_hf(model: GPT, out_dir: str | Path, tokenizer: Any = None) -> Path:
             out.rmdir()  # empty, checked above
         os.rename(tmp, out)
         fsync_dir(out.parent)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise FolioError(f"cannot write {out}: {e.strerror or e}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

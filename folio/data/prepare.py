@@ -25,7 +25,6 @@ finished.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from tqdm import tqdm
 
 from folio.data.corpora import Corpus
 from folio.errors import FolioError
-from folio.fsutil import atomic_write_json, fsync_file, replace_dir
+from folio.fsutil import atomic_write_json, fsync_file, replace_dir, scratch_dir
 from folio.tokenizers import BPETokenizer, CharTokenizer
 from folio.tokenizers.bpe import iter_pieces
 
@@ -217,15 +216,9 @@ def prepare_dataset(
         raise FolioError(f"{out_dir}: exists and is not a directory")
     if tokenizer == "char":
         _split_point(corpus, len(corpus.text), val_fraction)  # before creating anything
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    except OSError as e:
-        raise FolioError(f"cannot create dataset directory {out_dir}: {e.strerror or e}") from None
+    tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     characters = sum(len(d) for d in corpus.documents) + max(len(corpus.documents) - 1, 0)
-    try:
+    with scratch_dir(tmp, f"cannot write dataset to {out_dir}: {{why}}"):
         if isinstance(tok, CharTokenizer):
             counts = _write_char_tokens(corpus, tok, tmp, val_fraction)
         else:
@@ -250,12 +243,6 @@ def prepare_dataset(
         }
         atomic_write_json(tmp / "meta.json", meta)  # written last: its presence marks completion
         replace_dir(tmp, out_dir)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise FolioError(f"cannot write dataset to {out_dir}: {e.strerror or e}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return PrepareSummary(
         out_dir=out_dir,
         characters=characters,
