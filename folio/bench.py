@@ -58,7 +58,14 @@ def measure_mode(
     B = batch_size or tc.batch_size
     T = cfg.block_size
     opt = make_optimizer(
-        model, tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2), device.type
+        model,
+        tc.learning_rate,
+        tc.weight_decay,
+        (tc.beta1, tc.beta2),
+        device.type,
+        kind=tc.optimizer,
+        muon_lr=tc.muon_lr,
+        muon_momentum=tc.muon_momentum,
     )
     fwd = torch.compile(model) if compile else model
     g = torch.Generator().manual_seed(0)

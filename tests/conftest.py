@@ -35,3 +35,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def folio_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Keep the measured-peak-FLOP/s cache (and anything else Folio caches) out of $HOME.
+
+    Session-wide, set in os.environ, so module fixtures and subprocesses see it too.
+    """
+    old = os.environ.get("FOLIO_CACHE")
+    os.environ["FOLIO_CACHE"] = str(tmp_path_factory.mktemp("folio-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FOLIO_CACHE", None)
+    else:
+        os.environ["FOLIO_CACHE"] = old

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -520,3 +521,92 @@ def test_bad_flag_value(
     )
     assert_user_error(code, err, "learning_rate must not be negative")
     assert_nothing_written(tmp_path / "r")
+
+
+# ----------------------------------------------------------------- speedruns
+
+
+@pytest.mark.parametrize("preset", ["cpu-speedrun-188", "cpu-speedrun-148"])
+def test_speedrun_presets_train_resume_and_evaluate(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str], preset: str
+) -> None:
+    # A few steps of each speedrun preset (Muon and all) from the CLI, then a resume
+    # and the whole-split evaluation the speedrun figures come from.
+    run_dir = tmp_path / "run"
+    common = ["--data", trained.data, "--out", run_dir, "--preset", preset, "--quiet"]
+    code, _, err = run(capsys, "train", *common, "--max-iters", 2, "--threads", 1)
+    assert code == 0, err
+    code, _, err = run(capsys, "train", *common, "--max-iters", 3, "--threads", 1, "--resume")
+    assert code == 0, err
+    code, out, err = run(capsys, "eval", "--checkpoint", run_dir, "--splits", "val", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["step"] == 3 and math.isfinite(result["val_loss"])
+    opt = json.loads(next(run_dir.glob("checkpoints/step-00000003/optimizer.json")).read_text())
+    assert opt["param_groups"][0]["muon"] is True
+
+
+def test_speedrun_benchmark_script_times_and_scores_a_preset(
+    tinyshakespeare_path: Path, tmp_path: Path
+) -> None:
+    # benchmarks/speedrun.py end to end, on the tests' tiny preset so that it takes seconds.
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "speedrun.py"),
+            "--preset",
+            "tiny",
+            "--seeds",
+            "3",
+            "--input",
+            str(tinyshakespeare_path),
+            "--results",
+            str(tmp_path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout.splitlines()[-1])["runs"]
+    assert [r["seed"] for r in rows] == [3] and rows[0]["step"] == 40
+    assert 0 < rows[0]["val_loss"] < 4.2 and rows[0]["val_tokens"] == 111_539
+    log = (tmp_path / "tiny-seed3.log").read_text()
+    assert "wall clock of the train command" in log and '"val_loss"' in log
+
+
+# ----------------------------------------------------------------- benchmarks
+
+
+def test_bench_train_json_has_the_headline_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys,
+        "bench", "train", "--preset", "tiny", "--steps", 1, "--warmup", 1,
+        "--no-compile", "--no-bf16", "--threads", 1, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["tokens_per_s"] > 0 and result["baseline_tokens_per_s"] > 0
+    assert 0 < result["mfu"] < 1.5  # against a measured peak: a little noise either way
+    assert [m["mode"] for m in result["modes"]] == [
+        "baseline (fp32, eager, list of heads)",
+        "fused (fp32, eager)",
+    ]
+    assert result["modes"][0]["speedup_vs_baseline"] == 1.0
+
+
+def test_bench_sample_json_has_cached_and_uncached(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys,
+        "bench", "sample", "--preset", "tiny", "--batch-sizes", 1, "--new-tokens", 20,
+        "--uncached-tokens", 20, "--dtypes", "float32", "--threads", 1, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["tokens_per_s_cached"] > 0 and result["tokens_per_s_uncached"] > 0
+    assert result["speedup"] == pytest.approx(
+        result["tokens_per_s_cached"] / result["tokens_per_s_uncached"]
+    )

@@ -51,7 +51,7 @@ def dataset(corpus: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def no_plot(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    monkeypatch.setattr(trainer_module, "_plot", lambda out_dir, rows: None)
+    monkeypatch.setattr(trainer_module, "plot_losses", lambda out_dir, rows: None)
     monkeypatch.setenv("FOLIO_CACHE", str(tmp_path_factory.getbasetemp() / "folio-cache"))
 
 
@@ -162,7 +162,7 @@ def test_run_directory_turning_read_only_or_full_keeps_the_previous_checkpoint(
     ck = load_checkpoint(run_dir)
     assert ck.state["step"] == 2 and ck.path.name == "step-00000002"
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-00000002"]
-    monkeypatch.setattr(trainer_module, "_plot", lambda out_dir, rows: None)
+    monkeypatch.setattr(trainer_module, "plot_losses", lambda out_dir, rows: None)
     assert main(_train(dataset, run_dir, 4, "--resume")) == 0
     assert load_checkpoint(run_dir).state["step"] == 4
 

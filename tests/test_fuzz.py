@@ -169,7 +169,7 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory):
     (root / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     prepare_dataset(load_corpus([str(root / "corpus.txt")]), root / "ds")
     with pytest.MonkeyPatch.context() as mp:  # no loss plot, and FLOP/s measured once, here
-        mp.setattr(trainer_module, "_plot", lambda out_dir, rows: None)
+        mp.setattr(trainer_module, "plot_losses", lambda out_dir, rows: None)
         mp.setenv("FOLIO_CACHE", str(root / "cache"))
         yield root / "ds"
 

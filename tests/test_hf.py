@@ -244,7 +244,7 @@ def char_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def quiet_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FOLIO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(trainer_module, "_plot", lambda out_dir, rows: None)
+    monkeypatch.setattr(trainer_module, "plot_losses", lambda out_dir, rows: None)
 
 
 def _train_args(data: Path, init: str, out: Path) -> list[str]:

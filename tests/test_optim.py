@@ -20,7 +20,15 @@ from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
 from folio.models import GPT, GPTConfig
 from folio.train.config import TrainConfig, build_run_config
-from folio.train.optim import SCHEDULES, learning_rate, make_optimizer, param_groups
+from folio.train.optim import (
+    SCHEDULES,
+    MuonAdamW,
+    learning_rate,
+    make_optimizer,
+    muon_param_groups,
+    orthogonalize,
+    param_groups,
+)
 from folio.train.trainer import train
 
 V, BLOCK = 20, 16
@@ -76,6 +84,90 @@ def test_frozen_parameters_are_left_out() -> None:
     model.transformer.wpe.weight.requires_grad_(False)
     decay, _ = param_groups(model, 0.1)
     assert all(p is not model.transformer.wpe.weight for p in decay["params"])
+
+
+# --- Muon ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(64, 16), (16, 64), (32, 32)])
+def test_orthogonalize_pushes_every_singular_value_towards_one(shape: tuple[int, int]) -> None:
+    g = torch.Generator().manual_seed(0)
+    # Singular values spread over two orders of magnitude (five iterations lift a value by
+    # about 3.4**5 = 480x, so much smaller ones would stay small: Muon does not need them).
+    u, _ = torch.linalg.qr(torch.randn(shape[0], min(shape), generator=g))
+    v, _ = torch.linalg.qr(torch.randn(shape[1], min(shape), generator=g))
+    s = torch.logspace(-1, 1, min(shape))
+    m = u @ torch.diag(s) @ v.T  # (r, k) @ (k, k) @ (k, c) -> (r, c)
+    o = orthogonalize(m)
+    assert o.shape == m.shape
+    sv = torch.linalg.svdvals(o)
+    assert sv.min() > 0.5 and sv.max() < 1.3, sv
+    # The directions are kept: o is close to u v^T, the exact orthogonal factor.
+    cos = (o * (u @ v.T)).sum() / (o.norm() * (u @ v.T).norm())
+    assert cos > 0.95
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_muon_takes_the_block_matrices_and_adamw_the_rest(tie: bool) -> None:
+    model = _gpt(tie_weights=tie)
+    hidden, matrices, vectors = muon_param_groups(model, 1e-3, 0.02, 0.1)
+    assert hidden["muon"] and hidden["lr_scale"] == pytest.approx(20.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in hidden["params"]} == {
+        n for n, p in model.named_parameters() if p.dim() == 2 and n.startswith("transformer.h.")
+    }
+    assert {names[id(p)] for p in matrices["params"]} >= {"transformer.wte.weight"}
+    assert matrices["weight_decay"] == 0.1 and vectors["weight_decay"] == 0.0
+    grouped = [id(p) for grp in (hidden, matrices, vectors) for p in grp["params"]]
+    assert len(grouped) == len(set(grouped)) == len({id(p) for p in model.parameters()})
+
+
+def test_muon_optimizer_adamw_part_matches_torch_adamw() -> None:
+    # No biases: the key bias gets a gradient of zero up to rounding, which Adam amplifies
+    # into steps of +-lr in whatever direction the rounding points.
+    a, b = _gpt(seed=3, bias=False), _gpt(seed=3, bias=False)
+    ours = MuonAdamW([{"params": list(a.parameters()), "weight_decay": 0.1}], lr=1e-2)
+    ref = torch.optim.AdamW(b.parameters(), lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x = torch.randint(0, V, (4, BLOCK), generator=g)
+        y = torch.randint(0, V, (4, BLOCK), generator=g)
+        for model, opt in ((a, ours), (b, ref)):
+            opt.zero_grad()
+            model(x, y)[1].backward()
+            opt.step()
+    for (n, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_muon_step_moves_a_matrix_by_an_orthogonal_update() -> None:
+    w = torch.nn.Parameter(torch.zeros(8, 32))
+    opt = MuonAdamW([{"params": [w], "muon": True}], lr=0.1, momentum=0.0)
+    w.grad = torch.randn(8, 32, generator=torch.Generator().manual_seed(0))
+    opt.step()
+    sv = torch.linalg.svdvals(-w.detach() / 0.1)  # wide matrix: no shape rescaling
+    assert sv.min() > 0.5 and sv.max() < 1.3
+    assert "momentum_buffer" in opt.state[w]
+
+
+def test_trainer_with_muon_learns_and_scales_the_muon_rate(dataset: Path, tmp_path: Path) -> None:
+    run = build_run_config(
+        "tiny",
+        [
+            ("train.optimizer", "muon"),
+            ("train.muon_lr", 0.02),
+            ("train.learning_rate", 1e-3),
+            ("train.max_iters", 30),
+            ("train.eval_interval", 30),
+            ("train.threads", 1),
+        ],
+    )
+    result = train(run, dataset, tmp_path / "run", progress=False, log=lambda _: None)
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"] - 0.5
+    opt_meta = json.loads(next((tmp_path / "run").glob("checkpoints/*/optimizer.json")).read_text())
+    groups = opt_meta["param_groups"]
+    assert groups[0]["muon"] and not groups[1]["muon"]
+    assert groups[0]["lr"] == pytest.approx(groups[1]["lr"] * 20.0)
 
 
 # --- learning-rate schedules ---------------------------------------------------------------
@@ -234,6 +326,9 @@ def test_trainer_with_gradient_accumulation_trains(dataset: Path, tmp_path: Path
         ("dtype", "float8", "dtype must be one of"),
         ("max_time", -5.0, "max_time must not be negative"),
         ("patience", -1, "patience must not be negative"),
+        ("optimizer", "sgd", "optimizer must be one of"),
+        ("muon_lr", -0.02, "muon_lr must not be negative"),
+        ("muon_momentum", 1.0, "muon_momentum must be in"),
     ],
 )
 def test_train_config_rejects_bad_values(field: str, value: Any, words: str) -> None:

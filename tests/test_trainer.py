@@ -78,7 +78,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def quiet_run(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Peak FLOP/s are measured once and cached: in the test tree, not the home directory.
     monkeypatch.setenv("FOLIO_CACHE", str(cache_dir))
-    monkeypatch.setattr(trainer_module, "_plot", lambda out_dir, rows: None)
+    monkeypatch.setattr(trainer_module, "plot_losses", lambda out_dir, rows: None)
 
 
 def _write_dataset(root: Path, words: list[str]) -> Path:
@@ -145,7 +145,10 @@ def run_copy(trained_run: Path, tmp_path: Path) -> Path:
 # --- resume ----------------------------------------------------------------------------------
 
 
-def test_resume_continues_exactly_as_an_uninterrupted_run(dataset: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_continues_exactly_as_an_uninterrupted_run(
+    dataset: Path, tmp_path: Path, optimizer: str
+) -> None:
     # Dropout > 0, so the restored torch RNG state matters as much as the data sampler's.
     # The constant schedule (with warmup) does not depend on max_iters, so stopping a run by
     # max_iters=10 and resuming it with max_iters=20 follows the same learning rates.
@@ -156,6 +159,7 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(dataset: Path, tmp_pat
         ("train.warmup_iters", 3),
         ("train.eval_interval", 5),
         ("train.log_interval", 1),
+        ("train.optimizer", optimizer),
     ]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     _train(dataset, straight, *common, ("train.max_iters", 20))

@@ -17,7 +17,7 @@ from typing import Any
 
 from folio.errors import FolioError
 from folio.train.device import DTYPES
-from folio.train.optim import SCHEDULES
+from folio.train.optim import OPTIMIZERS, SCHEDULES
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -48,6 +48,12 @@ class TrainConfig:
     """AdamW first-moment decay."""
     beta2: float = 0.99
     """AdamW second-moment decay."""
+    optimizer: str = "adamw"
+    """'adamw', or 'muon' (Muon on the matrices inside the blocks, AdamW on the rest)."""
+    muon_lr: float = 0.02
+    """muon only: the peak learning rate of the Muon matrices (learning_rate is AdamW's)."""
+    muon_momentum: float = 0.95
+    """muon only: Muon's (Nesterov) momentum."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 disables clipping; the norm is logged anyway)."""
     eval_interval: int = 500
@@ -105,7 +111,7 @@ class TrainConfig:
                 raise FolioError(
                     f"train config: {name} must not be negative, got {getattr(self, name)}"
                 )
-        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "max_time"):
+        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "max_time", "muon_lr"):
             if getattr(self, name) < 0:
                 raise FolioError(
                     f"train config: {name} must not be negative, got {getattr(self, name)}"
@@ -120,6 +126,14 @@ class TrainConfig:
         if not 0.0 <= self.decay_fraction <= 1.0:
             raise FolioError(
                 f"train config: decay_fraction must be in [0, 1], got {self.decay_fraction}"
+            )
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise FolioError(
+                f"train config: muon_momentum must be in [0, 1), got {self.muon_momentum}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise FolioError(
+                f"train config: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"
             )
         if self.lr_schedule not in SCHEDULES:
             raise FolioError(

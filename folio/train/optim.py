@@ -32,10 +32,27 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+OPTIMIZERS = ("adamw", "muon")
+
+
 def make_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], device_type: str
-) -> torch.optim.AdamW:
-    """AdamW over the two groups; the fused kernel where this PyTorch offers it for the device."""
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    device_type: str,
+    kind: str = "adamw",
+    muon_lr: float = 0.02,
+    muon_momentum: float = 0.95,
+) -> torch.optim.Optimizer:
+    """AdamW over the two groups (the fused kernel where this PyTorch offers it), or MuonAdamW.
+
+    With kind="muon", the matrices inside the blocks follow Muon at peak rate
+    `muon_lr`; the rest follows AdamW at `lr`. Both follow the same schedule.
+    """
+    if kind == "muon":
+        groups = muon_param_groups(model, lr, muon_lr, weight_decay)
+        return MuonAdamW(groups, lr=lr, betas=betas, momentum=muon_momentum)
     kwargs = {}
     if "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in (
         "cuda",
@@ -77,3 +94,133 @@ def learning_rate(
         progress = min(1.0, (step - decay_start) / max(1, max_iters - decay_start))
         return max_lr + progress * (min_lr - max_lr)
     raise ValueError(f"unknown schedule {schedule!r}")
+
+
+# --- Muon: orthogonalised momentum for the hidden matrices --------------------------------
+
+
+def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """An approximation of U V^T, where g = U S V^T: g with every singular value pushed towards 1.
+
+    A quintic Newton-Schulz iteration (the coefficients of Keller Jordan's Muon),
+    tuned to raise small singular values fast rather than to converge exactly:
+    the result's singular values land roughly in [0.7, 1.2], which is all the
+    optimizer needs. Works on (rows, cols) matrices of either orientation.
+    """
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g / (g.norm() + 1e-7)  # every singular value now <= 1
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T  # iterate on the smaller Gram matrix
+    for _ in range(steps):
+        gram = x @ x.T  # (r, c) @ (c, r) -> (r, r)
+        x = a * x + (b * gram + c * gram @ gram) @ x  # (r, r) @ (r, c) -> (r, c)
+    return x.T if tall else x
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon for the matrices inside the blocks, AdamW for everything else, as one optimizer.
+
+    Muon ("MomentUm Orthogonalized by Newton-Schulz") keeps SGD momentum per
+    matrix and steps along the orthogonalised momentum, so every direction of
+    the update moves by a similar amount instead of a few dominant ones. It
+    suits 2-D weights that transform hidden states; embeddings, the output
+    head, biases and LayerNorm gains stay on AdamW. A parameter group with
+    `muon=True` uses Muon. Groups carry `lr_scale` (their peak rate over the
+    schedule's), which the trainer multiplies into the scheduled rate.
+
+    One optimizer (not two) so that checkpoints, resume and the trainer's
+    learning-rate loop treat it like AdamW.
+    """
+
+    def __init__(
+        self,
+        groups: list[dict],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.99),
+        momentum: float = 0.95,
+        weight_decay: float = 0.0,
+        eps: float = 1e-8,
+        ns_steps: int = 5,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            eps=eps,
+            ns_steps=ns_steps,
+            muon=False,
+            lr_scale=1.0,
+        )
+        super().__init__(groups, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        for group in self.param_groups:
+            if group["muon"]:
+                self._muon_step(group)
+            else:
+                self._adamw_step(group)
+
+    def _muon_step(self, group: dict) -> None:
+        lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            buf = state["momentum_buffer"]
+            buf.mul_(mom).add_(p.grad)
+            update = orthogonalize(p.grad.add(buf, alpha=mom), group["ns_steps"])  # Nesterov
+            # An orthogonal (r, c) matrix has entries of size ~1/sqrt(max(r, c));
+            # rescale tall matrices so their update's RMS matches square ones.
+            scale = max(1.0, p.shape[0] / p.shape[1]) ** 0.5
+            if wd:
+                p.mul_(1.0 - lr * wd)
+            p.add_(update, alpha=-lr * scale)
+
+    def _adamw_step(self, group: dict) -> None:
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        beta1, beta2 = group["betas"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = torch.zeros((), dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            state["step"] += 1
+            t = float(state["step"])
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            m.lerp_(p.grad, 1.0 - beta1)
+            v.mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
+            if wd:
+                p.mul_(1.0 - lr * wd)
+            denom = (v / (1.0 - beta2**t)).sqrt_().add_(eps)
+            p.addcdiv_(m, denom, value=-lr / (1.0 - beta1**t))
+
+
+def muon_param_groups(
+    model: nn.Module, lr: float, muon_lr: float, weight_decay: float
+) -> list[dict]:
+    """Hidden matrices (2-D weights inside the blocks) on Muon; embeddings, head and vectors on AdamW."""
+    seen: set[int] = set()
+    hidden, other_matrices, vectors = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if p.dim() == 2 and ".h." in f".{name}":
+            hidden.append(p)
+        elif p.dim() >= 2:
+            other_matrices.append(p)
+        else:
+            vectors.append(p)
+    return [
+        {"params": hidden, "muon": True, "lr_scale": muon_lr / lr, "weight_decay": 0.0},
+        {"params": other_matrices, "weight_decay": weight_decay},
+        {"params": vectors, "weight_decay": 0.0},
+    ]

@@ -13,13 +13,11 @@ resumed run continues exactly as if never stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 import signal
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +44,7 @@ from folio.train.device import (
 )
 from folio.train.memory import check_training_memory
 from folio.train.optim import learning_rate, make_optimizer
+from folio.train.run_log import MetricsLog, NoMetrics, nan_snapshot, plot_losses
 
 
 @dataclass
@@ -124,42 +123,6 @@ def _maybe_compile(
         return model
 
 
-class MetricsLog:
-    """Appends JSON lines to RUN_DIR/metrics.jsonl and keeps them for the plot."""
-
-    def __init__(self, path: Path, resume_step: int | None) -> None:
-        self.path = path
-        self.rows: list[dict[str, Any]] = []
-        if resume_step is not None and path.exists():
-            # Keep what happened up to the checkpoint; drop rows the resumed run will redo.
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill
-                if row.get("step", 0) <= resume_step:
-                    self.rows.append(row)
-            atomic_write_json_lines(path, self.rows)
-        elif path.exists():
-            path.unlink()
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        try:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-        except OSError as e:  # a full or read-only disk: one clear line, not a traceback
-            raise FolioError(
-                f"cannot write {self.path}: {e.strerror or e}; the previous checkpoint is intact"
-            ) from None
-
-
-def atomic_write_json_lines(path: Path, rows: list[dict[str, Any]]) -> None:
-    from folio.fsutil import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
 def train(
     run: RunConfig,
     data_dir: str | Path,
@@ -210,6 +173,10 @@ def train(
         raise FolioError(
             "--fsdp shards the model across processes: launch with torchrun --nproc-per-node 2 or more"
         )
+    if tc.fsdp and tc.optimizer == "muon":
+        raise FolioError(
+            "--fsdp shards each matrix, and Muon needs whole matrices: use DDP or AdamW"
+        )
     if tc.fsdp and resume:
         raise FolioError("--fsdp checkpoints hold weights only: --resume needs a DDP or single run")
     dtype = resolve_dtype(tc.dtype, device)
@@ -231,7 +198,14 @@ def train(
         distributed.shard_model(model)
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     optimizer = make_optimizer(
-        model, tc.learning_rate, tc.weight_decay, (tc.beta1, tc.beta2), device.type
+        model,
+        tc.learning_rate,
+        tc.weight_decay,
+        (tc.beta1, tc.beta2),
+        device.type,
+        kind=tc.optimizer,
+        muon_lr=tc.muon_lr,
+        muon_momentum=tc.muon_momentum,
     )
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
@@ -281,7 +255,7 @@ def train(
             },
         )
     metrics = (
-        MetricsLog(out_dir / "metrics.jsonl", step if resume else None) if main else _NoMetrics()
+        MetricsLog(out_dir / "metrics.jsonl", step if resume else None) if main else NoMetrics()
     )
 
     train_data, val_data = ds.tokens("train"), ds.tokens("val")
@@ -410,7 +384,7 @@ def train(
                     best=improved,
                 )
         if main:
-            _plot(out_dir, metrics.rows)
+            plot_losses(out_dir, metrics.rows)
 
     try:
         if tc.eval_at_start and step == 0:
@@ -427,8 +401,8 @@ def train(
                 max_iters=tc.max_iters,
                 decay_fraction=tc.decay_fraction,
             )
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            for group in optimizer.param_groups:  # Muon's matrices have their own peak rate
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             loss_sum = 0.0
             for micro in range(tc.grad_accum):
                 x, y = get_batch(train_data, tc.batch_size, block_size, data_gen)
@@ -451,7 +425,7 @@ def train(
             )
             if not math.isfinite(loss_sum) or (not math.isfinite(grad_norm) and scaler is None):
                 if main and not tc.fsdp:
-                    _nan_snapshot(out_dir, model, model_config, tokenizer, step, x, y)
+                    nan_snapshot(out_dir, model, model_config, tokenizer, step, x, y)
                 what = "loss" if not math.isfinite(loss_sum) else "gradient norm"
                 raise FolioError(
                     f"step {step}: the {what} became {loss_sum if what == 'loss' else grad_norm} "
@@ -538,16 +512,6 @@ def train(
     )
 
 
-class _NoMetrics:
-    """Ranks other than 0 write no metrics."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-
-    def write(self, row: dict[str, Any]) -> None:
-        pass
-
-
 class _FullWeights(nn.Module):
     """A sharded model's gathered weights, in the shape save_checkpoint reads."""
 
@@ -563,72 +527,3 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def _nan_snapshot(out_dir: Path, model, model_config, tokenizer, step, x, y) -> None:
-    """Weights and the offending batch, for a post-mortem of a NaN."""
-    from safetensors.torch import save_file
-
-    from folio.checkpoint import clean_state_dict
-
-    d = out_dir / f"nan-step-{step}"
-    d.mkdir(parents=True, exist_ok=True)
-    save_file(clean_state_dict(model), str(d / "model.safetensors"))
-    save_file({"x": x.cpu().contiguous(), "y": y.cpu().contiguous()}, str(d / "batch.safetensors"))
-    atomic_write_json(
-        d / "config.json",
-        {
-            "step": step,
-            "model_type": model_config.model_type,
-            "model": model_config.to_dict(),
-            "tokenizer": tokenizer.to_dict(),
-        },
-    )
-
-
-def _plot(out_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """Train and val loss against step and against tokens seen, as RUN_DIR/loss.png."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    steps = [r for r in rows if "loss" in r]
-    evals = [r for r in rows if r.get("eval")]
-    if not steps and not evals:
-        return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, xkey, xlabel in ((axes[0], "step", "step"), (axes[1], "tokens", "tokens seen")):
-        if steps:
-            ax.plot(
-                [r[xkey] for r in steps],
-                [r["loss"] for r in steps],
-                lw=0.8,
-                alpha=0.6,
-                label="train (batch)",
-            )
-        if evals:
-            ax.plot(
-                [r[xkey] for r in evals],
-                [r["train_loss"] for r in evals],
-                "o-",
-                label="train (eval)",
-            )
-            ax.plot(
-                [r[xkey] for r in evals], [r["val_loss"] for r in evals], "o-", label="val (eval)"
-            )
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("loss (nats/token)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    tmp = out_dir / ".loss.png.tmp"
-    try:
-        fig.savefig(tmp, format="png", dpi=90)
-        tmp.replace(out_dir / "loss.png")
-    except OSError as e:
-        warnings.warn(f"could not write loss plot: {e}", stacklevel=2)
-    finally:
-        plt.close(fig)

@@ -1,0 +1,86 @@
+"""Where a batch-1 decoded token's time goes: weight reads, the model's forward, the sampler.
+
+Three measurements on one randomly initialised model (default: the `video` preset):
+
+1. the block matrices alone, as matrix-vector products (the floor set by
+   reading the weights from memory), with the bandwidth that implies;
+2. the model's own KV-cached decode loop, no sampling;
+3. `Sampler.generate_ids`, the whole engine (sampling, checks, bookkeeping).
+
+    python benchmarks/decode_profile.py --preset video --tokens 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from folio.bench_sample import _cpu_name, preset_model_config
+from folio.models import GPT
+from folio.sample.sampler import Sampler, SamplingConfig
+
+
+def matmul_floor(model: GPT, repeats: int) -> tuple[float, int]:
+    """Seconds per token for the block matrices as matrix-vector products, and their bytes."""
+    mats = [p for n, p in model.named_parameters() if p.dim() == 2 and ".h." in n]
+    inputs = [torch.randn(1, w.shape[1]) for w in mats]
+    with torch.no_grad():
+        for w, x in zip(mats, inputs, strict=True):
+            torch.nn.functional.linear(x, w)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            for w, x in zip(mats, inputs, strict=True):
+                torch.nn.functional.linear(x, w)
+    return (time.perf_counter() - start) / repeats, sum(w.numel() * w.element_size() for w in mats)
+
+
+def model_loop(model: GPT, tokens: int) -> float:
+    """Seconds per token of the cached forward alone (the cache refilled when full)."""
+    cache = model.new_kv_cache(1)
+    x = torch.zeros(1, 1, dtype=torch.long)
+    with torch.no_grad():
+        model(x, cache=cache, last_only=True)
+        start = time.perf_counter()
+        for _ in range(tokens):
+            if cache.length >= model.config.block_size:
+                cache.reset()
+            model(x, cache=cache, last_only=True)
+    return (time.perf_counter() - start) / tokens
+
+
+def sampler_loop(model: GPT, tokens: int) -> float:
+    sampler = Sampler(model)
+    list(sampler.generate_ids([], SamplingConfig(max_new_tokens=8, seed=0)))
+    start = time.perf_counter()
+    list(sampler.generate_ids([], SamplingConfig(max_new_tokens=tokens, seed=0)))
+    return (time.perf_counter() - start) / tokens
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--preset", default="video")
+    p.add_argument("--tokens", type=int, default=200)
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    model = GPT(preset_model_config(args.preset)).eval()
+    floor_s, nbytes = matmul_floor(model, args.tokens)
+    loop_s = model_loop(model, args.tokens)
+    sampler_s = sampler_loop(model, args.tokens)
+    print(
+        f"{args.preset}: {model.num_params() / 1e6:.2f}M parameters, batch 1, fp32, "
+        f"{torch.get_num_threads()} threads, {_cpu_name()}, {args.tokens} tokens\n"
+    )
+    print("| what runs per token | ms per token | tokens/s |\n|---|---:|---:|")
+    print(
+        f"| block matrices alone ({nbytes / 1e6:.1f} MB at {nbytes / floor_s / 1e9:.1f} GB/s) "
+        f"| {floor_s * 1e3:.2f} | {1 / floor_s:,.0f} |"
+    )
+    print(f"| the model's cached forward | {loop_s * 1e3:.2f} | {1 / loop_s:,.0f} |")
+    print(f"| `Sampler.generate_ids` | {sampler_s * 1e3:.2f} | {1 / sampler_s:,.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""What a training run writes beside its checkpoints: metrics.jsonl, loss.png, NaN snapshots.
+
+Every write goes through a temporary name (or appends whole lines), so a kill
+leaves the previous file or a file with one cut last line, which the reader skips.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from folio.errors import FolioError
+from folio.fsutil import atomic_write_json, atomic_write_text
+
+
+class MetricsLog:
+    """Appends JSON lines to RUN_DIR/metrics.jsonl and keeps them for the plot."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if resume_step is not None and path.exists():
+            # Keep what happened up to the checkpoint; drop rows the resumed run will redo.
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                if row.get("step", 0) <= resume_step:
+                    self.rows.append(row)
+            atomic_write_json_lines(path, self.rows)
+        elif path.exists():
+            path.unlink()
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:  # a full or read-only disk: one clear line, not a traceback
+            raise FolioError(
+                f"cannot write {self.path}: {e.strerror or e}; the previous checkpoint is intact"
+            ) from None
+
+
+def atomic_write_json_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+class NoMetrics:
+    """Ranks other than 0 write no metrics."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+
+def nan_snapshot(out_dir: Path, model, model_config, tokenizer, step, x, y) -> None:
+    """Weights and the offending batch, for a post-mortem of a NaN."""
+    from safetensors.torch import save_file
+
+    from folio.checkpoint import clean_state_dict
+
+    d = out_dir / f"nan-step-{step}"
+    d.mkdir(parents=True, exist_ok=True)
+    save_file(clean_state_dict(model), str(d / "model.safetensors"))
+    save_file({"x": x.cpu().contiguous(), "y": y.cpu().contiguous()}, str(d / "batch.safetensors"))
+    atomic_write_json(
+        d / "config.json",
+        {
+            "step": step,
+            "model_type": model_config.model_type,
+            "model": model_config.to_dict(),
+            "tokenizer": tokenizer.to_dict(),
+        },
+    )
+
+
+def plot_losses(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Train and val loss against step and against tokens seen, as RUN_DIR/loss.png."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    steps = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if r.get("eval")]
+    if not steps and not evals:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, xkey, xlabel in ((axes[0], "step", "step"), (axes[1], "tokens", "tokens seen")):
+        if steps:
+            ax.plot(
+                [r[xkey] for r in steps],
+                [r["loss"] for r in steps],
+                lw=0.8,
+                alpha=0.6,
+                label="train (batch)",
+            )
+        if evals:
+            ax.plot(
+                [r[xkey] for r in evals],
+                [r["train_loss"] for r in evals],
+                "o-",
+                label="train (eval)",
+            )
+            ax.plot(
+                [r[xkey] for r in evals], [r["val_loss"] for r in evals], "o-", label="val (eval)"
+            )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = out_dir / ".loss.png.tmp"
+    try:
+        fig.savefig(tmp, format="png", dpi=90)
+        tmp.replace(out_dir / "loss.png")
+    except OSError as e:
+        warnings.warn(f"could not write loss plot: {e}", stacklevel=2)
+    finally:
+        plt.close(fig)
