@@ -24,7 +24,7 @@ from folio.bench_sample import _cpu_name, preset_model_config
 from folio.models import GPT
 from folio.train.config import TrainConfig, load_preset_dict
 from folio.train.device import flops_per_token
-from folio.train.optim import make_optimizer
+from folio.train.optim import make_optimizer_for
 
 KINDS = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"),
@@ -55,16 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     B, T = args.batch_size or tc.batch_size, cfg.block_size
     torch.manual_seed(0)
     model = GPT(cfg)
-    opt = make_optimizer(
-        model,
-        tc.learning_rate,
-        tc.weight_decay,
-        (tc.beta1, tc.beta2),
-        "cpu",
-        kind=tc.optimizer,
-        muon_lr=tc.muon_lr,
-        muon_momentum=tc.muon_momentum,
-    )
+    opt = make_optimizer_for(model, tc, "cpu")
     g = torch.Generator().manual_seed(0)
     phase_s: dict[str, float] = defaultdict(float)
 

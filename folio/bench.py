@@ -33,7 +33,7 @@ from folio.train.device import (
     physical_cores,
     pick_device,
 )
-from folio.train.optim import make_optimizer
+from folio.train.optim import make_optimizer_for
 
 
 def measure_mode(
@@ -57,16 +57,7 @@ def measure_mode(
     tc = TrainConfig(**load_preset_dict(preset).get("train", {}))
     B = batch_size or tc.batch_size
     T = cfg.block_size
-    opt = make_optimizer(
-        model,
-        tc.learning_rate,
-        tc.weight_decay,
-        (tc.beta1, tc.beta2),
-        device.type,
-        kind=tc.optimizer,
-        muon_lr=tc.muon_lr,
-        muon_momentum=tc.muon_momentum,
-    )
+    opt = make_optimizer_for(model, tc, device.type)
     fwd = torch.compile(model) if compile else model
     g = torch.Generator().manual_seed(0)
 

@@ -62,6 +62,21 @@ def make_optimizer(
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, **kwargs)
 
 
+def make_optimizer_for(model: nn.Module, train_config, device_type: str) -> torch.optim.Optimizer:
+    """`make_optimizer` with every setting taken from a TrainConfig (passed untyped: config imports us)."""
+    tc = train_config
+    return make_optimizer(
+        model,
+        tc.learning_rate,
+        tc.weight_decay,
+        (tc.beta1, tc.beta2),
+        device_type,
+        kind=tc.optimizer,
+        muon_lr=tc.muon_lr,
+        muon_momentum=tc.muon_momentum,
+    )
+
+
 def learning_rate(
     step: int,
     *,

@@ -43,7 +43,7 @@ from folio.train.device import (
     resolve_dtype,
 )
 from folio.train.memory import check_training_memory
-from folio.train.optim import learning_rate, make_optimizer
+from folio.train.optim import learning_rate, make_optimizer_for
 from folio.train.run_log import MetricsLog, NoMetrics, nan_snapshot, plot_losses
 
 
@@ -197,16 +197,7 @@ def train(
     if tc.fsdp:
         distributed.shard_model(model)
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    optimizer = make_optimizer(
-        model,
-        tc.learning_rate,
-        tc.weight_decay,
-        (tc.beta1, tc.beta2),
-        device.type,
-        kind=tc.optimizer,
-        muon_lr=tc.muon_lr,
-        muon_momentum=tc.muon_momentum,
-    )
+    optimizer = make_optimizer_for(model, tc, device.type)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
     step, best_val, tokens_seen, evals_since_best = 0, math.inf, 0, 0
