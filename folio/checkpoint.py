@@ -174,6 +174,63 @@ def _prune(run_dir: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def _holds(entries: list[str]) -> str:
+    shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+    return f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: {shown}"
+
+
+def check_fresh_run_dir(run_dir: str | Path, restart: bool = False) -> None:
+    """Refuse to start a new run in a directory that already holds something.
+
+    A run started again from a shell's history must not wipe the run it
+    names: the error says what is there and offers --resume, or --restart,
+    which moves the old directory aside (see `move_run_aside`) rather than
+    deleting it.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise FolioError(f"cannot create run directory {run_dir}: a file of that name exists")
+    try:
+        entries = sorted(p.name for p in run_dir.iterdir())
+    except OSError as e:
+        raise FolioError(f"--out {run_dir}: cannot read it ({e.strerror or e})") from None
+    if not entries or restart:
+        return
+    if (run_dir / "latest.json").exists():
+        try:
+            pointer = read_json(run_dir / "latest.json", "checkpoint pointer")
+            held = f"a run at step {int(pointer['step'])}"
+            if isinstance(pointer.get("val_loss"), (int, float)):
+                held += f" (val loss {pointer['val_loss']:.4f})"
+        except (FolioError, KeyError, TypeError, ValueError):
+            held = "a run"
+        raise FolioError(
+            f"--out {run_dir}: already holds {held}; continue it with --resume, or start over "
+            f"with --restart (the old run is moved aside, not deleted)"
+        )
+    raise FolioError(
+        f"--out {run_dir}: is not empty ({_holds(entries)}); choose a new directory, or pass "
+        f"--restart to move it aside and start over"
+    )
+
+
+def move_run_aside(run_dir: str | Path) -> Path | None:
+    """Rename a non-empty `run_dir` to a free sibling name `RUN.old-N`; return where it went."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return None
+    n = 1
+    while (aside := run_dir.with_name(f"{run_dir.name}.old-{n}")).exists():
+        n += 1
+    try:
+        os.rename(run_dir, aside)
+    except OSError as e:
+        raise FolioError(f"cannot move {run_dir} aside: {e.strerror or e}") from None
+    return aside
+
+
 def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
     """A checkpoint directory from a run directory (following latest/best) or a checkpoint path."""
     path = Path(path)

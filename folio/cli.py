@@ -89,6 +89,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         init_from=args.init_from,
         force=args.force,
+        restart=args.restart,
     )
     from folio.train.distributed import is_main
 
@@ -370,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pt.add_argument(
         "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
+    )
+    pt.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over in a run directory that already holds a run, moving the old one "
+        "aside to RUN.old-N (never deleted)",
     )
     pt.add_argument(
         "--force",

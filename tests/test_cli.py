@@ -342,6 +342,51 @@ def test_train_out_is_a_file(
     assert (tmp_path / "r").read_text() == "a file, not a run directory"
 
 
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_train_again_on_a_run_refuses_and_keeps_it(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One re-run of a shell-history line must not wipe a trained run.
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained.run, run_dir)
+    before = _tree(run_dir)
+    code, _, err = run(capsys, "train", "--data", trained.data, "--out", run_dir, *TRAIN)
+    assert_user_error(code, err, "already holds a run at step 20", "--resume", "--restart")
+    assert _tree(run_dir) == before
+
+
+def test_train_into_a_directory_of_user_files_refuses(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    code, _, err = run(capsys, "train", "--data", trained.data, "--out", tmp_path / "r", *TRAIN)
+    assert_user_error(code, err, "is not empty", "notes.txt")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["notes.txt"]
+
+
+def test_train_restart_moves_the_old_run_aside(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained.run, run_dir)
+    before = _tree(run_dir)
+    args = ("train", "--data", trained.data, "--out", run_dir, *TRAIN, "--max-iters", 10)
+    code, out, err = run(capsys, *args, "--restart")
+    assert code == 0, err
+    assert _tree(tmp_path / "run.old-1") == before  # the old run, whole, under a new name
+    assert json.loads((run_dir / "latest.json").read_text())["step"] == 10
+    code, out, err = run(capsys, *args, "--restart")  # a second restart takes the next name
+    assert code == 0, err
+    assert (tmp_path / "run.old-2" / "latest.json").exists()
+    assert _tree(tmp_path / "run.old-1") == before
+    code, _, err = run(capsys, *args, "--restart", "--resume")
+    assert_user_error(code, err, "choose one")
+
+
 @pytest.mark.parametrize("run_json", [None, "{}", '{"data": 5}', "[1]", "{broken"])
 def test_eval_run_json_without_dataset(
     run_json: str | None, trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -96,7 +96,6 @@ def test_out_is_a_file(tmp_path: Path) -> None:
 def test_reprepare_replaces_cleanly(tmp_path: Path) -> None:
     out = tmp_path / "data"
     prepare_dataset(corpus(), out)
-    (out / "stale.txt").write_text("left over from an older dataset")
     prepare_dataset(corpus(OTHER), out)
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
     ds = Dataset.open(out)
@@ -104,6 +103,48 @@ def test_reprepare_replaces_cleanly(tmp_path: Path) -> None:
     tok = ds.tokenizer
     assert tok.decode(ds.tokens("train")) + tok.decode(ds.tokens("val")) == OTHER
     assert leftovers(tmp_path) == []
+
+
+def test_a_dataset_holding_a_users_file_is_not_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    prepare_dataset(corpus(), out)
+    (out / "notes.txt").write_text("the user's own file")
+    with pytest.raises(FolioError, match="not a Folio dataset.*notes.txt"):
+        prepare_dataset(corpus(OTHER), out)
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    assert Dataset.open(out).meta["source"]["characters"] == len(TEXT)
+
+
+@pytest.mark.parametrize("what", ["sources", "run"])
+def test_out_that_holds_user_files_is_refused_and_kept(tmp_path: Path, what: str) -> None:
+    out = tmp_path / "precious"
+    out.mkdir()
+    if what == "sources":  # `folio prepare notes/ --out notes`
+        (out / "a.txt").write_text(TEXT)
+        (out / "b.txt").write_text(OTHER)
+    else:  # a trained run
+        (out / "checkpoints" / "step-00000040").mkdir(parents=True)
+        (out / "latest.json").write_text("{}")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with pytest.raises(FolioError, match="refusing to replace a directory that is not a Folio"):
+        prepare_dataset(corpus(), out)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert leftovers(tmp_path) == []
+
+
+def test_out_dot_is_refused_when_it_holds_files_and_works_when_empty(
+    tmp_path: Path, monkeypatch
+) -> None:
+    (tmp_path / "mine.txt").write_text("keep me")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FolioError, match="mine.txt"):
+        prepare_dataset(corpus(), Path("."))
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    prepare_dataset(corpus(), Path("."))  # was: ValueError ... has an empty name
+    assert sorted(p.name for p in empty.iterdir()) == ["meta.json", "train.bin", "val.bin"]
 
 
 def _interrupt(*args, **kwargs):

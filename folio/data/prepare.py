@@ -27,6 +27,7 @@ complete, so an interrupted prepare leaves no dataset that looks finished.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -272,6 +273,50 @@ def _first_merges(tok: BPETokenizer, k: int = 24) -> str:
     return " ".join(repr(tok.decode([i])) for i in ids)
 
 
+DATASET_FILES = frozenset({"meta.json", "train.bin", "val.bin"})
+
+
+def _is_dataset(path: Path) -> bool:
+    """Whether `path` holds a Folio dataset and nothing else (so replacing it loses nothing)."""
+    try:
+        names = {p.name for p in path.iterdir()}
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return (
+        names <= DATASET_FILES and isinstance(meta, dict) and meta.get("format") == DATASET_FORMAT
+    )
+
+
+def check_dataset_target(out_dir: str | Path) -> Path:
+    """The absolute path `prepare` may write to, or a FolioError saying why not.
+
+    A new or empty directory, or an existing Folio dataset (replaced atomically),
+    may be written; anything else holds something of the user's and is refused.
+    """
+    out = Path(os.path.abspath(Path(out_dir).expanduser()))  # "." and ".." get real names
+    if out.parent == out:
+        raise FolioError(f"--out {out_dir}: cannot write a dataset over the filesystem root")
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise FolioError(f"--out {out_dir}: exists and is not a directory")
+    try:
+        entries = sorted(p.name for p in out.iterdir())
+    except OSError as e:
+        raise FolioError(f"--out {out_dir}: cannot read it ({e.strerror or e})") from None
+    if entries and not _is_dataset(out):
+        shown = ", ".join(entries[:5]) + (
+            f" and {len(entries) - 5} more" if len(entries) > 5 else ""
+        )
+        raise FolioError(
+            f"--out {out_dir}: refusing to replace a directory that is not a Folio dataset "
+            f"(it holds {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: {shown}); "
+            f"choose a new or empty directory"
+        )
+    return out
+
+
 def make_tokenizer(
     corpus: AnyCorpus,
     kind: str = "char",
@@ -319,9 +364,7 @@ def prepare_dataset(
     """
     if not 0.0 < val_fraction < 1.0:
         raise FolioError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FolioError(f"{out_dir}: exists and is not a directory")
+    out_dir = check_dataset_target(out_dir)
     stats = CorpusStats()
     tok = make_tokenizer(corpus, tokenizer, vocab_size, tokenizer_dir, stats, progress)
     if not stats.complete:  # gpt2: nothing was read yet

@@ -26,7 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from folio.checkpoint import load_checkpoint, save_checkpoint
+from folio.checkpoint import (
+    check_fresh_run_dir,
+    load_checkpoint,
+    move_run_aside,
+    save_checkpoint,
+)
 from folio.data.batches import Dataset, get_batch
 from folio.errors import FolioError
 from folio.eval import estimate_loss
@@ -133,14 +138,18 @@ def train(
     log=print,
     init_from: str | None = None,
     force: bool = False,
+    restart: bool = False,
 ) -> TrainResult:
     """Train the model `run` describes on the dataset in `data_dir`, writing the run to `out_dir`.
 
     `init_from="hf:DIR"` starts from a local Hugging Face GPT-2's weights; the model's
-    shape then comes from DIR and, of `run.model`, only dropout applies.
+    shape then comes from DIR and, of `run.model`, only dropout applies. A fresh
+    run refuses a non-empty `out_dir` unless `restart`, which moves it aside.
     """
     tc = run.train
     out_dir = Path(out_dir)
+    if resume and restart:
+        raise FolioError("--resume continues a run and --restart starts it over: choose one")
     ds = Dataset.open(data_dir)
     tokenizer = ds.tokenizer
     model_fields = dict(run.model)
@@ -169,6 +178,8 @@ def train(
     main = denv.is_main
     if not main:
         log, progress = (lambda *a, **k: None), False
+    if main and not resume:
+        check_fresh_run_dir(out_dir, restart)  # before anything slow: nothing is touched yet
     if tc.fsdp and not denv.enabled:
         raise FolioError(
             "--fsdp shards the model across processes: launch with torchrun --nproc-per-node 2 or more"
@@ -231,6 +242,8 @@ def train(
         _restore_py_np_rng(ck.state)
         log(f"resuming from {ck.path} at step {step}")
     elif main:
+        if restart and (aside := move_run_aside(out_dir)) is not None:
+            log(f"moved the old run to {aside}")
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
