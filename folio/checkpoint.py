@@ -23,6 +23,7 @@ safetensors and metadata JSON: loading a checkpoint runs no code.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -31,14 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from folio.errors import FolioError
 from folio.fsutil import atomic_write_json, fsync_dir, fsync_file, read_json, scratch_dir
-from folio.models import build_model, model_config_from_dict
+from folio.models import build_model, model_config_from_dict, parameter_shapes
 from folio.tokenizers import tokenizer_from_dict
+from folio.train.memory import check_loading_memory, count_parameters
 
 CHECKPOINT_FORMAT = "folio-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -276,21 +278,105 @@ class Checkpoint:
         return _optimizer_from_files(tensors, opt_meta), rng
 
 
+def _not_safetensors(f: Path, e: BaseException) -> FolioError:
+    return FolioError(f"{f}: not a valid safetensors file ({str(e).splitlines()[0][:120]})")
+
+
 def _load_safetensors(f: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(f))
     except FileNotFoundError:
         raise FolioError(f"{f}: file missing") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise _not_safetensors(f, e) from None
+
+
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2}
+
+
+def read_safetensors_header(f: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Each tensor's dtype and shape from a safetensors file's header, reading no tensor data."""
+    try:
+        with safe_open(str(f), framework="pt") as sf:
+            header = {}
+            for key in sf.keys():
+                sl = sf.get_slice(key)
+                header[key] = (str(sl.get_dtype()), tuple(int(d) for d in sl.get_shape()))
+            return header
+    except FileNotFoundError:
+        raise FolioError(f"{f}: file missing") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise _not_safetensors(f, e) from None
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def check_weight_shapes(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], where: object
+) -> None:
+    """Refuse, in one line, weights whose names or shapes are not those a config gives.
+
+    `expected` comes from the config (`folio.models.parameter_shapes`), `found`
+    from the weights (a safetensors header, or tensors already read).
+    """
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    if not (missing or unexpected or wrong):
+        return
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    parts = []
+    if wrong:
+        k = wrong[0]
+        more = f" (and {len(wrong) - 1} more tensors of other shapes)" if len(wrong) > 1 else ""
+        parts.append(
+            f"{k} is {_shape(found[k])} in the weights but {_shape(expected[k])} by the config{more}"
+        )
+    if missing:
+        parts.append(f"missing {some(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {some(unexpected)}")
+    raise FolioError(f"{where}: weights do not match the config ({'; '.join(parts)})")
+
+
+def _check_weights_file(f: Path, model_config: Any, device: torch.device) -> None:
+    """The config against the weights' header, then the memory guard, before any allocation.
+
+    The parameter counts are compared first: arithmetic only, so a config.json
+    claiming a thousand layers is refused at once, without even building the
+    model on the meta device (which takes seconds for such a model).
+    """
+    header = read_safetensors_header(f)
+    in_file = sum(math.prod(shape) for _, shape in header.values())
+    in_config = count_parameters(model_config)
+    if in_file != in_config:
         raise FolioError(
-            f"{f}: not a valid safetensors file ({str(e).splitlines()[0][:120]})"
-        ) from None
+            f"{f}: weights do not match the config (the file holds {in_file:,} parameters, "
+            f"config.json describes {in_config:,})"
+        )
+    check_weight_shapes(
+        parameter_shapes(model_config), {k: shape for k, (_, shape) in header.items()}, f
+    )
+    file_bytes = sum(
+        math.prod(shape) * _DTYPE_BYTES.get(dtype, 4) for dtype, shape in header.values()
+    )
+    check_loading_memory(model_config, file_bytes, device, where=f)
 
 
 def load_checkpoint(
     path: str | Path, which: str = "latest", device: str | torch.device = "cpu"
 ) -> Checkpoint:
-    """Load a checkpoint (or a run directory's latest/best) into a fresh model."""
+    """Load a checkpoint (or a run directory's latest/best) into a fresh model.
+
+    Nothing is allocated before the config has been compared with the
+    weights' header and the memory guard has passed, and the tokenizer must
+    have exactly the model's vocabulary.
+    """
     ckpt = resolve_checkpoint(path, which)
     config = read_json(ckpt / "config.json", "checkpoint config")
     if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
@@ -312,14 +398,21 @@ def load_checkpoint(
     except FolioError as e:
         msg = str(e)
         raise FolioError(msg if str(ckpt) in msg else f"{ckpt / 'tokenizer.json'}: {msg}") from None
+    if tokenizer.vocab_size != model_config.vocab_size:
+        raise FolioError(
+            f"{ckpt / 'tokenizer.json'}: the tokenizer has {tokenizer.vocab_size:,} tokens but the "
+            f"model's vocab_size is {model_config.vocab_size:,}; they do not belong together"
+        )
     state = read_json(ckpt / "state.json", "training state")
     if not isinstance(state, dict):
         raise FolioError(f"{ckpt / 'state.json'}: training state is not a JSON object")
+    device = torch.device(device)
+    _check_weights_file(ckpt / "model.safetensors", model_config, device)
     weights = _load_safetensors(ckpt / "model.safetensors")
     model = build_model(model_config)
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
-    except RuntimeError as e:  # a tensor whose shape the config does not give
+    except RuntimeError as e:  # the header said otherwise: the file changed under us
         raise FolioError(
             f"{ckpt / 'model.safetensors'}: weights do not match the config "
             f"({str(e).splitlines()[-1].strip()[:160]})"
