@@ -234,7 +234,10 @@ def move_run_aside(run_dir: str | Path) -> Path | None:
 
 
 def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
-    """A checkpoint directory from a run directory (following latest/best) or a checkpoint path."""
+    """A checkpoint directory from a run directory (following latest/best) or a checkpoint path.
+
+    A pointer must resolve to a directory directly inside the run's checkpoints/.
+    """
     path = Path(path)
     if not path.exists():
         raise FolioError(f"{path}: checkpoint or run directory not found")
@@ -250,6 +253,14 @@ def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
         ckpt = path / target["checkpoint"]
     except (KeyError, TypeError):
         raise FolioError(f"{pointer}: checkpoint pointer is corrupt") from None
+    # A pointer names a directory of this run's checkpoints/, never another run's (or
+    # anything else): `..` and symbolic links are resolved before comparing.
+    root = (path / "checkpoints").resolve()
+    if ckpt.resolve().parent != root:
+        raise FolioError(
+            f"{pointer}: points to {target['checkpoint']!r}, outside this run's checkpoints/ "
+            "directory; refusing to load it"
+        )
     if not ckpt.is_dir():
         raise FolioError(f"{pointer}: points to {ckpt}, which is missing")
     return ckpt

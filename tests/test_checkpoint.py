@@ -137,3 +137,34 @@ def test_a_tokenizer_that_does_not_fit_the_model_is_refused(
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "vocab_size is 5" in err[0], err
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "../other/checkpoints/step-00000001",
+        "checkpoints/../../other/checkpoints/step-00000001",
+        "ABSOLUTE",
+        "checkpoints/escape",
+    ],
+)
+def test_a_pointer_cannot_leave_its_run_directory(tmp_path: Path, target: str) -> None:
+    # issue 19 item 12: latest.json naming ../../runs/other/... loaded another run's model.
+    run, other = _tiny_run(tmp_path / "run"), _tiny_run(tmp_path / "other")
+    elsewhere = other / "checkpoints" / "step-00000001"
+    (run / "checkpoints" / "escape").symlink_to(elsewhere, target_is_directory=True)
+    target = str(elsewhere) if target == "ABSOLUTE" else target
+    _edit_json(run / "latest.json", lambda p: p.update(checkpoint=target))
+    with pytest.raises(
+        FolioError, match="latest.json: points to .*outside this run's checkpoints/"
+    ):
+        load_checkpoint(run)
+
+
+def test_a_run_whose_checkpoints_directory_is_a_link_still_loads(tmp_path: Path) -> None:
+    (tmp_path / "big-disk").mkdir()
+    run = _tiny_run(tmp_path / "big-disk" / "run")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").symlink_to(run / "checkpoints", target_is_directory=True)
+    (tmp_path / "run" / "latest.json").write_text((run / "latest.json").read_text())
+    assert load_checkpoint(tmp_path / "run").state["step"] == 1
