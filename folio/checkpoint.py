@@ -37,7 +37,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from folio.errors import FolioError
-from folio.fsutil import atomic_write_json, fsync_dir, fsync_file, read_json, scratch_dir
+from folio.fsutil import (
+    atomic_write_json,
+    follow_umask,
+    fsync_dir,
+    fsync_file,
+    read_json,
+    scratch_dir,
+)
 from folio.models import build_model, model_config_from_dict, parameter_shapes
 from folio.tokenizers import tokenizer_from_dict
 from folio.train.memory import check_loading_memory, count_parameters
@@ -66,6 +73,27 @@ def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         seen[ptr] = k
         sd[k] = v.detach().contiguous().cpu()
     return sd
+
+
+def save_safetensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Write a safetensors file, durably, with the permissions the umask gives.
+
+    safetensors creates its files 0600 where everything else Folio writes
+    follows the umask (0644 under the usual 022). It reports an I/O failure,
+    a full disk included, as its own SafetensorError; one that names an OS
+    error becomes that OSError, so callers handle it like any other write.
+    """
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
+    follow_umask(path)
+    fsync_file(path)
 
 
 def _optimizer_to_files(
@@ -216,8 +244,8 @@ def save_checkpoint(
     final = ckpt_root / f"step-{step:08d}"
     tmp = ckpt_root / f".step-{step:08d}.tmp-{os.getpid()}"
     failure = f"cannot write checkpoint in {run_dir}: {{why}}; the previous checkpoint is intact"
-    # FolioError too: an atomic_write of a JSON file failed.
-    with scratch_dir(tmp, failure, catch=(OSError, FolioError)):
+    # FolioError too: an atomic_write of a JSON file failed; SafetensorError: a tensor file did.
+    with scratch_dir(tmp, failure, catch=(OSError, FolioError, SafetensorError)):
         config = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -226,15 +254,11 @@ def save_checkpoint(
         }
         atomic_write_json(tmp / "config.json", config)
         atomic_write_json(tmp / "tokenizer.json", tokenizer.to_dict())
-        save_file(
-            clean_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"}
-        )
-        fsync_file(tmp / "model.safetensors")
+        save_safetensors(clean_state_dict(model), tmp / "model.safetensors", {"format": "pt"})
         if optimizer is not None:
             tensors, opt_meta = _optimizer_to_files(optimizer)
             tensors.update(rng_tensors or {})
-            save_file(tensors, str(tmp / "trainer.safetensors"))
-            fsync_file(tmp / "trainer.safetensors")
+            save_safetensors(tensors, tmp / "trainer.safetensors")
             atomic_write_json(tmp / "optimizer.json", opt_meta)
         atomic_write_json(tmp / "state.json", {"format_version": CHECKPOINT_VERSION, **state})
         fsync_dir(tmp)
