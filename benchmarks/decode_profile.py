@@ -16,8 +16,8 @@ import argparse
 import time
 
 import torch
-
 from folio.bench_sample import _cpu_name, preset_model_config
+
 from folio.models import GPT
 from folio.sample.sampler import Sampler, SamplingConfig
 

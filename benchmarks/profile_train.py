@@ -18,12 +18,12 @@ import time
 from collections import defaultdict
 
 import torch
+from folio.bench_sample import _cpu_name, preset_model_config
+from folio.train.device import flops_per_token
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from folio.bench_sample import _cpu_name, preset_model_config
 from folio.models import GPT
 from folio.train.config import TrainConfig, load_preset_dict
-from folio.train.device import flops_per_token
 from folio.train.optim import make_optimizer_for
 
 KINDS = {

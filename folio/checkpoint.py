@@ -23,6 +23,7 @@ safetensors and metadata JSON: loading a checkpoint runs no code.
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import re
@@ -55,11 +56,18 @@ CHECKPOINT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)(\.\d+)?$")
 
 
-def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's weights with any torch.compile / DDP wrapper prefix removed, tied tensors once."""
+def clean_state_dict(
+    weights: nn.Module | dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """A model's (or a state dict's) weights on the CPU, wrapper prefixes removed, tied tensors once.
+
+    torch.compile and DDP prefix every name (`_orig_mod.`, `module.`); a tied
+    matrix appears under two names and is kept under its first.
+    """
     sd = {}
     seen: dict[int, str] = {}
-    for k, v in model.state_dict().items():
+    items = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    for k, v in items.items():
         stripped = True
         while stripped:  # in any order and nesting: DDP(compile(m)) gives module._orig_mod.
             stripped = False
@@ -96,10 +104,12 @@ def save_safetensors(
     fsync_file(path)
 
 
-def _optimizer_to_files(
-    opt: torch.optim.Optimizer,
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
+def optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state dict with its kind ('adamw', 'muon') recorded, as checkpoints take it."""
+    return {**opt.state_dict(), "optimizer": optimizer_name(opt)}
+
+
+def _optimizer_to_files(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors: dict[str, torch.Tensor] = {}
     plain_state: dict[str, dict[str, Any]] = {}
     for pid, st in sd["state"].items():
@@ -108,7 +118,7 @@ def _optimizer_to_files(
                 tensors[f"optim.{pid}.{name}"] = val.detach().contiguous().cpu()
             else:
                 plain_state.setdefault(str(pid), {})[name] = val
-    meta = {"optimizer": optimizer_name(opt), "param_groups": sd["param_groups"]}
+    meta = {"optimizer": sd.get("optimizer"), "param_groups": sd["param_groups"]}
     return tensors, {**meta, "state": plain_state}
 
 
@@ -227,17 +237,22 @@ def load_optimizer_state(
 
 def save_checkpoint(
     run_dir: Path,
-    model: nn.Module,
+    weights: dict[str, torch.Tensor],
     model_config,
     tokenizer,
     state: dict[str, Any],
     *,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer_state: dict[str, Any] | None = None,
     rng_tensors: dict[str, torch.Tensor] | None = None,
     best: bool = False,
     keep_latest: bool = True,
 ) -> Path:
-    """Write a checkpoint for `state['step']` and point latest.json (and best.json) at it."""
+    """Write a checkpoint for `state['step']` and point latest.json (and best.json) at it.
+
+    Everything comes as plain data: `weights` from `clean_state_dict`, the
+    optimizer's from `optimizer_state` (None: a weights-only checkpoint that
+    cannot be resumed), JSON-able `state`, and RNG tensors.
+    """
     run_dir = Path(run_dir)
     step = int(state["step"])
     ckpt_root = run_dir / "checkpoints"
@@ -254,9 +269,9 @@ def save_checkpoint(
         }
         atomic_write_json(tmp / "config.json", config)
         atomic_write_json(tmp / "tokenizer.json", tokenizer.to_dict())
-        save_safetensors(clean_state_dict(model), tmp / "model.safetensors", {"format": "pt"})
-        if optimizer is not None:
-            tensors, opt_meta = _optimizer_to_files(optimizer)
+        save_safetensors(weights, tmp / "model.safetensors", {"format": "pt"})
+        if optimizer_state is not None:
+            tensors, opt_meta = _optimizer_to_files(optimizer_state)
             tensors.update(rng_tensors or {})
             save_safetensors(tensors, tmp / "trainer.safetensors")
             atomic_write_json(tmp / "optimizer.json", opt_meta)
@@ -323,7 +338,7 @@ def check_fresh_run_dir(run_dir: str | Path, restart: bool = False) -> None:
     if not run_dir.is_dir():
         raise FolioError(f"cannot create run directory {run_dir}: a file of that name exists")
     try:
-        entries = sorted(p.name for p in run_dir.iterdir())
+        entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
     except OSError as e:
         raise FolioError(f"--out {run_dir}: cannot read it ({e.strerror or e})") from None
     if not entries or restart:
@@ -346,11 +361,54 @@ def check_fresh_run_dir(run_dir: str | Path, restart: bool = False) -> None:
     )
 
 
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """An exclusive lock on a run directory, so two trainers never write one run.
+
+    It is `flock` on RUN/.lock, which the kernel drops when the process dies,
+    SIGKILL included: a lock never outlives its trainer. The file holds the
+    PID of the holder, for the error the second trainer prints.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        try:
+            self.file = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release()
+        except OSError as e:
+            raise FolioError(f"cannot lock {self.path.parent}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise FolioError(
+                f"{self.path.parent}: another trainer (PID {holder}) is using this run directory; "
+                "wait for it to finish, or choose another --out"
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        if not self.file.closed:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+
+
 def move_run_aside(run_dir: str | Path) -> Path | None:
-    """Rename a non-empty `run_dir` to a free sibling name `RUN.old-N`; return where it went."""
+    """Rename a non-empty `run_dir` to a free sibling name `RUN.old-N`; return where it went.
+
+    The old run's lock is taken first, so a run that a trainer is still
+    writing is never moved.
+    """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+    if not run_dir.is_dir() or not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         return None
+    RunLock(run_dir).release()
     n = 1
     while (aside := run_dir.with_name(f"{run_dir.name}.old-{n}")).exists():
         n += 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from folio.checkpoint import save_checkpoint
+from folio.checkpoint import clean_state_dict, save_checkpoint
 from folio.cli import main
 from folio.data.batches import Dataset
 from folio.data.corpora import load_corpus
@@ -166,7 +166,7 @@ def test_import_refuses_what_folio_cannot_represent(hf_dir, tmp_path: Path) -> N
 
 def _run_dir(root: Path, model: GPT) -> Path:
     run = root / "run"
-    save_checkpoint(run, model, model.config, CharTokenizer(CHARS), {"step": 1})
+    save_checkpoint(run, clean_state_dict(model), model.config, CharTokenizer(CHARS), {"step": 1})
     return run
 
 

@@ -62,7 +62,7 @@ def test_bigger_configs_estimate_more() -> None:
 
 def test_video_preset_estimate_is_a_few_gib() -> None:
     run = build_run_config("video", [])
-    est = estimate_training_memory(GPTConfig(vocab_size=65, **run.model), run.train)
+    est = estimate_training_memory(run.resolve(65).model, run.train)
     # 10.8M parameters: 0.16 GiB of states; activations at batch 64, block 256 dominate.
     assert est["n_params"] == 10_795_776
     assert est["states_bytes"] == 16 * 10_795_776

@@ -32,7 +32,7 @@ from folio.train.optim import (
     orthogonalize,
     param_groups,
 )
-from folio.train.trainer import train
+from folio.train.pretrain import train
 
 V, BLOCK = 20, 16
 
@@ -348,10 +348,10 @@ def test_train_config_accepts_ints_for_floats_and_the_edges() -> None:
 def test_overrides_are_validated_too() -> None:
     with pytest.raises(FolioError, match="learning_rate must not be negative"):
         build_run_config("tiny", [("train.learning_rate", -3e-4)])
-    with pytest.raises(FolioError, match="unknown training setting 'learning_rat'"):
+    with pytest.raises(FolioError, match="unknown setting 'learning_rat'"):
         build_run_config("tiny", [("train.learning_rat", 3e-4)])
     run = build_run_config("tiny", [("learning_rate", 3e-4), ("n_layer", 3)])  # bare names
-    assert run.train.learning_rate == 3e-4 and run.model["n_layer"] == 3
+    assert run.train.learning_rate == 3e-4 and run.model.n_layer == 3
 
 
 # --- resuming with the optimizer state of another optimizer (issue 19 item 11) -------------

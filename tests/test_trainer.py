@@ -1,5 +1,5 @@
 """The training loop and the run directory it writes (folio.train.trainer, folio.checkpoint),
-the evaluation helpers (folio.eval) and device/precision choices (folio.train.device).
+the evaluation helpers (folio.eval) and device/precision choices (folio.runtime).
 
 Every run is the 'tiny' preset (2 layers, 32 wide, block 16) on CPU, seeded, one thread,
 on a small word corpus. Rendering loss.png costs about 0.35 s per eval here, so tests
@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 
 import folio.checkpoint
 import folio.train.trainer as trainer_module
+from folio import runtime as device_module
 from folio.checkpoint import (
     clean_state_dict,
     load_checkpoint,
@@ -46,12 +47,12 @@ from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
 from folio.eval import estimate_loss, evaluate_split
 from folio.models import GPT, GPTConfig
+from folio.runtime import peak_flops, pick_device, resolve_dtype
 from folio.tokenizers import CharTokenizer
-from folio.train import device as device_module
 from folio.train.config import build_run_config
-from folio.train.device import peak_flops, pick_device, resolve_dtype
 from folio.train.optim import make_optimizer
-from folio.train.trainer import TrainResult, train
+from folio.train.pretrain import train
+from folio.train.trainer import TrainResult
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = 16
@@ -357,11 +358,20 @@ def test_best_pointer_follows_the_lowest_val_and_unreferenced_checkpoints_go(
     config = GPTConfig(vocab_size=5, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32)
     model, tok = GPT(config), CharTokenizer("abcde")
     for step, val, best in [(1, 2.0, True), (2, 3.0, False), (3, 2.5, False)]:
-        save_checkpoint(tmp_path, model, config, tok, {"step": step, "val_loss": val}, best=best)
+        save_checkpoint(
+            tmp_path,
+            clean_state_dict(model),
+            config,
+            tok,
+            {"step": step, "val_loss": val},
+            best=best,
+        )
     assert _pointer(tmp_path, "best")["step"] == 1
     assert _pointer(tmp_path, "latest")["step"] == 3
     assert _checkpoint_dirs(tmp_path) == {"step-00000001", "step-00000003"}
-    save_checkpoint(tmp_path, model, config, tok, {"step": 4, "val_loss": 1.0}, best=True)
+    save_checkpoint(
+        tmp_path, clean_state_dict(model), config, tok, {"step": 4, "val_loss": 1.0}, best=True
+    )
     assert _checkpoint_dirs(tmp_path) == {"step-00000004"}
     assert load_checkpoint(tmp_path, "best").state["step"] == 4
 
