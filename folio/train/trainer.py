@@ -340,7 +340,13 @@ class Trainer:
         self.state.load_state_dict(
             ck.state, rng, seed=self.tc.seed, rank=self.denv.rank, device=self.device, where=ck.path
         )
-        self.resume_val_loss = ck.state.get("val_loss")
+        if self.state.step >= self.tc.max_iters:
+            val = ck.state.get("val_loss")
+            shown = f" (val loss {val:.4f})" if isinstance(val, float) else ""
+            raise FolioError(
+                f"{self.out_dir}: the run is already complete at step {self.state.step}{shown}; "
+                f"to train further, resume with a larger --max-iters"
+            )
         self.log(f"resuming from {ck.path} at step {self.state.step}")
 
     def _write_run_json(self, meta: dict[str, Any]) -> None:
@@ -584,13 +590,6 @@ class Trainer:
         self.t_start = time.perf_counter()
         stopped = "max_iters"
         try:
-            if self.resumed and st.step >= tc.max_iters:
-                val = getattr(self, "resume_val_loss", None)
-                shown = f" (val loss {val:.4f})" if isinstance(val, float) else ""
-                raise FolioError(
-                    f"{self.out_dir}: the run is already complete at step {st.step}{shown}; "
-                    f"to train further, resume with a larger --max-iters"
-                )
             with self.stop.installed(), self._progress_bar() as bar:
                 # The curve's starting point: an estimate before the first step.
                 if tc.eval_at_start and st.step == 0:
