@@ -13,7 +13,7 @@ A run directory is self-describing:
         model.safetensors      the weights
         state.json             step, best val loss, data position, python/numpy RNG
         trainer.safetensors    optimizer tensors and torch RNG states (resume only)
-        optimizer.json         the optimizer's non-tensor state (resume only)
+        optimizer.json         the optimizer's name and non-tensor state (resume only)
 
 A checkpoint directory is written under a temporary name, fsynced and renamed;
 then a pointer file is replaced atomically. A kill at any instant therefore

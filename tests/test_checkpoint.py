@@ -174,3 +174,16 @@ def test_a_run_whose_checkpoints_directory_is_a_link_still_loads(tmp_path: Path)
     (tmp_path / "run" / "checkpoints").symlink_to(run / "checkpoints", target_is_directory=True)
     (tmp_path / "run" / "latest.json").write_text((run / "latest.json").read_text())
     assert load_checkpoint(tmp_path / "run").state["step"] == 1
+
+
+def test_the_loading_guard_counts_the_file_and_the_model_on_cpu_and_the_model_on_a_gpu() -> None:
+    cfg = GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=1, n_embd=8)
+    model_bytes = 4 * memory_module.count_parameters(cfg)
+    check = memory_module.check_loading_memory
+    cuda = torch.device("cuda")
+    check(cfg, 100, cuda, available={"cpu": model_bytes + 100, "cuda": model_bytes})
+    with pytest.raises(FolioError, match="on cpu but only"):
+        check(cfg, 100, cuda, available={"cpu": model_bytes + 99, "cuda": model_bytes})
+    with pytest.raises(FolioError, match="on cuda but only"):
+        check(cfg, 100, cuda, available={"cpu": model_bytes + 100, "cuda": model_bytes - 1})
+    check(cfg, 100, torch.device("cpu"), available={"cpu": model_bytes + 100, "cuda": 0})
