@@ -483,6 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     px.add_argument("--out", required=True, help="directory to write (must not exist, or be empty)")
     px.set_defaults(func=cmd_export)
+
+    from folio.commands import tasks as tasks_command
+
+    ptk = sub.add_parser("tasks", help="make conversations of tasks with checkable answers")
+    tasks_command.add_arguments(ptk)
+    ptk.set_defaults(func=tasks_command.run)
     return p
 
 
