@@ -19,9 +19,9 @@ AnyTokenizer = CharTokenizer | BPETokenizer
 
 
 def vocabulary(tokenizer: AnyTokenizer) -> dict[str, int]:
-    """Every token's string and its id."""
+    """Every token's string and its id, special tokens included."""
     if isinstance(tokenizer, CharTokenizer):
-        return dict(tokenizer.stoi)
+        return {c: i for i, c in enumerate(tokenizer.chars)}  # characters and specials
     return dict(tokenizer.tokenizer.get_vocab(with_added_tokens=True))
 
 
@@ -53,7 +53,9 @@ def extend_for_text(tokenizer: AnyTokenizer, texts: Iterable[str]) -> AnyTokeniz
     """A tokenizer that encodes every text of `texts`: `tokenizer` with the characters it lacks.
 
     A character tokenizer gets the missing characters appended in sorted
-    order (old ids unchanged); it is returned as is when nothing is missing.
+    order (old ids and special tokens unchanged); it is returned as is when
+    nothing is missing. Add the chat tokens with
+    `folio.tokenizers.chat.with_chat_tokens`.
     A byte-level BPE tokenizer encodes any text and is returned as is.
     """
     if isinstance(tokenizer, BPETokenizer):
@@ -63,4 +65,4 @@ def extend_for_text(tokenizer: AnyTokenizer, texts: Iterable[str]) -> AnyTokeniz
         missing.update(c for c in set(text) if c not in tokenizer.stoi)
     if not missing:
         return tokenizer
-    return CharTokenizer(tokenizer.chars + sorted(missing))
+    return tokenizer.with_tokens(chars=sorted(missing))
