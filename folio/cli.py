@@ -122,6 +122,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from folio.fsutil import read_json
     from folio.train.device import autocast, pick_device, resolve_dtype
 
+    if args.checkpoint is None:
+        raise FolioError("eval: --checkpoint is required (or use `folio eval tasks ...`)")
     device = pick_device(args.device)
     ck = load_checkpoint(args.checkpoint, args.which, device)
     data_dir = args.data
@@ -237,8 +239,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {out} (GPT2LMHeadModel.from_pretrained loads it)")
 
 
-def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+def _checkpoint_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--checkpoint", required=required, help="run directory or checkpoint directory")
     p.add_argument(
         "--which",
         choices=["latest", "best"],
@@ -394,9 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--json", action="store_true", help="print the result as one JSON object")
     pt.set_defaults(func=cmd_train)
 
-    pe = sub.add_parser("eval", help="loss, perplexity and bits per character of a checkpoint")
+    pe = sub.add_parser(
+        "eval",
+        help="loss, perplexity and bits per character of a checkpoint; "
+        "`folio eval tasks` scores replies to task prompts",
+    )
     _fmt_help(pe)
-    _checkpoint_arguments(pe)
+    _checkpoint_arguments(pe, required=False)  # required, but not before `folio eval tasks`
     pe.add_argument(
         "--data", default=None, help="dataset directory (default: the one the run trained on)"
     )
@@ -417,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     _precision_arguments(pe)
     pe.add_argument("--json", action="store_true", help="print one JSON object")
     pe.set_defaults(func=cmd_eval)
+    from folio.commands import eval_tasks
+
+    pe_modes = pe.add_subparsers(dest="eval_mode", metavar="[tasks]")
+    pet = pe_modes.add_parser("tasks", help="pass@1, pass@k, end rate and reply length on tasks")
+    eval_tasks.add_arguments(pet)
+    pet.set_defaults(func=eval_tasks.run)
 
     ps = sub.add_parser("sample", help="generate text from a checkpoint")
     _fmt_help(ps)
