@@ -199,3 +199,13 @@ def test_cli_make_list_and_refusals(tmp_path: Path, capsys) -> None:
     assert main(["tasks", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [t["name"] for t in listed] == ["reverse", "add", "count", "speaker"]
+
+
+def test_tinyshakespeare_speakers_are_its_name_lines(tinyshakespeare_path: Path) -> None:
+    from folio.data.corpora import load_tinyshakespeare
+
+    m = build_material(load_tinyshakespeare(tinyshakespeare_path), n_speakers=3)
+    text = tinyshakespeare_path.read_text(encoding="utf-8")
+    for line, speaker in m.lines[:50]:
+        assert f"\n{speaker}:\n" in f"\n{text}" and line in text
+    assert len(m.speakers) == 3 and len(m.words) > 1000
