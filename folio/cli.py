@@ -96,6 +96,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from folio.fsutil import read_json
     from folio.runtime import autocast, pick_device, resolve_dtype
 
+    if args.checkpoint is None:
+        raise FolioError("eval: --checkpoint is required (or use `folio eval tasks ...`)")
     device = pick_device(args.device)
     ck = load_checkpoint(args.checkpoint, args.which, device)
     data_dir = args.data
@@ -211,8 +213,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {out} (GPT2LMHeadModel.from_pretrained loads it)")
 
 
-def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+def _checkpoint_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--checkpoint", required=required, help="run directory or checkpoint directory")
     p.add_argument(
         "--which",
         choices=["latest", "best"],
@@ -322,9 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(pt)
     pt.set_defaults(func=cmd_train)
 
-    pe = sub.add_parser("eval", help="loss, perplexity and bits per character of a checkpoint")
+    pe = sub.add_parser(
+        "eval",
+        help="loss, perplexity and bits per character of a checkpoint; "
+        "`folio eval tasks` scores replies to task prompts",
+    )
     _fmt_help(pe)
-    _checkpoint_arguments(pe)
+    _checkpoint_arguments(pe, required=False)  # required, but not before `folio eval tasks`
     pe.add_argument(
         "--data", default=None, help="dataset directory (default: the one the run trained on)"
     )
@@ -345,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     _precision_arguments(pe)
     pe.add_argument("--json", action="store_true", help="print one JSON object")
     pe.set_defaults(func=cmd_eval)
+    from folio.commands import eval_tasks
+
+    pe_modes = pe.add_subparsers(dest="eval_mode", metavar="[tasks]")
+    pet = pe_modes.add_parser("tasks", help="pass@1, pass@k, end rate and reply length on tasks")
+    eval_tasks.add_arguments(pet)
+    pet.set_defaults(func=eval_tasks.run)
 
     ps = sub.add_parser("sample", help="generate text from a checkpoint")
     _fmt_help(ps)
@@ -412,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     px.add_argument("--out", required=True, help="directory to write (must not exist, or be empty)")
     px.set_defaults(func=cmd_export)
+
+    from folio.commands import tasks as tasks_command
+
+    ptk = sub.add_parser("tasks", help="make conversations of tasks with checkable answers")
+    tasks_command.add_arguments(ptk)
+    ptk.set_defaults(func=tasks_command.run)
     return p
 
 
