@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from folio.checkpoint import save_checkpoint
+from folio.checkpoint import clean_state_dict, save_checkpoint
 from folio.cli import main
 from folio.data.conversations import Conversation
 from folio.data.corpora import Corpus
@@ -157,10 +157,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base_tok = CharTokenizer.from_text(text)
     config = GPTConfig(base_tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)
     torch.manual_seed(0)
-    save_checkpoint(root / "base", GPT(config), config, base_tok, {"step": 3})
+    save_checkpoint(root / "base", clean_state_dict(GPT(config)), config, base_tok, {"step": 3})
     chat_tok = with_chat_tokens(base_tok)
     chat_config = GPTConfig(chat_tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)
-    save_checkpoint(root / "chat", GPT(chat_config), chat_config, chat_tok, {"step": 5})
+    save_checkpoint(
+        root / "chat", clean_state_dict(GPT(chat_config)), chat_config, chat_tok, {"step": 5}
+    )
     make_task_files(["add"], root / "tasks", n=2, n_test=6, seed=1)
     return {"root": root, **{k: root / k for k in ("data", "base", "chat", "tasks")}}
 

@@ -381,7 +381,7 @@ def test_exported_bpe_tokenizer_encodes_a_literal_endoftext_as_folio_does(tmp_pa
     tok = BPETokenizer.train(docs, vocab_size=300)
     model = _folio_model(vocab_size=tok.vocab_size, activation="gelu_tanh")
     run, out = tmp_path / "run", tmp_path / "hf"
-    save_checkpoint(run, model, model.config, tok, {"step": 1})
+    save_checkpoint(run, clean_state_dict(model), model.config, tok, {"step": 1})
     assert main(["export", "--checkpoint", str(run), "--out", str(out)]) == 0
 
     text = f"my lord{EOT}art good {EOT}\n<|endoftext|x> sweet"

@@ -972,11 +972,11 @@ class _EveryOtherPosition:
         return x, y, mask
 
     def loss(self, model, batch) -> torch.Tensor:
-        from folio.train.objectives import masked_token_loss
+        from folio.train.losses import masked_lm_loss
 
         x, y, mask = batch
         logits, _ = model(x)
-        return masked_token_loss(logits, y, mask)
+        return masked_lm_loss(logits, y, mask)
 
 
 def test_a_toy_objective_trains_through_the_same_trainer_and_resumes_exactly(

@@ -11,7 +11,9 @@ object with:
   `tokens` axis of the loss plot;
 - `batch(split, generator)`: one batch of CPU tensors, drawn with
   `generator` only (so the trainer can checkpoint and restore the stream);
-- `loss(model, batch)`: a scalar loss, the batch already on the model's device.
+- `loss(model, batch)`: a scalar loss, the batch already on the model's device;
+- optionally `metrics(model)`: more figures for each eval row (a held-out
+  pass@1, a reward), computed with the model in eval mode, under no_grad.
 
 `LMObjective` is the video's next-token loss on random windows of a token
 stream; `MaskedLMObjective` is the same loss counted only where a mask is 1
@@ -24,10 +26,10 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from folio.data.batches import get_batch
+from folio.train.losses import masked_lm_loss
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -61,21 +63,6 @@ class LMObjective:
         return loss
 
 
-def masked_token_loss(
-    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """Mean cross-entropy over the positions where `mask` is 1.
-
-    loss = sum_t mask_t * -log p(y_t | x_<=t) / sum_t mask_t; a batch with no
-    supervised position gives 0 (with a gradient of 0), not NaN.
-    """
-    nll = F.cross_entropy(  # (B*T,)
-        logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none"
-    )
-    m = mask.reshape(-1).to(nll.dtype)
-    return (nll * m).sum() / m.sum().clamp(min=1.0)
-
-
 class MaskedLMObjective:
     """Next-token loss on fixed rows, counted only where the loss mask is 1.
 
@@ -99,4 +86,4 @@ class MaskedLMObjective:
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         x, y, mask = batch
         logits, _ = model(x)  # (B, T, V)
-        return masked_token_loss(logits, y, mask)
+        return masked_lm_loss(logits, y, mask)

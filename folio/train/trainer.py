@@ -473,6 +473,13 @@ class Trainer:
             self.tc.seed + 1,
             self.autocast,
         )
+        extra = getattr(self.objective, "metrics", None)
+        if extra is not None:  # a stage's own figures (held-out pass@1, reward, KL, ...)
+            was_training = self.model.training
+            self.model.eval()
+            with torch.no_grad(), self.autocast():
+                losses.update(extra(self.model))
+            self.model.train(was_training)
         if self.denv.enabled:
             values = distributed.broadcast_floats(list(losses.values()), self.device)
             losses = dict(zip(losses, values, strict=True))
@@ -516,12 +523,14 @@ class Trainer:
             "tokens": st.tokens_seen,
             "train_loss": losses["train"],
             "val_loss": losses["val"],
+            **{k: v for k, v in losses.items() if k not in ("train", "val")},
             "eval": True,
             "time": time.perf_counter() - self.t_start,
         }
         self.history.append(row)
         self.metrics.write(row)
         msg = f"step {st.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+        msg += "".join(f", {k} {v:.4f}" for k, v in losses.items() if k not in ("train", "val"))
         (bar.write if bar else self.log)(msg)
         if self.tc.save_checkpoints and st.step > 0:
             self.save(losses, improved)
