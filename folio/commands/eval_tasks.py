@@ -70,9 +70,9 @@ def run(args: argparse.Namespace) -> None:
     from folio.checkpoint import load_checkpoint
     from folio.eval_tasks import evaluate_tasks, read_test_set, task_items
     from folio.models.resize import resize_vocab
+    from folio.runtime import pick_device, resolve_dtype
     from folio.tokenizers.chat import has_chat_template, with_chat_tokens
     from folio.tokenizers.extend import extend_for_text
-    from folio.train.device import pick_device, resolve_dtype
 
     device = pick_device(args.device)
     ck = load_checkpoint(args.checkpoint, args.which, device)
