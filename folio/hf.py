@@ -30,11 +30,11 @@ from safetensors.torch import load_file
 from folio.checkpoint import check_weight_shapes, load_checkpoint, save_safetensors
 from folio.errors import FolioError
 from folio.fsutil import atomic_write_json, fsync_dir, read_json, scratch_dir
+from folio.memory import check_loading_memory
 from folio.models import GPT, GPTConfig, parameter_shapes
 from folio.models.attention import MultiHeadAttention
 from folio.tokenizers import Tokenizer, tokenizer_from_dict
 from folio.tokenizers.bpe import EOT
-from folio.train.memory import check_loading_memory
 
 # Folio activation -> GPT-2 `activation_function`, and back. GPT-2's own is "gelu_new",
 # the tanh approximation; "gelu_pytorch_tanh" is the same function in one kernel.

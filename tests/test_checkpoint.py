@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import folio.checkpoint as checkpoint_module
-import folio.train.memory as memory_module
+import folio.memory as memory_module
 from folio.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
 from folio.cli import main
 from folio.errors import FolioError

@@ -8,20 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 
-import folio.train.memory as memory
+import folio.memory as memory
 import folio.train.trainer as trainer_module
 from folio.cli import main
 from folio.data.corpora import load_corpus
 from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
-from folio.models import BigramConfig, GPTConfig, build_model
-from folio.train.config import TrainConfig, build_run_config
-from folio.train.memory import (
+from folio.memory import (
     available_memory,
     check_training_memory,
     count_parameters,
     estimate_training_memory,
 )
+from folio.models import BigramConfig, GPTConfig, build_model
+from folio.train.config import TrainConfig, build_run_config
 
 GiB = 2**30
 

@@ -440,7 +440,7 @@ def test_a_tampered_or_foreign_optimizer_state_is_one_line(
 
 
 def test_optimizer_state_tensors_of_the_wrong_shape_are_refused(tmp_path: Path) -> None:
-    from folio.checkpoint import load_optimizer_state
+    from folio.train.optim import load_optimizer_state
 
     model = _gpt()
     opt = make_optimizer(model, 1e-3, 0.1, (0.9, 0.95), "cpu")

@@ -40,14 +40,13 @@ from folio.checkpoint import (
     check_fresh_run_dir,
     clean_state_dict,
     load_checkpoint,
-    load_optimizer_state,
     move_run_aside,
-    optimizer_state,
     save_checkpoint,
 )
 from folio.errors import FolioError
 from folio.eval import estimate_objective
 from folio.fsutil import atomic_write_json
+from folio.memory import check_training_memory
 from folio.models import build_model
 from folio.runtime import (
     autocast,
@@ -62,9 +61,13 @@ from folio.runtime import (
 )
 from folio.train import distributed
 from folio.train.config import RunConfig
-from folio.train.memory import check_training_memory
 from folio.train.objectives import Batch, Objective
-from folio.train.optim import learning_rate, make_optimizer_for
+from folio.train.optim import (
+    learning_rate,
+    load_optimizer_state,
+    make_optimizer_for,
+    optimizer_state,
+)
 from folio.train.run_log import MetricsLog, NoMetrics, nan_snapshot, plot_losses
 
 
