@@ -314,6 +314,18 @@ def move_run_aside(run_dir: str | Path) -> Path | None:
     return aside
 
 
+def run_dataset(path: str | Path) -> str:
+    """The dataset a run trained on, as its run.json records it."""
+    run_json = Path(path) / "run.json"
+    if not run_json.exists():
+        raise FolioError(f"{path}: no run.json naming the dataset; pass --data DATA_DIR")
+    run_config = read_json(run_json, "run config")
+    data = run_config.get("data") if isinstance(run_config, dict) else None
+    if not isinstance(data, str):
+        raise FolioError(f"{run_json}: names no dataset; pass --data DATA_DIR")
+    return data
+
+
 def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
     """A checkpoint directory from a run directory (following latest/best) or a checkpoint path.
 
