@@ -46,7 +46,13 @@ from folio.data.format import (
     token_file,
 )
 from folio.errors import FolioError
-from folio.fsutil import atomic_write_json, fsync_file, replace_dir, scratch_dir
+from folio.fsutil import (
+    atomic_write_json,
+    check_replaceable_dir,
+    fsync_file,
+    replace_dir,
+    scratch_dir,
+)
 from folio.tokenizers import BPETokenizer, CharTokenizer
 from folio.tokenizers.bpe import iter_pieces
 
@@ -299,32 +305,8 @@ def _is_dataset(path: Path) -> bool:
 
 
 def check_dataset_target(out_dir: str | Path) -> Path:
-    """The absolute path `prepare` may write to, or a FolioError saying why not.
-
-    A new or empty directory, or an existing Folio dataset (replaced atomically),
-    may be written; anything else holds something of the user's and is refused.
-    """
-    out = Path(os.path.abspath(Path(out_dir).expanduser()))  # "." and ".." get real names
-    if out.parent == out:
-        raise FolioError(f"--out {out_dir}: cannot write a dataset over the filesystem root")
-    if not out.exists():
-        return out
-    if not out.is_dir():
-        raise FolioError(f"--out {out_dir}: exists and is not a directory")
-    try:
-        entries = sorted(p.name for p in out.iterdir())
-    except OSError as e:
-        raise FolioError(f"--out {out_dir}: cannot read it ({e.strerror or e})") from None
-    if entries and not _is_dataset(out):
-        shown = ", ".join(entries[:5]) + (
-            f" and {len(entries) - 5} more" if len(entries) > 5 else ""
-        )
-        raise FolioError(
-            f"--out {out_dir}: refusing to replace a directory that is not a Folio dataset "
-            f"(it holds {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: {shown}); "
-            f"choose a new or empty directory"
-        )
-    return out
+    """The absolute path `prepare` may write to: new, empty, or a Folio dataset (replaced)."""
+    return check_replaceable_dir(out_dir, _is_dataset, "a Folio dataset")
 
 
 def make_tokenizer(
