@@ -339,6 +339,36 @@ def make_tokenizer(
     raise FolioError(f"unknown tokenizer {kind!r}: use one of {', '.join(TOKENIZER_KINDS)}")
 
 
+def _meta(
+    corpus: AnyCorpus,
+    tok: CharTokenizer | BPETokenizer,
+    counts: _Tokens,
+    stats: CorpusStats,
+    val_fraction: float,
+) -> dict[str, Any]:
+    """meta.json: the tokenizer, the splits' sizes and largest ids, and the source's checksum."""
+    return {
+        "format": DATASET_FORMAT,
+        "version": DATASET_VERSION,
+        "tokenizer": tok.to_dict(),
+        "vocab_size": tok.vocab_size,
+        "dtype": tok.token_dtype.name,
+        "train_tokens": counts.train_tokens,
+        "val_tokens": counts.val_tokens,
+        "train_max_token_id": counts.train_max_token_id,
+        "val_max_token_id": counts.val_max_token_id,
+        "train_bytes": counts.train_bytes,
+        "val_bytes": counts.val_bytes,
+        "val_fraction": val_fraction,
+        "source": {
+            "name": corpus.name,
+            "files": [str(f) for f in corpus.files],
+            "characters": stats.characters,
+            "sha256": stats.hasher.hexdigest(),
+        },
+    }
+
+
 def prepare_dataset(
     corpus: AnyCorpus,
     out_dir: Path,
@@ -372,26 +402,7 @@ def prepare_dataset(
             counts = _write_char_tokens(corpus, tok, tmp, stats.characters, val_fraction)
         else:
             counts = _write_bpe_tokens(corpus, tok, tmp, val_fraction, progress, stats)
-        meta: dict[str, Any] = {
-            "format": DATASET_FORMAT,
-            "version": DATASET_VERSION,
-            "tokenizer": tok.to_dict(),
-            "vocab_size": tok.vocab_size,
-            "dtype": tok.token_dtype.name,
-            "train_tokens": counts.train_tokens,
-            "val_tokens": counts.val_tokens,
-            "train_max_token_id": counts.train_max_token_id,
-            "val_max_token_id": counts.val_max_token_id,
-            "train_bytes": counts.train_bytes,
-            "val_bytes": counts.val_bytes,
-            "val_fraction": val_fraction,
-            "source": {
-                "name": corpus.name,
-                "files": [str(f) for f in corpus.files],
-                "characters": stats.characters,
-                "sha256": stats.hasher.hexdigest(),
-            },
-        }
+        meta = _meta(corpus, tok, counts, stats, val_fraction)
         atomic_write_json(tmp / META_FILE, meta)  # written last: its presence marks completion
         replace_dir(tmp, out_dir)
     return PrepareSummary(
