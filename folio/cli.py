@@ -1,27 +1,66 @@
 """The `folio` command: a thin layer over functions a notebook can call too.
 
 Every error a user can cause surfaces as a FolioError, printed here as one
-line on stderr with exit status 2; Ctrl-C exits with 130.
+line on stderr with exit status 2; Ctrl-C exits with 130. When the reader of
+stdout goes away (`folio sample | head -c 50`), the command stops quietly with
+exit status 141, what a shell reports for a Unix tool stopped by SIGPIPE, so
+`set -o pipefail` sees the output was cut short, as it would for `cat`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
 from folio.errors import FolioError
 
+DEFAULT_BPE_VOCAB = 4096  # `prepare --tokenizer bpe` without --vocab-size
+
+
+EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a command stopped by SIGPIPE
+
+
+class _DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" to a flag's help unless the help already says its default.
+
+    A required flag has no default to show, and one whose help says "default"
+    or "required" already says it (argparse's own formatter would add a second).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or re.search(r"\bdefault\b|\brequired\b", text):
+            return text
+        return super()._get_help_string(action)
+
 
 def _fmt_help(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.formatter_class = _DefaultsOnceFormatter
+
+
+def _positive(flag: str, value: int | None) -> None:
+    """Refuse a count below 1 (argparse has already made it an int)."""
+    if value is not None and value < 1:
+        raise FolioError(f"{flag} must be a positive integer, got {value}")
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from folio.data.corpora import load_corpus
     from folio.data.prepare import prepare_dataset
 
+    vocab_size = args.vocab_size
+    if vocab_size is None:
+        vocab_size = DEFAULT_BPE_VOCAB
+    elif args.tokenizer != "bpe":
+        own = "the corpus's characters" if args.tokenizer == "char" else "GPT-2's, read from files"
+        raise FolioError(
+            f"--vocab-size applies to --tokenizer bpe only; --tokenizer {args.tokenizer} "
+            f"has its own vocabulary ({own})"
+        )
     corpus = load_corpus(
         args.sources,
         errors=args.errors,
@@ -34,7 +73,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         Path(args.out),
         val_fraction=args.val_fraction,
         tokenizer=args.tokenizer,
-        vocab_size=args.vocab_size,
+        vocab_size=vocab_size,
         tokenizer_dir=args.tokenizer_dir,
         progress=True,
     )
@@ -80,6 +119,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     from folio.train.config import build_run_config
     from folio.train.trainer import train
 
+    if args.preset is None:
+        from folio.train.config import list_presets
+
+        raise FolioError(
+            f"--preset is required: one of {', '.join(list_presets())}, or a TOML file "
+            "(bigram is the video's first model)"
+        )
     run = build_run_config(args.preset, _overrides(args))
     result = train(
         run,
@@ -118,10 +164,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from folio.checkpoint import load_checkpoint
     from folio.data.batches import Dataset
-    from folio.eval import evaluate_split
+    from folio.eval import check_eval_limits, evaluate_split
     from folio.fsutil import read_json
     from folio.train.device import autocast, pick_device, resolve_dtype
 
+    check_eval_limits(args.batch_size, args.max_batches)
     device = pick_device(args.device)
     ck = load_checkpoint(args.checkpoint, args.which, device)
     data_dir = args.data
@@ -176,6 +223,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from folio.sample import Sampler, SamplingConfig
     from folio.train.device import pick_device, resolve_dtype
 
+    _positive("--max-new-tokens", args.max_new_tokens)
+    _positive("--num-samples", args.num_samples)
+    if args.stream and args.num_samples > 1:
+        raise FolioError(
+            "--stream prints one sample as it is generated: drop --stream, or use --num-samples 1"
+        )
     device = pick_device(args.device)
     ck = load_checkpoint(args.checkpoint, args.which, device)
     cfg = SamplingConfig(
@@ -193,13 +246,20 @@ def cmd_sample(args: argparse.Namespace) -> None:
         ck.tokenizer,
         device=device,
         dtype=None if dtype.is_floating_point and dtype.itemsize == 4 else dtype,
+        check_memory=not args.force,
     )
-    with warnings.catch_warnings(record=True) as caught:
+
+    def show(message, *_args, **_kwargs) -> None:  # as it happens: before the output
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
-        if args.stream and cfg.num_samples == 1:
+        warnings.showwarning = show
+        if args.stream:
+            pieces = sampler.stream(args.prompt, cfg)  # checks the prompt, warns, then prints
             sys.stdout.write(args.prompt)
-            for pieces in sampler.stream(args.prompt, cfg):
-                sys.stdout.write(pieces[0])
+            for piece in pieces:
+                sys.stdout.write(piece[0])
                 sys.stdout.flush()
             sys.stdout.write("\n")
         else:
@@ -207,8 +267,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
                 if cfg.num_samples > 1:
                     print(f"--- sample {i + 1} ---")
                 print(args.prompt + text)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
 
 
 def cmd_ladder(args: argparse.Namespace) -> None:
@@ -301,8 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument(
         "--vocab-size",
         type=int,
-        default=4096,
-        help="vocabulary size of a trained BPE tokenizer (at least 257)",
+        default=None,
+        help=f"vocabulary size of a trained BPE tokenizer, at least 257 (default: "
+        f"{DEFAULT_BPE_VOCAB}; only with --tokenizer bpe)",
     )
     pp.add_argument(
         "--tokenizer-dir",
@@ -318,8 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--data", required=True, help="dataset directory from `folio prepare`")
     pt.add_argument(
         "--preset",
-        default="bigram",
-        help=f"preset name ({', '.join(list_presets())}) or a TOML file",
+        default=None,
+        help=f"required: preset name ({', '.join(list_presets())}) or a TOML file "
+        "(with --resume too: the run's model must match it)",
     )
     pt.add_argument("--out", required=True, help="run directory (checkpoints, metrics, plot)")
     pt.add_argument(
@@ -411,9 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batches",
         type=int,
         default=None,
-        help="stop after this many batches per split (default: the whole split)",
+        help="stop after this many batches per split, at least 1 (default: the whole split)",
     )
-    pe.add_argument("--batch-size", type=int, default=32, help="windows per batch")
+    pe.add_argument("--batch-size", type=int, default=32, help="windows per batch (>= 1)")
     _precision_arguments(pe)
     pe.add_argument("--json", action="store_true", help="print one JSON object")
     pe.set_defaults(func=cmd_eval)
@@ -422,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     _fmt_help(ps)
     _checkpoint_arguments(ps)
     ps.add_argument("--prompt", default="", help="text to continue (empty: start from a newline)")
-    ps.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate")
+    ps.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate (>= 1)")
     ps.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     ps.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     ps.add_argument(
@@ -436,9 +496,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop a sample when it produces TEXT (repeatable)",
     )
     ps.add_argument(
-        "--num-samples", type=int, default=1, help="samples decoded together as a batch"
+        "--num-samples", type=int, default=1, help="samples decoded together as a batch (>= 1)"
     )
-    ps.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    ps.add_argument(
+        "--stream",
+        action="store_true",
+        help="print tokens as they are generated (one sample only)",
+    )
+    ps.add_argument(
+        "--force",
+        action="store_true",
+        help="sample even when the memory estimate for --num-samples x (prompt + "
+        "--max-new-tokens) exceeds the memory available",
+    )
     _precision_arguments(ps)
     ps.set_defaults(func=cmd_sample)
     pb = sub.add_parser("bench", help="measure training or sampling speed")
@@ -491,13 +561,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below and not at exit
     except FolioError as e:
         print(f"folio: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("folio: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush finds no closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is no file (a test's StringIO)
+        pass
 
 
 if __name__ == "__main__":
