@@ -444,7 +444,9 @@ def check_weight_shapes(
     raise FolioError(f"{where}: weights do not match the config ({'; '.join(parts)})")
 
 
-def _check_weights_file(f: Path, model_config: Any, device: torch.device) -> None:
+def _check_weights_file(
+    f: Path, model_config: Any, device: torch.device, check_memory: bool = True
+) -> None:
     """The config against the weights' header, then the memory guard, before any allocation.
 
     The parameter counts are compared first: arithmetic only, so a config.json
@@ -465,17 +467,23 @@ def _check_weights_file(f: Path, model_config: Any, device: torch.device) -> Non
     file_bytes = sum(
         math.prod(shape) * _DTYPE_BYTES.get(dtype, 4) for dtype, shape in header.values()
     )
-    check_loading_memory(model_config, file_bytes, device, where=f)
+    if check_memory:
+        check_loading_memory(model_config, file_bytes, device, where=f)
 
 
 def load_checkpoint(
-    path: str | Path, which: str = "latest", device: str | torch.device = "cpu"
+    path: str | Path,
+    which: str = "latest",
+    device: str | torch.device = "cpu",
+    *,
+    check_memory: bool = True,
 ) -> Checkpoint:
     """Load a checkpoint (or a run directory's latest/best) into a fresh model.
 
     Nothing is allocated before the config has been compared with the
-    weights' header and the memory guard has passed, and the tokenizer must
-    have exactly the model's vocabulary.
+    weights' header and the memory guard has passed (`check_memory=False`,
+    the commands' --force: try anyway), and the tokenizer must have exactly
+    the model's vocabulary.
     """
     ckpt = resolve_checkpoint(path, which)
     config = read_json(ckpt / "config.json", "checkpoint config")
@@ -507,7 +515,7 @@ def load_checkpoint(
     if not isinstance(state, dict):
         raise FolioError(f"{ckpt / 'state.json'}: training state is not a JSON object")
     device = torch.device(device)
-    _check_weights_file(ckpt / "model.safetensors", model_config, device)
+    _check_weights_file(ckpt / "model.safetensors", model_config, device, check_memory)
     weights = _load_safetensors(ckpt / "model.safetensors")
     model = build_model(model_config)
     try:

@@ -20,8 +20,26 @@ from torch import nn
 
 from folio.checkpoint import load_checkpoint, run_dataset
 from folio.data.batches import Dataset, get_batch, sequential_batches
+from folio.errors import FolioError
 from folio.runtime import autocast
 from folio.tokenizers import check_same_tokenizer
+
+
+def check_eval_limits(batch_size: object, max_batches: object = None) -> None:
+    """Refuse (FolioError) a batch size below 1, or a batch limit that is set and below 1.
+
+    A batch size of 0 or less or a limit of 0 batches evaluates nothing (or
+    nonsense), and would report a loss of 0 and a perplexity of 1.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise FolioError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if max_batches is not None and (
+        isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
+    ):
+        raise FolioError(
+            f"--max-batches must be a positive integer (or unset for the whole split), "
+            f"got {max_batches!r}"
+        )
 
 
 @torch.no_grad()
@@ -90,8 +108,11 @@ def evaluate_split(
     Returns loss (nats per token), perplexity, bits per token and, when the
     split's UTF-8 byte count is known and the whole split was read, bits per
     byte (comparable across tokenizers). For a character tokenizer bits per
-    token are bits per character.
+    token are bits per character. A batch size or batch limit below 1, or a
+    split with nothing to predict, is refused (FolioError) rather than reported
+    as a loss of 0.
     """
+    check_eval_limits(batch_size, max_batches)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -105,7 +126,9 @@ def evaluate_split(
         total += float(nll.double().sum())
         count += y.numel()
     model.train(was_training)
-    loss = total / max(count, 1)
+    if count == 0:
+        raise FolioError(f"nothing to evaluate: the split has {len(data)} token(s), fewer than 2")
+    loss = total / count
     out = {
         "loss": loss,
         "perplexity": math.exp(loss),

@@ -168,3 +168,106 @@ def check_loading_memory(
                 f"{where}: loading this model of {n_params:,} parameters needs about "
                 f"{_gib(need)} on {kind} but only {_gib(avail)} is available"
             )
+
+
+# ------------------------------------------------------------------ sampling
+
+TOKEN_ID_BYTES = 8  # the sampler's token buffer is int64
+LOGITS_COPIES = 8  # (B, V) tensors alive while choosing a token: logits, fp32 copy, scaled,
+# filtered, probabilities, top-p's sorted values, its int64 order (two) and the scatter
+HOST_BYTES_PER_TOKEN = 72  # text kept per generated token and sample: a str piece in a list
+# (about 50 bytes of object and an 8-byte pointer) plus its characters in the running text
+
+
+def estimate_sampling_memory(
+    model_config: BigramConfig | GPTConfig,
+    num_samples: int,
+    context_tokens: int,
+    *,
+    cache: bool,
+    cache_bytes_per_value: int = BYTES_FP32,
+) -> dict[str, Any]:
+    """Bytes a `Sampler` call needs beyond the loaded weights, by part, for `num_samples`
+    sequences of `context_tokens` tokens (prompt plus max_new_tokens).
+
+    - the token buffer: num_samples x context_tokens int64, allocated whole up front;
+    - the KV cache (fused-attention GPT): 2 x n_layer x B x block_size x n_embd values.
+      It holds block_size positions, not the whole context: when the context
+      outgrows it the window slides and the cache is refilled (see the sampler);
+    - one forward pass over a full window under no_grad, where a layer's
+      activations are freed before the next: the residual, q/k/v, the MLP's
+      hidden layer and the attention scores (B x n_head x T x T, kept as for
+      training: an upper bound where a fused kernel never stores them);
+    - the logits of the last position and the tensors top-k/top-p make of them;
+    - the text kept on the host: about HOST_BYTES_PER_TOKEN per token and sample.
+    """
+    B, n = num_samples, context_tokens
+    v = model_config.vocab_size
+    tokens = B * n * TOKEN_ID_BYTES
+    logits = B * v * BYTES_FP32 * LOGITS_COPIES
+    if isinstance(model_config, GPTConfig):
+        c, t, h = model_config.n_embd, model_config.block_size, model_config.n_head
+        t = min(t, n)
+        kv = 2 * model_config.n_layer * B * model_config.block_size * c * cache_bytes_per_value
+        kv = kv if cache else 0
+        forward = B * t * ((4 + model_config.mlp_ratio) * c + h * t) * BYTES_FP32
+    else:  # the bigram model reads one token: its forward is the logits
+        kv, forward = 0, 0
+    text = B * n * HOST_BYTES_PER_TOKEN
+    device = tokens + kv + forward + logits
+    return {
+        "tokens_bytes": tokens,
+        "kv_cache_bytes": kv,
+        "forward_bytes": forward,
+        "logits_bytes": logits,
+        "device_bytes": device,
+        "host_bytes": text,
+    }
+
+
+def check_sampling_memory(
+    model_config: BigramConfig | GPTConfig,
+    num_samples: int,
+    context_tokens: int,
+    device: torch.device,
+    *,
+    cache: bool,
+    cache_bytes_per_value: int = BYTES_FP32,
+    force: bool = False,
+    available: int | None = None,
+    available_host: int | None = None,
+) -> dict[str, Any]:
+    """Refuse (FolioError) a sampling call whose estimate exceeds the memory available.
+
+    On the CPU, device and host memory are one budget; on a GPU the token
+    buffer, cache and forward pass need GPU memory and the text host memory.
+    """
+    est = estimate_sampling_memory(
+        model_config,
+        num_samples,
+        context_tokens,
+        cache=cache,
+        cache_bytes_per_value=cache_bytes_per_value,
+    )
+    cpu = torch.device("cpu")
+    avail = available if available is not None else available_memory(device)
+    if device.type == "cpu":
+        need, host_need, host_avail = est["device_bytes"] + est["host_bytes"], 0, None
+    else:
+        need, host_need = est["device_bytes"], est["host_bytes"]
+        host_avail = available_host if available_host is not None else available_memory(cpu)
+    est["available_bytes"] = avail
+    short = []
+    if avail is not None and need > avail:
+        short.append(f"{_gib(need)} on {device.type}, where {_gib(avail)} is available")
+    if host_avail is not None and host_need > host_avail:
+        short.append(f"{_gib(host_need)} of host memory, where {_gib(host_avail)} is available")
+    if force or not short:
+        return est
+    raise FolioError(
+        f"sampling {num_samples:,} sample(s) of {context_tokens:,} tokens (prompt + "
+        f"max_new_tokens) needs about {' and '.join(short)} (token buffer "
+        f"{_gib(est['tokens_bytes'])}, KV cache {_gib(est['kv_cache_bytes'])}, text "
+        f"{_gib(est['host_bytes'])}); lower --num-samples or --max-new-tokens, "
+        "or pass --force to try anyway"
+    )

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tokenizers import pre_tokenizers
 
 from folio.cli import main
 from folio.data import prepare as prepare_module
@@ -18,7 +24,7 @@ from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
 from folio.sample.sampler import _default_start
 from folio.tokenizers import BPETokenizer, tokenizer_from_dict
-from folio.tokenizers.bpe import EOT, iter_pieces
+from folio.tokenizers.bpe import EOT, MAX_PIECE_CHARS, iter_pieces
 
 DOCS = [
     "".join(f"Line {i}: sweet Ophélie sings ♪ to Œdipus, {i * i}.\n" for i in range(40)),
@@ -107,6 +113,98 @@ def test_pieces_encode_exactly_as_the_whole(tok: BPETokenizer, text: str, size: 
     pieces = list(iter_pieces(text, size))
     assert "".join(pieces) == text
     assert [i for p in pieces for i in tok.encode(p)] == tok.encode(text)
+
+
+# A run without spaces (DNA, Chinese) is one piece for GPT-2's regex; the cap cuts it.
+DNA = "".join(np.random.default_rng(0).choice(list("ACGT"), 3000))
+
+
+def test_long_runs_are_cut_to_the_piece_cap_in_training_and_encoding() -> None:
+    tok = BPETokenizer.train([DNA, *DOCS], vocab_size=300)
+    pieces = tok.tokenizer.pre_tokenizer.pre_tokenize_str(DNA + " é" + "中" * 600)
+    assert max(b - a for _, (a, b) in pieces) == MAX_PIECE_CHARS  # characters, not bytes
+    assert pieces[0][0] == DNA[:MAX_PIECE_CHARS]  # cut from the start of the piece
+    assert pieces[-1][1][1] - pieces[-1][1][0] == len(" é" + "中" * 600) % MAX_PIECE_CHARS
+    # Within the cap, pieces are exactly GPT-2's.
+    gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    assert tok.tokenizer.pre_tokenizer.pre_tokenize_str(DOCS[0]) == gpt2.pre_tokenize_str(DOCS[0])
+    for text in (DNA, "中" * 1000 + "\n", DOCS[0]):
+        assert tok.decode(tok.encode(text)) == text
+    again = tokenizer_from_dict(json.loads(json.dumps(tok.to_dict())))  # the cap is stored
+    assert again.encode(DNA) == tok.encode(DNA)
+    assert all(len(tok.decode([i])) <= MAX_PIECE_CHARS for i in tok.encode(DNA))
+
+
+def test_training_on_a_long_run_takes_time_linear_in_it() -> None:
+    """200k characters of DNA took 22 s uncapped (quadratic); capped, well under a second."""
+    dna = "".join(np.random.default_rng(1).choice(list("ACGT"), 200_000))
+    t0 = time.perf_counter()
+    tok = BPETokenizer.train([dna], vocab_size=512)
+    assert time.perf_counter() - t0 < 10
+    assert tok.vocab_size == 512 and tok.decode(tok.encode(dna)) == dna
+
+
+@pytest.fixture(scope="module")
+def capped() -> BPETokenizer:
+    """A tokenizer whose pieces are cut at 3 characters, so that cuts are everywhere."""
+    texts = [DNA[:500], *DOCS, "it's 'tis we're they'll\t\n  \n"]
+    return BPETokenizer.train(texts, 300, max_piece_chars=3)
+
+
+@FUZZ
+@given(st.text(alphabet="ACGT ab'sre.1\n\t中", max_size=120), st.integers(1, 12))
+def test_long_runs_are_cut_between_pieces_exactly(
+    capped: BPETokenizer, text: str, size: int
+) -> None:
+    """Given the tokenizer's pre-tokenizer, a run with no space is cut too, still exactly."""
+    pieces = list(iter_pieces(text, size, capped.pre_tokenizer))
+    assert "".join(pieces) == text
+    assert [i for p in pieces for i in capped.encode(p)] == capped.encode(text)
+
+
+def test_a_run_without_spaces_is_cut_into_bounded_pieces(capped: BPETokenizer) -> None:
+    pieces = list(iter_pieces(DNA, 100, capped.pre_tokenizer))
+    assert len(pieces) > 10 and max(len(p) for p in pieces) <= 200
+    assert [i for p in pieces for i in capped.encode(p)] == capped.encode(DNA)
+    assert list(iter_pieces(DNA, 100)) == [DNA]  # without it, no safe place: one piece
+
+
+def test_ctrl_c_stops_training_at_once(tmp_path: Path) -> None:
+    """The Rust trainer never returns to Python while it merges; Ctrl-C must not wait for it.
+
+    Uncapped, 300k characters of DNA take tens of seconds to merge; SIGINT
+    arrives a second in, while the merges run, and the process must be gone
+    within two seconds, by KeyboardInterrupt, with no crash from the worker.
+    """
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import sys, numpy as np\n"
+        "from folio.tokenizers import BPETokenizer\n"
+        "dna = ''.join(np.random.default_rng(0).choice(list('ACGT'), 300_000))\n"
+        "print('ready', flush=True)\n"
+        "try:\n"
+        "    BPETokenizer.train([dna], 512, max_piece_chars=None)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+        "    sys.exit(130)\n"
+        "print('finished', flush=True)\n",
+        encoding="utf-8",
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env)  # fmt: skip
+    try:
+        assert child.stdout.readline() == b"ready\n"
+        time.sleep(1.0)
+        child.send_signal(signal.SIGINT)
+        t0 = time.perf_counter()
+        out, err = child.communicate(timeout=10)
+        waited = time.perf_counter() - t0
+    finally:
+        child.kill()
+        child.wait()
+    assert out == b"interrupted\n" and child.returncode == 130, (out, err[-500:])
+    assert waited < 2.0 and not err, (waited, err[-500:])
 
 
 def test_sampling_starts_from_end_of_text(tok: BPETokenizer) -> None:

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -692,3 +693,181 @@ def test_bench_sample_json_has_cached_and_uncached(capsys: pytest.CaptureFixture
     assert result["speedup"] == pytest.approx(
         result["tokens_per_s_cached"] / result["tokens_per_s_uncached"]
     )
+
+
+# ------------------------------------------- issue 19: limits, pipes and papercuts
+
+
+def _folio_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_sample_into_a_closed_pipe_exits_quietly(trained: Trained, stream: bool) -> None:
+    """`folio sample | head -c 50`: no BrokenPipeError traceback; exit 141, as `cat` gives.
+
+    With --stream, through a real `head -c 50`; without, the reader closes the
+    pipe before the sample is printed at the end.
+    """
+    argv = [sys.executable, "-m", "folio", "sample", "--checkpoint", str(trained.run),
+            "--max-new-tokens", "3000", "--seed", "1"]  # fmt: skip
+    if stream:
+        import shlex
+
+        script = f"{shlex.join(argv)} --stream | head -c 50; exit ${{PIPESTATUS[0]}}"
+        r = subprocess.run(
+            ["bash", "-c", script], capture_output=True, env=_folio_env(), timeout=120
+        )
+        code, out, err = r.returncode, r.stdout, r.stderr
+        assert len(out) == 50
+    else:
+        child = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_folio_env()
+        )
+        child.stdout.close()  # the reader is gone before anything is written
+        err = child.stderr.read()
+        child.stderr.close()
+        code = child.wait(timeout=120)
+    assert err == b"", err.decode(errors="replace")[-600:]
+    assert code == 141
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragments"),
+    [
+        (["--max-new-tokens", 10**12], ["1,000,000,000,005 tokens", "token buffer", "--force"]),
+        (["--num-samples", 10**9], ["1,000,000,000 sample(s)", "KV cache", "--force"]),
+        (["--max-new-tokens", 0], ["--max-new-tokens must be a positive integer, got 0"]),
+        (["--max-new-tokens", -5], ["--max-new-tokens must be a positive integer, got -5"]),
+        (["--num-samples", 0], ["--num-samples must be a positive integer, got 0"]),
+    ],
+)
+def test_sample_limits_are_one_line(
+    flags: list, fragments: list[str], trained: Trained, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An 8 TB token buffer or a billion samples are refused before anything is allocated."""
+    code, out, err = run(capsys, "sample", "--checkpoint", trained.run, "--prompt", PROMPT, *flags)
+    assert_user_error(code, err, *fragments)
+    assert out == ""
+
+
+def test_sample_force_goes_past_the_memory_guard(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import folio.memory as memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1024)  # a 1 KiB machine
+    args = ["sample", "--checkpoint", trained.run, "--max-new-tokens", 10, "--seed", 1]
+    code, _, err = run(capsys, *args)
+    assert_user_error(code, err, "0.0 GiB is available")  # loading is refused first
+    code, out, err = run(capsys, *args, "--force")  # past both guards: loading and sampling
+    assert code == 0, err
+    assert len(out) == 10 + 1  # ten new characters and a newline (empty prompt)
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--max-batches", 0], "--max-batches must be a positive integer"),
+        (["--max-batches", -1], "--max-batches must be a positive integer"),
+        (["--batch-size", -1], "--batch-size must be a positive integer, got -1"),
+        (["--batch-size", 0], "--batch-size must be a positive integer, got 0"),
+    ],
+)
+def test_eval_refuses_nonsense_limits(
+    flags: list, fragment: str, trained: Trained, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: --max-batches 0 reported loss 0.0 and perplexity 1.0; --batch-size 0 a traceback."""
+    code, out, err = run(capsys, "eval", "--checkpoint", trained.run, *flags)
+    assert_user_error(code, err, fragment)
+    assert out == ""
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_long_prompt_warning_comes_before_the_sample(trained: Trained, stream: bool) -> None:
+    both = io.StringIO()  # stdout and stderr in the order they were written
+    long_prompt = "ALL:\nSpeak, speak.\n" * 3  # longer than the tiny preset's block of 16
+    argv = ["sample", "--checkpoint", str(trained.run), "--prompt", long_prompt,
+            "--max-new-tokens", "20", "--seed", "1"] + (["--stream"] if stream else [])  # fmt: skip
+    with contextlib.redirect_stdout(both), contextlib.redirect_stderr(both):
+        assert main(argv) == 0
+    text = both.getvalue()
+    assert text.startswith(
+        f"warning: prompt of {len(long_prompt)} tokens is longer than block_size 16"
+    )
+    assert text.count("warning:") == 1
+    assert text.splitlines()[1] == long_prompt.splitlines()[0]  # then the sample, prompt first
+
+
+def test_stream_with_several_samples_is_refused(
+    trained: Trained, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        capsys, "sample", "--checkpoint", trained.run, "--stream", "--num-samples", 2
+    )
+    assert_user_error(code, err, "--stream prints one sample", "--num-samples 1")
+    assert out == ""
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "gpt2"])
+def test_vocab_size_outside_bpe_is_refused(
+    tokenizer: str, trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "prepare", trained.corpus, "--out", tmp_path / "d",
+                       "--tokenizer", tokenizer, "--vocab-size", 300)  # fmt: skip
+    assert_user_error(code, err, "--vocab-size applies to --tokenizer bpe only")
+    assert_nothing_written(tmp_path / "d")
+
+
+def test_vocab_size_defaults_to_4096_for_bpe_and_is_unset_for_char(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import folio.data.prepare as prepare_module
+
+    seen = []
+
+    def fake_prepare(corpus, out, **kw):
+        seen.append(kw["vocab_size"])
+        raise KeyboardInterrupt  # stop there: only the arguments matter
+
+    monkeypatch.setattr(prepare_module, "prepare_dataset", fake_prepare)
+    for tokenizer in ("char", "bpe"):
+        assert cli("prepare", trained.corpus, "--out", tmp_path / "d", "--tokenizer", tokenizer)[0]
+    assert cli("prepare", trained.corpus, "--out", tmp_path / "d", "--tokenizer", "bpe",
+               "--vocab-size", 300)[0]  # fmt: skip
+    assert seen == [4096, 4096, 300]  # char ignores it; the library default is kept
+
+
+def _all_parsers(
+    parser: argparse.ArgumentParser, name: str = "folio"
+) -> dict[str, argparse.ArgumentParser]:
+    found = {name: parser}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, p in action.choices.items():
+                found.update(_all_parsers(p, f"{name} {sub}"))
+    return found
+
+
+def test_help_prints_each_default_once() -> None:
+    """Before: `--threads ... (default: physical cores) (default: None)`."""
+    for name, parser in _all_parsers(build_parser()).items():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.option_strings or action.default == argparse.SUPPRESS:
+                continue
+            text = formatter._get_help_string(action)
+            said = len(re.findall(r"\bdefault\b", text.replace("%(default)s", "")))
+            required = action.required or "required" in text
+            assert said == 1 or (said == 0 and required), (name, action.dest, text)
+
+
+def test_train_without_a_preset_names_the_presets(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: it trained the bigram model for 3000 iterations without a word."""
+    code, _, err = run(capsys, "train", "--data", trained.data, "--out", tmp_path / "r")
+    assert_user_error(code, err, "--preset is required", "bigram", "tiny", "video")
+    assert_nothing_written(tmp_path / "r")
+    code, _, err = run(capsys, "train", "--data", trained.data, "--out", trained.run, "--resume")
+    assert_user_error(code, err, "--preset is required")

@@ -132,3 +132,49 @@ def test_force_trains_what_the_guard_would_refuse(
     assert main(_train(dataset, tmp_path / "run")) == 2
     assert "only 0.0 GiB is available on cpu" in capsys.readouterr().err
     assert main(_train(dataset, tmp_path / "run", "--force")) == 0
+
+
+# ------------------------------------------------------------------ sampling
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sampling_estimate_counts_what_the_sampler_allocates(dtype: torch.dtype) -> None:
+    """The token buffer and the KV cache, byte for byte; the cache holds block_size positions."""
+    config = _gpt(n_embd=32)
+    model = build_model(config)
+    B, n = 3, 1000  # a context far longer than the block: the cache does not grow with it
+    est = memory.estimate_sampling_memory(
+        config, B, n, cache=True, cache_bytes_per_value=torch.empty((), dtype=dtype).element_size()
+    )
+    cache = model.new_kv_cache(B, dtype=dtype)
+    real_cache = sum(t.nbytes for layer in cache.layers for t in (layer.k, layer.v))
+    assert est["kv_cache_bytes"] == real_cache
+    assert est["tokens_bytes"] == torch.empty(B, n, dtype=torch.long).nbytes
+    assert est["logits_bytes"] >= B * config.vocab_size * 4
+    assert est["host_bytes"] == B * n * memory.HOST_BYTES_PER_TOKEN
+    bigram = memory.estimate_sampling_memory(BigramConfig(vocab_size=65), B, n, cache=False)
+    assert bigram["kv_cache_bytes"] == 0 and bigram["forward_bytes"] == 0
+
+
+def test_sampling_check_refuses_unless_forced_and_splits_gpu_from_host() -> None:
+    config, cpu = _gpt(n_embd=32), torch.device("cpu")
+    with pytest.raises(FolioError, match=r"10,000 sample\(s\) of 10,000 tokens .* --force"):
+        memory.check_sampling_memory(config, 10_000, 10_000, cpu, cache=True, available=GiB)
+    forced = memory.check_sampling_memory(
+        config, 10_000, 10_000, cpu, cache=True, available=GiB, force=True
+    )
+    assert forced["device_bytes"] + forced["host_bytes"] > GiB
+    assert memory.check_sampling_memory(config, 1, 500, cpu, cache=True, available=GiB)
+    # On a GPU the text lives in host memory: each budget is checked on its own.
+    gpu = torch.device("cuda")
+    est = memory.estimate_sampling_memory(config, 10_000, 10_000, cache=True)
+    ok = memory.check_sampling_memory(
+        config, 10_000, 10_000, gpu, cache=True,
+        available=est["device_bytes"], available_host=est["host_bytes"],
+    )  # fmt: skip
+    assert ok["device_bytes"] == est["device_bytes"]
+    with pytest.raises(FolioError, match="of host memory"):
+        memory.check_sampling_memory(
+            config, 10_000, 10_000, gpu, cache=True,
+            available=est["device_bytes"], available_host=est["host_bytes"] - 1,
+        )  # fmt: skip

@@ -406,6 +406,41 @@ def test_a_run_with_no_safe_cut_is_cut_anyway_and_still_round_trips(
     assert ds.tokenizer.decode(ids[:-1]) == text
 
 
+def test_runs_without_spaces_are_cut_exactly_into_bounded_pieces(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """DNA and Chinese have no space to cut at: they are cut between capped pieces instead.
+
+    Before the cap, such a run stayed one piece until LONGEST_RUN characters and
+    was then cut blindly, so its tokens differed from the whole document's.
+    """
+    from folio.data.corpora import load_corpus
+    from folio.tokenizers.bpe import byte_level_pre_tokenizer
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "dna.txt").write_text("".join(rng.choice(list("ACGT"), 5000)), encoding="utf-8")
+    han = [chr(0x4E00 + i) for i in range(50)]
+    (src / "zh.txt").write_text("".join(rng.choice(han, 3000)) + "。\n" + TEXT, encoding="utf-8")
+    kw = {"tokenizer": "bpe", "vocab_size": 300}
+    eager = load_corpus([str(src)])
+    prepare_dataset(eager, tmp_path / "eager", **kw)
+    monkeypatch.setattr(prepare_module, "BLOCK_CHARS", 64)
+    monkeypatch.setattr(prepare_module, "PIECE_CHARS", 300)
+    monkeypatch.setattr(prepare_module, "BATCH_CHARS", 500)
+    monkeypatch.setattr(prepare_module, "LONGEST_RUN", 1000)  # a blind cut would show
+    streamed = load_corpus([str(src)], stream=True)
+    pieces = list(prepare_module._pieces(streamed.blocks(64), byte_level_pre_tokenizer()))
+    assert max(len(p) for p, _ in pieces) <= 600
+    prepare_dataset(streamed, tmp_path / "tiny", **kw)
+    for name in ("train.bin", "val.bin", "meta.json"):
+        assert (tmp_path / "tiny" / name).read_bytes() == (tmp_path / "eager" / name).read_bytes()
+    ds = Dataset.open(tmp_path / "tiny")
+    ids = [i for d in eager.documents for i in ds.tokenizer.encode(d) + [ds.tokenizer.eot_id]]
+    assert np.concatenate([ds.tokens("train"), ds.tokens("val")]).tolist() == ids
+
+
 def _peak_bytes(source: Path, out: Path) -> int:
     """The most memory Python and numpy held at once while preparing `source` (tracemalloc)."""
     import tracemalloc
@@ -450,8 +485,9 @@ def test_a_bad_byte_deep_in_a_streamed_file_is_one_line_and_no_dataset(
     bad.write_bytes(TEXT.encode() * 100 + b"\xff tail\n")  # past the first block checked
     offset = len(TEXT.encode()) * 100
     for tokenizer in ("char", "bpe"):
+        vocab = ["--vocab-size", "300"] if tokenizer == "bpe" else []  # char refuses one
         assert main(["prepare", str(bad), "--out", str(tmp_path / "data"), "--tokenizer",
-                     tokenizer, "--vocab-size", "300"]) == 2  # fmt: skip
+                     tokenizer, *vocab]) == 2  # fmt: skip
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and f"byte offset {offset}" in err
         assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt"]

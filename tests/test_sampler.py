@@ -279,3 +279,22 @@ def test_sampling_leaves_train_mode_alone_and_turns_dropout_off(tok):
     assert model.training
     model.eval()
     assert out == s.generate("First", greedy(20))
+
+
+def test_a_call_that_cannot_fit_is_refused_before_allocating(
+    model: GPT, tok: CharTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A billion samples, or a trillion tokens, are refused in one line, at once (no 14 GB)."""
+    import folio.memory as memory
+
+    sampler = Sampler(model, tok)
+    for cfg in (SamplingConfig(num_samples=10**9), SamplingConfig(max_new_tokens=10**12)):
+        with pytest.raises(FolioError, match="needs about .* GiB .* --force"):
+            sampler.generate("First", cfg)
+        with pytest.raises(FolioError, match="needs about"):
+            sampler.stream("First", cfg)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1024)
+    with pytest.raises(FolioError, match="0.0 GiB is available"):
+        sampler.generate("First", greedy(5))
+    unguarded = Sampler(model, tok, check_memory=False)  # the CLI's --force
+    assert len(unguarded.generate("First", greedy(5))[0]) == 5

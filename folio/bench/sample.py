@@ -154,32 +154,32 @@ def markdown(result: dict[str, Any]) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of `folio bench sample`."""
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="default: 1 8")
-    p.add_argument("--new-tokens", type=int, default=500, help="default: 500")
+    p.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[1, 8], help="batch sizes to measure"
+    )
+    p.add_argument("--new-tokens", type=int, default=500, help="new tokens per timed run")
     p.add_argument(
         "--uncached-tokens",
         type=int,
         default=200,
-        help="new tokens of uncached runs (default: 200)",
+        help="new tokens of uncached runs",
     )
     p.add_argument(
         "--dtypes",
         nargs="+",
         default=["float32", "bfloat16"],
         choices=list(TORCH_DTYPES),
-        help="default: float32 bfloat16",
+        help="precisions to measure",
     )
     p.add_argument(
         "--low-precision-tokens",
         type=int,
         default=50,
-        help="new tokens of non-float32 runs on a CPU; 0 = no cap (default: 50)",
+        help="new tokens of non-float32 runs on a CPU; 0 = no cap",
     )
-    p.add_argument(
-        "--repeats", type=int, default=1, help="timed runs per figure, best kept (default: 1)"
-    )
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per figure, best kept")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--device", default="cpu", help="default: cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 

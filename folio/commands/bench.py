@@ -6,6 +6,7 @@ import argparse
 
 from folio.bench import sample as bench_sample
 from folio.bench import train as bench_train
+from folio.commands.common import DefaultsOnceFormatter
 
 HELP = "measure training or sampling speed"
 
@@ -13,7 +14,7 @@ HELP = "measure training or sampling speed"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `folio bench`."""
     sub = parser.add_subparsers(dest="bench", required=True, metavar="WHAT")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = DefaultsOnceFormatter
     train = sub.add_parser(
         "train", help="training tokens/s: baseline and fast modes side by side", formatter_class=fmt
     )

@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from folio.runtime import DTYPES
+
+
+class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" to a flag's help unless the help already says its default.
+
+    A required flag has no default to show, and one whose help says "default"
+    or "required" already says it (argparse's own formatter would add a second).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or re.search(r"\bdefault\b|\brequired\b", text):
+            return text
+        return super()._get_help_string(action)
 
 
 def checkpoint_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:

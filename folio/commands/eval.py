@@ -7,7 +7,7 @@ import argparse
 import json
 
 from folio.commands import eval_tasks
-from folio.commands.common import checkpoint_arguments, precision_arguments
+from folio.commands.common import DefaultsOnceFormatter, checkpoint_arguments, precision_arguments
 from folio.errors import FolioError
 
 HELP = (
@@ -33,16 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-batches",
         type=int,
         default=None,
-        help="stop after this many batches per split (default: the whole split)",
+        help="stop after this many batches per split, at least 1 (default: the whole split)",
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="windows per batch")
+    parser.add_argument("--batch-size", type=int, default=32, help="windows per batch (>= 1)")
     precision_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     modes = parser.add_subparsers(dest="eval_mode", metavar="[tasks]")
     tasks = modes.add_parser(
         "tasks",
         help="pass@1, pass@k, end rate and reply length on tasks",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsOnceFormatter,
     )
     eval_tasks.add_arguments(tasks)
     tasks.set_defaults(func=eval_tasks.run)
@@ -50,11 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Evaluate the checkpoint on each split and print the figures."""
-    from folio.eval import evaluate_checkpoint
+    from folio.eval import check_eval_limits, evaluate_checkpoint
     from folio.runtime import pick_device, resolve_dtype
 
     if args.checkpoint is None:
         raise FolioError("eval: --checkpoint is required (or use `folio eval tasks ...`)")
+    check_eval_limits(args.batch_size, args.max_batches)
     device = pick_device(args.device)
     out = evaluate_checkpoint(
         args.checkpoint, args.data, splits=args.splits, which=args.which, device=device,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from folio.commands.common import DefaultsOnceFormatter
 from folio.errors import FolioError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `folio eval tasks`."""
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.formatter_class = DefaultsOnceFormatter
     parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
     parser.add_argument(
         "--which", choices=["latest", "best"], default="latest", help="which checkpoint of a run"

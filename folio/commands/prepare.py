@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from folio.errors import FolioError
+
 HELP = "tokenize a corpus into a dataset directory"
+DEFAULT_BPE_VOCAB = 4096  # `prepare --tokenizer bpe` without --vocab-size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--vocab-size",
         type=int,
-        default=4096,
-        help="vocabulary size of a trained BPE tokenizer (at least 257)",
+        default=None,
+        help=f"vocabulary size of a trained BPE tokenizer, at least 257 (default: "
+        f"{DEFAULT_BPE_VOCAB}; only with --tokenizer bpe)",
     )
     parser.add_argument(
         "--tokenizer-dir",
@@ -60,6 +64,15 @@ def run(args: argparse.Namespace) -> None:
     from folio.data.corpora import load_corpus
     from folio.data.prepare import prepare_dataset
 
+    vocab_size = args.vocab_size
+    if vocab_size is None:
+        vocab_size = DEFAULT_BPE_VOCAB
+    elif args.tokenizer != "bpe":
+        own = "the corpus's characters" if args.tokenizer == "char" else "GPT-2's, read from files"
+        raise FolioError(
+            f"--vocab-size applies to --tokenizer bpe only; --tokenizer {args.tokenizer} "
+            f"has its own vocabulary ({own})"
+        )
     corpus = load_corpus(
         args.sources,
         errors=args.errors,
@@ -72,7 +85,7 @@ def run(args: argparse.Namespace) -> None:
         Path(args.out),
         val_fraction=args.val_fraction,
         tokenizer=args.tokenizer,
-        vocab_size=args.vocab_size,
+        vocab_size=vocab_size,
         tokenizer_dir=args.tokenizer_dir,
         progress=True,
     )

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from folio.commands.common import checkpoint_arguments, precision_arguments
+from folio.errors import FolioError
 
 HELP = "generate text from a checkpoint"
 
@@ -16,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prompt", default="", help="text to continue (empty: start from a newline)"
     )
-    parser.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate")
+    parser.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate (>= 1)")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     parser.add_argument(
         "--top-k", type=int, default=None, help="sample among the k most likely tokens"
@@ -32,10 +33,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop a sample when it produces TEXT (repeatable)",
     )
     parser.add_argument(
-        "--num-samples", type=int, default=1, help="samples decoded together as a batch"
+        "--num-samples", type=int, default=1, help="samples decoded together as a batch (>= 1)"
     )
-    parser.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    parser.add_argument(
+        "--stream", action="store_true", help="print tokens as they are generated (one sample only)"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="sample even when the memory estimate for --num-samples x (prompt + "
+        "--max-new-tokens) exceeds the memory available",
+    )
     precision_arguments(parser)
+
+
+def _positive(flag: str, value: int | None) -> None:
+    """Refuse a count below 1 (argparse has already made it an int)."""
+    if value is not None and value < 1:
+        raise FolioError(f"{flag} must be a positive integer, got {value}")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -45,10 +60,17 @@ def run(args: argparse.Namespace) -> None:
     from folio.runtime import autocast_dtype, pick_device, resolve_dtype
     from folio.sample import SamplingConfig, load_sampler
 
+    _positive("--max-new-tokens", args.max_new_tokens)
+    _positive("--num-samples", args.num_samples)
+    if args.stream and args.num_samples > 1:
+        raise FolioError(
+            "--stream prints one sample as it is generated: drop --stream, or use --num-samples 1"
+        )
     device = pick_device(args.device)
     sampler = load_sampler(
-        args.checkpoint, args.which, device, autocast_dtype(resolve_dtype(args.dtype, device))
-    )
+        args.checkpoint, args.which, device, autocast_dtype(resolve_dtype(args.dtype, device)),
+        check_memory=not args.force,
+    )  # fmt: skip
     cfg = SamplingConfig(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -58,12 +80,18 @@ def run(args: argparse.Namespace) -> None:
         stop=args.stop or [],
         num_samples=args.num_samples,
     )
-    with warnings.catch_warnings(record=True) as caught:
+
+    def show(message, *_args, **_kwargs) -> None:  # as it happens: before the output
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
-        if args.stream and cfg.num_samples == 1:
+        warnings.showwarning = show
+        if args.stream:
+            pieces = sampler.stream(args.prompt, cfg)  # checks the prompt, warns, then prints
             sys.stdout.write(args.prompt)
-            for pieces in sampler.stream(args.prompt, cfg):
-                sys.stdout.write(pieces[0])
+            for piece in pieces:
+                sys.stdout.write(piece[0])
                 sys.stdout.flush()
             sys.stdout.write("\n")
         else:
@@ -71,5 +99,3 @@ def run(args: argparse.Namespace) -> None:
                 if cfg.num_samples > 1:
                     print(f"--- sample {i + 1} ---")
                 print(args.prompt + text)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)

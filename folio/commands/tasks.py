@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from folio.commands.common import DefaultsOnceFormatter
 from folio.data.tasks import SPEAKERS, TASKS, make_task_files
 
 HELP = "make conversations of tasks with checkable answers"
@@ -12,14 +13,14 @@ HELP = "make conversations of tasks with checkable answers"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `list` and `make` subcommands of `folio tasks`."""
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.formatter_class = DefaultsOnceFormatter
     sub = parser.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
     pl = sub.add_parser("list", help="the tasks Folio can make, with their prompts")
     pl.add_argument("--json", action="store_true", help="print one JSON list")
     pm = sub.add_parser(
         "make",
         help="write train.jsonl and test.jsonl (disjoint prompts) to a directory",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsOnceFormatter,
     )
     pm.add_argument(
         "--tasks",

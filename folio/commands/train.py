@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from folio.errors import FolioError
 from folio.train.config import add_config_flags, list_presets
 
 HELP = "train a model on a prepared dataset"
@@ -15,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset directory from `folio prepare`")
     parser.add_argument(
         "--preset",
-        default="bigram",
-        help=f"preset name ({', '.join(list_presets())}) or a TOML file",
+        default=None,
+        help=f"required: preset name ({', '.join(list_presets())}) or a TOML file "
+        "(with --resume too: the run's model must match it)",
     )
     parser.add_argument("--out", required=True, help="run directory (checkpoints, metrics, plot)")
     parser.add_argument(
@@ -50,6 +52,11 @@ def run(args: argparse.Namespace) -> None:
     from folio.train.config import build_run_config, config_overrides
     from folio.train.pretrain import train
 
+    if args.preset is None:
+        raise FolioError(
+            f"--preset is required: one of {', '.join(list_presets())}, or a TOML file "
+            "(bigram is the video's first model)"
+        )
     run = build_run_config(args.preset, config_overrides(args))
     result = train(
         run,

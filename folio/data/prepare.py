@@ -19,8 +19,9 @@ read a block at a time (`Corpus.blocks`, `FileCorpus.blocks`) in two passes.
 The first builds the tokenizer (the character set, or BPE trained from an
 iterator) and measures the corpus (length, SHA-256); the second encodes and
 appends to the token files. For BPE, blocks are recut into pieces that encode
-exactly as whole documents do (`iter_pieces`) and encoded a batch at a time on
-every core. The directory is built under a temporary name and renamed when
+exactly as whole documents do (`iter_pieces`; runs without spaces are cut
+between the tokenizer's capped pre-tokenized pieces) and encoded a batch at a
+time on every core. The directory is built under a temporary name and renamed when
 complete, so an interrupted prepare leaves no dataset that looks finished.
 """
 
@@ -54,7 +55,7 @@ from folio.fsutil import (
     scratch_dir,
 )
 from folio.tokenizers import BPETokenizer, CharTokenizer
-from folio.tokenizers.bpe import iter_pieces
+from folio.tokenizers.bpe import MAX_PIECE_CHARS, byte_level_pre_tokenizer, iter_pieces
 
 TOKENIZER_KINDS = ("char", "bpe", "gpt2")
 BLOCK_CHARS = 1 << 22  # the corpus is read this many characters (bytes, from files) at a time
@@ -195,18 +196,21 @@ def _write_char_tokens(
     return _Tokens(n_train, n - n_train, train_bytes, val_bytes, train_max, val_max)
 
 
-def _pieces(blocks: Iterable[tuple[str, bool]]) -> Iterator[tuple[str, bool]]:
+def _pieces(blocks: Iterable[tuple[str, bool]], pre_tokenizer: Any) -> Iterator[tuple[str, bool]]:
     """Documents' blocks recut into pieces that encode exactly as whole documents do.
 
     Each piece comes with whether it ends its document. What follows the last
-    safe cut of a block waits for the next block; a run of LONGEST_RUN
-    characters with no safe cut (no space or newline after a non-space) is cut
-    anyway, to bound memory: the one case where tokens may differ from those of
-    the whole document.
+    cut of a block waits for the next block. With a tokenizer that caps its
+    pieces (`pre_tokenizer`: a trained BPE's), a run without spaces is cut
+    exactly between pre-tokenized pieces (`iter_pieces`), so no piece grows
+    much past 2 * PIECE_CHARS. With GPT-2's uncapped one, a run of LONGEST_RUN
+    characters with no place to cut (a run of letters) is cut anyway, to bound
+    memory: the one case where tokens may differ from those of the whole
+    document.
     """
     carry = ""
     for block, last in blocks:
-        pieces = iter_pieces(carry + block, PIECE_CHARS)
+        pieces = iter_pieces(carry + block, PIECE_CHARS, pre_tokenizer)
         piece = next(pieces)
         for following in pieces:
             yield piece, False
@@ -217,9 +221,9 @@ def _pieces(blocks: Iterable[tuple[str, bool]]) -> Iterator[tuple[str, bool]]:
         carry = piece
 
 
-def _corpus_pieces(corpus: AnyCorpus) -> Iterator[tuple[str, bool]]:
+def _corpus_pieces(corpus: AnyCorpus, pre_tokenizer: Any) -> Iterator[tuple[str, bool]]:
     """Every document in pieces, each with whether it ends its document."""
-    return _pieces(corpus.blocks(BLOCK_CHARS))
+    return _pieces(corpus.blocks(BLOCK_CHARS), pre_tokenizer)
 
 
 def _write_bpe_tokens(
@@ -256,7 +260,7 @@ def _write_bpe_tokens(
             batch.clear()
 
         size = 0
-        for piece, last in _corpus_pieces(corpus):
+        for piece, last in _corpus_pieces(corpus, tok.pre_tokenizer):
             batch.append((piece, last))
             size += len(piece)
             if size >= BATCH_CHARS:
@@ -326,10 +330,11 @@ def make_tokenizer(
     if kind == "char":
         return _char_vocabulary(corpus, stats)
     if kind == "bpe":
-        pieces = (piece for piece, _ in _pieces(_measured(corpus, stats)))
+        pre_tokenizer = byte_level_pre_tokenizer(MAX_PIECE_CHARS)  # the trained tokenizer's
+        pieces = (piece for piece, _ in _pieces(_measured(corpus, stats), pre_tokenizer))
         bar = tqdm(pieces, unit="piece", desc="training", disable=None if progress else True)
         with bar:
-            return BPETokenizer.train(bar, vocab_size)
+            return BPETokenizer.train(bar, vocab_size, max_piece_chars=MAX_PIECE_CHARS)
     if kind == "gpt2":
         if tokenizer_dir is None:
             raise FolioError(

@@ -14,12 +14,14 @@ def load_sampler(
     which: str = "latest",
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
+    check_memory: bool = True,
 ) -> Sampler:
-    """A sampler over a checkpoint's model and tokenizer (`dtype`: None or float32 = fp32)."""
+    """A sampler over a checkpoint's model and tokenizer (`dtype`: None or float32 = fp32;
+    `check_memory`: refuse a call whose memory estimate does not fit)."""
     from folio.checkpoint import load_checkpoint
 
-    ck = load_checkpoint(checkpoint, which, device)
-    return Sampler(ck.model, ck.tokenizer, device=device, dtype=dtype)
+    ck = load_checkpoint(checkpoint, which, device, check_memory=check_memory)
+    return Sampler(ck.model, ck.tokenizer, device=device, dtype=dtype, check_memory=check_memory)
 
 
 __all__ = ["Sampler", "SamplingConfig", "Step", "filter_logits", "load_sampler"]

@@ -24,6 +24,11 @@ context_keep = block_size the engine conditions on the last block_size tokens
 at every step, exactly like the video's loop, at the price of a full re-prefill
 per token once the context is full.
 
+Before anything is allocated, each call estimates the memory that
+num_samples x (prompt + max_new_tokens) needs (the token buffer, the cache,
+one forward pass, the logits and the text; `folio.memory`) and refuses
+in one line when it exceeds what is available, unless told to try anyway.
+
 Decoding follows the usual order: temperature, then top-k, then top-p (the
 nucleus of Holtzman et al., 2019, "The Curious Case of Neural Text
 Degeneration"), then one multinomial draw from a private `torch.Generator`, so
@@ -44,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from folio.errors import FolioError
+from folio.memory import check_sampling_memory
 from folio.runtime import TORCH_DTYPES
 
 _HOLD_UNFINISHED = 4  # tokens a piece may wait for the rest of a multi-token character
@@ -259,11 +265,16 @@ class Sampler:
         tokenizer: Tokenizer | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = None,
+        check_memory: bool = True,
     ) -> None:
         """`dtype`: autocast dtype (bfloat16 or float16); None or float32 computes in fp32.
 
         The model is moved to `device` (default: where it already is). Dropout is
         off while a step runs; the model's train/eval mode is left as it was.
+        `check_memory`: before each call allocates anything, estimate what
+        num_samples x (prompt + max_new_tokens) needs and refuse (FolioError)
+        when it exceeds the memory available (`check_sampling_memory`); False
+        tries anyway (the CLI's --force).
         """
         if isinstance(dtype, str):
             if dtype not in TORCH_DTYPES:
@@ -285,6 +296,7 @@ class Sampler:
         self.block_size: int = model.context_size
         self.supports_cache: bool = model.supports_kv_cache
         self.start_id = _default_start(tokenizer)
+        self.check_memory = check_memory
 
     @contextmanager
     def _compute(self) -> Iterator[None]:
@@ -325,7 +337,28 @@ class Sampler:
     ) -> Iterator[Step]:
         """Yield a `Step` (logits and chosen ids) for each new token; checks the prompt now."""
         cfg = cfg if cfg is not None else SamplingConfig()
-        return self._steps(self._prompt(prompt_ids), cfg)
+        ids = self._prompt(prompt_ids)
+        self.memory_estimate(len(ids), cfg, refuse=self.check_memory)
+        return self._steps(ids, cfg)
+
+    def memory_estimate(
+        self, prompt_tokens: int, cfg: SamplingConfig, refuse: bool = True
+    ) -> dict[str, object]:
+        """What decoding `cfg` after a prompt of `prompt_tokens` needs, by part (bytes).
+
+        With `refuse`, raises FolioError when it exceeds the memory available.
+        """
+        weights = next(self.model.parameters(), None)
+        cache_dtype = self.dtype or (weights.dtype if weights is not None else torch.float32)
+        return check_sampling_memory(
+            self.model.config,
+            cfg.num_samples,
+            prompt_tokens + cfg.max_new_tokens,
+            self.device,
+            cache=cfg.use_cache and self.supports_cache,
+            cache_bytes_per_value=torch.empty((), dtype=cache_dtype).element_size(),
+            force=not refuse,
+        )
 
     def _steps(self, ids: list[int], cfg: SamplingConfig) -> Iterator[Step]:
         B, window = cfg.num_samples, self.block_size
@@ -335,12 +368,21 @@ class Sampler:
             generator.seed()  # fresh entropy, still without the global RNG
         else:
             generator.manual_seed(cfg.seed)
-        tokens = torch.empty(B, len(ids) + cfg.max_new_tokens, dtype=torch.long, device=self.device)
+        cache = None
+        try:  # forced past the memory guard, an allocation may still fail: one line
+            tokens = torch.empty(
+                B, len(ids) + cfg.max_new_tokens, dtype=torch.long, device=self.device
+            )
+            if cfg.use_cache and self.supports_cache:
+                cache = self.model.new_kv_cache(B, max_len=window, dtype=self.dtype)
+        except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError is a RuntimeError
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise FolioError(
+                f"cannot allocate memory for {B:,} sample(s) of {len(ids) + cfg.max_new_tokens:,} "
+                f"tokens on {self.device.type} ({why}); lower num_samples or max_new_tokens"
+            ) from None
         tokens[:, : len(ids)] = torch.tensor(ids, device=self.device)
         n, start = len(ids), 0  # the next logits condition on tokens[:, start:n]
-        cache = None
-        if cfg.use_cache and self.supports_cache:
-            cache = self.model.new_kv_cache(B, max_len=window, dtype=self.dtype)
         for step in range(cfg.max_new_tokens):
             with self._compute():
                 if n - start > window:  # slide: keep the last `keep` tokens, re-prefill
@@ -405,8 +447,9 @@ class Sampler:
     def generate(self, prompt: str, cfg: SamplingConfig | None = None) -> list[str]:
         """The full completion of each sample (prompt excluded), cut before any stop string."""
         cfg = cfg if cfg is not None else SamplingConfig()
+        stream = self.stream(prompt, cfg)  # checks the prompt and the memory first
         parts: list[list[str]] = [[] for _ in range(cfg.num_samples)]
-        for pieces in self.stream(prompt, cfg):
+        for pieces in stream:
             for part, piece in zip(parts, pieces, strict=True):
                 part.append(piece)
         return ["".join(part) for part in parts]
