@@ -160,8 +160,9 @@ class BPETokenizer:
         The vocabulary is the 256 bytes, then the special tokens, then merges;
         a corpus too small to supply enough merges gives a smaller vocabulary.
         Pre-tokenized pieces are cut to `max_piece_chars` characters, in
-        training and in every later encode. Ctrl-C stops it within a fraction
-        of a second.
+        training and in every later encode (None: uncapped, GPT-2's pieces,
+        and training time quadratic in the longest). Ctrl-C stops it within a
+        fraction of a second.
         """
         special_tokens = list(special_tokens)
         smallest = N_BYTES + len(special_tokens)
