@@ -157,7 +157,7 @@ def _write_char_tokens(
     n_train = _split_point(corpus, n, val_fraction)
     unknown = np.iinfo(np.uint32).max
     table = np.full(0x110000, unknown, dtype=np.uint32)  # every code point -> its id
-    table[[ord(c) for c in tok.chars]] = np.arange(tok.vocab_size, dtype=np.uint32)
+    table[[ord(c) for c in tok.stoi]] = np.fromiter(tok.stoi.values(), dtype=np.uint32)
     written = train_bytes = val_bytes = 0
     with open(tmp / "train.bin", "wb") as train, open(tmp / "val.bin", "wb") as val:
         for text in _text_blocks(corpus.blocks(BLOCK_CHARS)):

@@ -135,6 +135,24 @@ class BPETokenizer:
         """The id of `<|endoftext|>`, the document separator, if the vocabulary has it."""
         return self.tokenizer.token_to_id(EOT)
 
+    def special_token_id(self, name: str) -> int | None:
+        """The id of special token `name`, or None if this vocabulary lacks it."""
+        i = self.tokenizer.token_to_id(name)
+        return i if i in self.special_ids else None
+
+    def with_tokens(self, specials: Iterable[str] = ()) -> BPETokenizer:
+        """This tokenizer with the missing `specials` appended as special tokens (old ids unchanged).
+
+        Every byte is already a token, so no text needs new entries.
+        """
+        tok = Tokenizer.from_str(self.tokenizer.to_str())
+        missing = [s for s in specials if self.special_token_id(s) is None]
+        taken = [s for s in missing if tok.token_to_id(s) is not None]
+        if taken:
+            raise FolioError(f"{taken[0]!r} is already an ordinary token of this BPE vocabulary")
+        tok.add_special_tokens(missing)
+        return BPETokenizer(tok)
+
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 

@@ -3,6 +3,13 @@
 The vocabulary is the sorted set of characters in the training text. It is
 stored as JSON (a list of characters), never pickled, in the dataset and in
 every checkpoint, so a run directory can always decode its own samples.
+
+A vocabulary may also hold special tokens (the chat turn markers, see
+`folio/tokenizers/chat.py`): entries such as "<|end|>" that text never
+encodes to. Only Folio inserts them, so a user's text that happens to
+contain "<|end|>" is encoded character by character. New characters and
+specials are appended after the existing entries, so the ids a trained
+model knows never change.
 """
 
 from __future__ import annotations
@@ -25,14 +32,21 @@ class CharTokenizer:
 
     kind = "char"
 
-    def __init__(self, chars: Iterable[str]) -> None:
-        chars = list(chars)
+    def __init__(self, chars: Iterable[str], specials: Iterable[str] = ()) -> None:
+        chars, specials = list(chars), set(specials)
         if not chars:
             raise FolioError("a character tokenizer needs at least one character")
-        if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
-            raise FolioError("a character vocabulary must list distinct single characters")
+        if len(set(chars)) != len(chars) or any((len(c) != 1) != (c in specials) for c in chars):
+            raise FolioError(
+                "a character vocabulary must list distinct single characters "
+                "(and its special tokens, each named in 'specials')"
+            )
+        if not specials <= set(chars):
+            raise FolioError("a character vocabulary's special tokens must be among its entries")
         self.chars = chars
-        self.stoi = {c: i for i, c in enumerate(chars)}
+        """Every entry in id order: single characters, and the special tokens where added."""
+        self.specials = [c for c in chars if c in specials]
+        self.stoi = {c: i for i, c in enumerate(chars) if len(c) == 1}
 
     @classmethod
     def from_text(cls, text: str) -> CharTokenizer:
@@ -47,6 +61,18 @@ class CharTokenizer:
     def token_dtype(self) -> np.dtype:
         """The smallest unsigned dtype that holds every id (uint16, else uint32)."""
         return np.dtype(np.uint16) if self.vocab_size <= 2**16 else np.dtype(np.uint32)
+
+    def special_token_id(self, name: str) -> int | None:
+        """The id of special token `name`, or None if this vocabulary lacks it."""
+        return self.chars.index(name) if name in self.specials else None
+
+    def with_tokens(self, chars: Iterable[str] = (), specials: Iterable[str] = ()) -> CharTokenizer:
+        """This vocabulary with the missing `chars` and `specials` appended (old ids unchanged)."""
+        entries = list(self.chars)
+        for c in [*chars, *specials]:
+            if c not in entries:
+                entries.append(c)
+        return CharTokenizer(entries, [*self.specials, *specials])
 
     def encode(self, text: str) -> list[int]:
         try:
@@ -67,7 +93,10 @@ class CharTokenizer:
         return "".join(self.chars[i] for i in ids)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "chars": self.chars}
+        d: dict[str, Any] = {"kind": self.kind, "chars": self.chars}
+        if self.specials:  # absent when empty, so older vocabularies compare equal
+            d["specials"] = self.specials
+        return d
 
 
 def tokenizer_from_dict(d: dict[str, Any]) -> CharTokenizer:
@@ -75,7 +104,9 @@ def tokenizer_from_dict(d: dict[str, Any]) -> CharTokenizer:
     kind = d.get("kind") if isinstance(d, dict) else None
     if kind == "char":
         chars = d.get("chars")
-        if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
-            raise FolioError("tokenizer JSON is malformed: 'chars' must be a list of strings")
-        return CharTokenizer(chars)
+        specials = d.get("specials", [])
+        for key, value in (("chars", chars), ("specials", specials)):
+            if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+                raise FolioError(f"tokenizer JSON is malformed: {key!r} must be a list of strings")
+        return CharTokenizer(chars, specials)
     raise FolioError(f"unknown tokenizer kind {kind!r} (this Folio knows: 'char')")
