@@ -483,6 +483,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     px.add_argument("--out", required=True, help="directory to write (must not exist, or be empty)")
     px.set_defaults(func=cmd_export)
+
+    from folio.commands import chat, serve
+
+    for name, module, summary in (
+        ("chat", chat, "talk to a checkpoint in the terminal"),
+        ("serve", serve, "serve checkpoints over an OpenAI-compatible HTTP API, with a playground"),
+    ):
+        sp = sub.add_parser(name, help=summary, description=module.__doc__.splitlines()[0])
+        _fmt_help(sp)
+        module.add_arguments(sp)
+        sp.set_defaults(func=module.run)
     return p
 
 

@@ -227,7 +227,7 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _default_start(tokenizer: Tokenizer | None) -> int:
+def default_start_id(tokenizer: Tokenizer | None) -> int:
     """End-of-text (a BPE document boundary), else newline if it is one token, else token 0.
 
     A BPE dataset puts `<|endoftext|>` before every document but the first, so
@@ -287,7 +287,7 @@ class Sampler:
         self.supports_cache = (
             isinstance(model, GPT) and model.config.attention == "fused" and model.config.causal
         )
-        self.start_id = _default_start(tokenizer)
+        self.start_id = default_start_id(tokenizer)
 
     @contextmanager
     def _compute(self) -> Iterator[None]:
