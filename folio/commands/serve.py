@@ -80,6 +80,23 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def exposure_warning(host: str, api_key: str | None, allow_without_key: bool) -> str | None:
+    """The warning to print for a bind that others can reach without a key, else None.
+
+    Such a bind without `allow_without_key` is refused with a FolioError.
+    """
+    if _is_loopback(host) or api_key:
+        return None
+    if not allow_without_key:
+        raise FolioError(
+            f"--host {host} would let anyone who reaches this machine use the model: "
+            f"pass --api-key KEY, or --allow-remote-without-key if you mean it"
+        )
+    return (
+        f"warning: serving on {host} without an API key: anyone who can reach it can use the model"
+    )
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -119,11 +136,7 @@ def run(args: argparse.Namespace) -> None:
             raise FolioError(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_prompt_tokens is not None and args.max_prompt_tokens < 1:
         raise FolioError("--max-prompt-tokens must be at least 1")
-    if not _is_loopback(args.host) and not args.api_key and not args.allow_remote_without_key:
-        raise FolioError(
-            f"--host {args.host} would let anyone who reaches this machine use the model: "
-            f"pass --api-key KEY, or --allow-remote-without-key if you mean it"
-        )
+    warning = exposure_warning(args.host, args.api_key, args.allow_remote_without_key)
     if args.threads is not None:
         if args.threads < 1:
             raise FolioError("--threads must be at least 1")
@@ -149,12 +162,8 @@ def run(args: argparse.Namespace) -> None:
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    if not _is_loopback(args.host) and not args.api_key:
-        print(
-            f"warning: serving on {args.host} without an API key: anyone who can reach "
-            f"port {port} can use the model",
-            file=sys.stderr,
-        )
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     for m in models:
         mode = "chat" if m.chat else "completion"
         exact = "" if m.engine.batch_invariant else " (batch invariance does not hold here)"

@@ -342,6 +342,10 @@ class Engine:
                 if handle.cancelled:
                     self._finish_quietly(handle, "cancelled", 0)
                     continue
+                if handle.request.sampling.max_new_tokens == 0:
+                    self.counts["completed"] += 1
+                    self._tell(handle, TokenEvent(None, finish_reason="length"))
+                    continue
                 self._active.append(self._new_sequence(handle))
 
     def _new_sequence(self, handle: Handle) -> _Sequence:

@@ -169,7 +169,7 @@ class _Generation:
 
     async def _watch_disconnect(self) -> None:
         while (await self.request.receive())["type"] != "http.disconnect":
-            pass
+            pass  # the rest of a body, or nothing: only a disconnect matters here
         self.handle.cancel()
         self.events.put_nowait(None)
 

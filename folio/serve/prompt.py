@@ -5,7 +5,7 @@ Two modes, chosen by the checkpoint's tokenizer:
 - **chat**: the tokenizer has the chat tokens (`has_chat_template`). The
   messages are rendered with `render_prompt` (each message
   `ROLE content <|end|>`, then `<|assistant|>`), and the reply stops at
-  `<|end|>`.
+  `<|end|>` (or at any other chat token: it would open a new turn).
 - **continuation**: a base model, which knows no turns. The prompt is the
   messages' contents joined by a newline, roles dropped, and the reply simply
   continues that text (it stops at max tokens, a stop string, or the BPE
@@ -27,7 +27,7 @@ from typing import Any
 
 from folio.errors import FolioError
 from folio.sample.sampler import default_start_id
-from folio.tokenizers.chat import end_of_turn_id, has_chat_template, render_prompt
+from folio.tokenizers.chat import CHAT_TOKENS, has_chat_template, render_prompt
 
 MESSAGE_ROLES = ("system", "user", "assistant")
 
@@ -39,7 +39,7 @@ class Prompt:
     ids: list[int]
     """The token ids the model continues."""
     stop_ids: frozenset[int]
-    """Tokens that end the reply: `<|end|>` in chat mode, `<|endoftext|>` where the vocabulary has it."""
+    """Tokens that end the reply: the chat tokens in chat mode, `<|endoftext|>` where the vocabulary has it."""
     dropped: int = 0
     """Oldest messages dropped to fit the budget."""
 
@@ -53,7 +53,8 @@ def stop_ids_for(tokenizer: Any) -> frozenset[int]:
     """The token ids at which a reply ends for this tokenizer."""
     ids = set()
     if is_chat_model(tokenizer):
-        ids.add(end_of_turn_id(tokenizer))
+        # The reply ends at <|end|>; a role token would open another turn, so it ends there too.
+        ids.update(tokenizer.special_token_id(t) for t in CHAT_TOKENS)
     eot = getattr(tokenizer, "eot_id", None)
     if isinstance(eot, int):
         ids.add(eot)
