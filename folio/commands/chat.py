@@ -98,8 +98,10 @@ def run(args: argparse.Namespace) -> None:
         system=args.system,
     )
     session = ChatSession(Engine(ck.model, max_batch=1, max_queue=1), ck.tokenizer, settings)
-    mode = "chat" if session.chat else "continuation (a base model: it continues the text)"
-    print(f"folio chat: {ck.path} in {mode} mode. {HELP}", flush=True)
+    mode = (
+        "chat mode" if session.chat else "continuation mode (a base model: it continues the text)"
+    )
+    print(f"folio chat: {ck.path} in {mode}. {HELP}", flush=True)
     while True:
         try:
             line = input("you> ")
