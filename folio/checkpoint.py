@@ -23,6 +23,7 @@ safetensors and metadata JSON: loading a checkpoint runs no code.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -31,14 +32,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from folio.errors import FolioError
-from folio.fsutil import atomic_write_json, fsync_dir, fsync_file, read_json, scratch_dir
-from folio.models import build_model, model_config_from_dict
+from folio.fsutil import (
+    atomic_write_json,
+    follow_umask,
+    fsync_dir,
+    fsync_file,
+    read_json,
+    scratch_dir,
+)
+from folio.models import build_model, model_config_from_dict, parameter_shapes
 from folio.tokenizers import tokenizer_from_dict
+from folio.train.memory import check_loading_memory, count_parameters
+from folio.train.optim import optimizer_name
 
 CHECKPOINT_FORMAT = "folio-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -65,6 +75,27 @@ def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return sd
 
 
+def save_safetensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Write a safetensors file, durably, with the permissions the umask gives.
+
+    safetensors creates its files 0600 where everything else Folio writes
+    follows the umask (0644 under the usual 022). It reports an I/O failure,
+    a full disk included, as its own SafetensorError; one that names an OS
+    error becomes that OSError, so callers handle it like any other write.
+    """
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
+    follow_umask(path)
+    fsync_file(path)
+
+
 def _optimizer_to_files(
     opt: torch.optim.Optimizer,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -77,7 +108,8 @@ def _optimizer_to_files(
                 tensors[f"optim.{pid}.{name}"] = val.detach().contiguous().cpu()
             else:
                 plain_state.setdefault(str(pid), {})[name] = val
-    return tensors, {"param_groups": sd["param_groups"], "state": plain_state}
+    meta = {"optimizer": optimizer_name(opt), "param_groups": sd["param_groups"]}
+    return tensors, {**meta, "state": plain_state}
 
 
 def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +120,109 @@ def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
             state.setdefault(int(pid), {})[name] = val
     for pid, st in meta.get("state", {}).items():
         state.setdefault(int(pid), {}).update(st)
-    return {"state": state, "param_groups": meta["param_groups"]}
+    out = {"state": state, "param_groups": meta["param_groups"]}
+    if "optimizer" in meta:  # absent in checkpoints written before it was recorded
+        out["optimizer"] = meta["optimizer"]
+    return out
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _fits(saved: Any, current: Any) -> bool:
+    """Whether a saved hyperparameter can stand where this optimizer has `current`.
+
+    Numbers must stay finite numbers and tuples (betas) keep their length;
+    flags may differ (fused depends on the device) but stay flags or None.
+    """
+    if isinstance(current, bool):
+        return saved is None or isinstance(saved, bool)
+    if current is None:
+        return saved is None or isinstance(saved, bool | str)
+    if _number(current):
+        return _number(saved)
+    if isinstance(current, list | tuple):
+        return (
+            isinstance(saved, list | tuple)
+            and len(saved) == len(current)
+            and all(_fits(a, b) for a, b in zip(saved, current, strict=True))
+        )
+    return isinstance(saved, type(current))
+
+
+def _optimizer_mismatch(optimizer: torch.optim.Optimizer, state: Any) -> str | None:
+    """Why a saved optimizer state cannot be loaded into `optimizer`, or None if it can."""
+    if not isinstance(state, dict) or not isinstance(state.get("param_groups"), list):
+        return "it has no list of parameter groups"
+    saved_groups, groups = state["param_groups"], optimizer.param_groups
+    if len(saved_groups) != len(groups):
+        return f"it has {len(saved_groups)} parameter groups, this optimizer {len(groups)}"
+    params: dict[int, torch.Tensor] = {}  # saved id -> the parameter it stands for
+    for i, (saved, group) in enumerate(zip(saved_groups, groups, strict=True)):
+        ids = saved.get("params") if isinstance(saved, dict) else None
+        if not isinstance(ids, list) or not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in ids
+        ):
+            return f"parameter group {i} is malformed"
+        if len(ids) != len(group["params"]):
+            return (
+                f"parameter group {i} holds {len(ids)} tensors, this optimizer's "
+                f"{len(group['params'])}"
+            )
+        params.update(zip(ids, group["params"], strict=True))
+        for key, value in group.items():
+            if key != "params" and key in saved and not _fits(saved[key], value):
+                return f"parameter group {i} has {key} = {saved[key]!r}"
+    if len(params) != sum(len(g["params"]) for g in groups):
+        return "a parameter id appears twice"
+    per_param = state.get("state")
+    if not isinstance(per_param, dict):
+        return "its per-parameter state is not a mapping"
+    for pid, entries in per_param.items():
+        if pid not in params or not isinstance(entries, dict):
+            return f"it holds state for an unknown parameter {pid!r}"
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                if value.dim() and value.shape != params[pid].shape:
+                    return (
+                        f"{name} of parameter {pid} is {_shape(tuple(value.shape))}, the "
+                        f"parameter {_shape(tuple(params[pid].shape))}"
+                    )
+            elif not _number(value):
+                return f"{name} of parameter {pid} is {value!r}"
+    return None
+
+
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, state: dict[str, Any], path: str | Path
+) -> None:
+    """Load a checkpoint's optimizer state (from `Checkpoint.trainer_state`) into `optimizer`.
+
+    Refuses, in one FolioError line, a state saved by another optimizer ("this
+    run was trained with adamw") or one whose groups, hyperparameters or tensor
+    shapes do not fit (a tampered optimizer.json or trainer.safetensors), rather
+    than failing inside PyTorch now or at the first step.
+    """
+    where = Path(path) / "optimizer.json"
+    saved_name = state.get("optimizer") if isinstance(state, dict) else None
+    name = optimizer_name(optimizer)
+    if isinstance(saved_name, str) and saved_name != name:
+        raise FolioError(
+            f"{where}: this run was trained with {saved_name}; resume with the same optimizer "
+            f"(--set train.optimizer={saved_name}), not {name}"
+        )
+    why = _optimizer_mismatch(optimizer, state)
+    if why is None:
+        try:
+            optimizer.load_state_dict({k: v for k, v in state.items() if k != "optimizer"})
+            return
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+    raise FolioError(
+        f"{where}: the saved optimizer state does not fit this {name} optimizer ({why}); "
+        "resume with the optimizer and model the run was trained with"
+    )
 
 
 def save_checkpoint(
@@ -110,8 +244,8 @@ def save_checkpoint(
     final = ckpt_root / f"step-{step:08d}"
     tmp = ckpt_root / f".step-{step:08d}.tmp-{os.getpid()}"
     failure = f"cannot write checkpoint in {run_dir}: {{why}}; the previous checkpoint is intact"
-    # FolioError too: an atomic_write of a JSON file failed.
-    with scratch_dir(tmp, failure, catch=(OSError, FolioError)):
+    # FolioError too: an atomic_write of a JSON file failed; SafetensorError: a tensor file did.
+    with scratch_dir(tmp, failure, catch=(OSError, FolioError, SafetensorError)):
         config = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -120,15 +254,11 @@ def save_checkpoint(
         }
         atomic_write_json(tmp / "config.json", config)
         atomic_write_json(tmp / "tokenizer.json", tokenizer.to_dict())
-        save_file(
-            clean_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"}
-        )
-        fsync_file(tmp / "model.safetensors")
+        save_safetensors(clean_state_dict(model), tmp / "model.safetensors", {"format": "pt"})
         if optimizer is not None:
             tensors, opt_meta = _optimizer_to_files(optimizer)
             tensors.update(rng_tensors or {})
-            save_file(tensors, str(tmp / "trainer.safetensors"))
-            fsync_file(tmp / "trainer.safetensors")
+            save_safetensors(tensors, tmp / "trainer.safetensors")
             atomic_write_json(tmp / "optimizer.json", opt_meta)
         atomic_write_json(tmp / "state.json", {"format_version": CHECKPOINT_VERSION, **state})
         fsync_dir(tmp)
@@ -232,7 +362,10 @@ def move_run_aside(run_dir: str | Path) -> Path | None:
 
 
 def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
-    """A checkpoint directory from a run directory (following latest/best) or a checkpoint path."""
+    """A checkpoint directory from a run directory (following latest/best) or a checkpoint path.
+
+    A pointer must resolve to a directory directly inside the run's checkpoints/.
+    """
     path = Path(path)
     if not path.exists():
         raise FolioError(f"{path}: checkpoint or run directory not found")
@@ -248,6 +381,14 @@ def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:
         ckpt = path / target["checkpoint"]
     except (KeyError, TypeError):
         raise FolioError(f"{pointer}: checkpoint pointer is corrupt") from None
+    # A pointer names a directory of this run's checkpoints/, never another run's (or
+    # anything else): `..` and symbolic links are resolved before comparing.
+    root = (path / "checkpoints").resolve()
+    if ckpt.resolve().parent != root:
+        raise FolioError(
+            f"{pointer}: points to {target['checkpoint']!r}, outside this run's checkpoints/ "
+            "directory; refusing to load it"
+        )
     if not ckpt.is_dir():
         raise FolioError(f"{pointer}: points to {ckpt}, which is missing")
     return ckpt
@@ -276,21 +417,105 @@ class Checkpoint:
         return _optimizer_from_files(tensors, opt_meta), rng
 
 
+def _not_safetensors(f: Path, e: BaseException) -> FolioError:
+    return FolioError(f"{f}: not a valid safetensors file ({str(e).splitlines()[0][:120]})")
+
+
 def _load_safetensors(f: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(f))
     except FileNotFoundError:
         raise FolioError(f"{f}: file missing") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise _not_safetensors(f, e) from None
+
+
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2}
+
+
+def read_safetensors_header(f: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Each tensor's dtype and shape from a safetensors file's header, reading no tensor data."""
+    try:
+        with safe_open(str(f), framework="pt") as sf:
+            header = {}
+            for key in sf.keys():
+                sl = sf.get_slice(key)
+                header[key] = (str(sl.get_dtype()), tuple(int(d) for d in sl.get_shape()))
+            return header
+    except FileNotFoundError:
+        raise FolioError(f"{f}: file missing") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise _not_safetensors(f, e) from None
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def check_weight_shapes(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], where: object
+) -> None:
+    """Refuse, in one line, weights whose names or shapes are not those a config gives.
+
+    `expected` comes from the config (`folio.models.parameter_shapes`), `found`
+    from the weights (a safetensors header, or tensors already read).
+    """
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    if not (missing or unexpected or wrong):
+        return
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    parts = []
+    if wrong:
+        k = wrong[0]
+        more = f" (and {len(wrong) - 1} more tensors of other shapes)" if len(wrong) > 1 else ""
+        parts.append(
+            f"{k} is {_shape(found[k])} in the weights but {_shape(expected[k])} by the config{more}"
+        )
+    if missing:
+        parts.append(f"missing {some(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {some(unexpected)}")
+    raise FolioError(f"{where}: weights do not match the config ({'; '.join(parts)})")
+
+
+def _check_weights_file(f: Path, model_config: Any, device: torch.device) -> None:
+    """The config against the weights' header, then the memory guard, before any allocation.
+
+    The parameter counts are compared first: arithmetic only, so a config.json
+    claiming a thousand layers is refused at once, without even building the
+    model on the meta device (which takes seconds for such a model).
+    """
+    header = read_safetensors_header(f)
+    in_file = sum(math.prod(shape) for _, shape in header.values())
+    in_config = count_parameters(model_config)
+    if in_file != in_config:
         raise FolioError(
-            f"{f}: not a valid safetensors file ({str(e).splitlines()[0][:120]})"
-        ) from None
+            f"{f}: weights do not match the config (the file holds {in_file:,} parameters, "
+            f"config.json describes {in_config:,})"
+        )
+    check_weight_shapes(
+        parameter_shapes(model_config), {k: shape for k, (_, shape) in header.items()}, f
+    )
+    file_bytes = sum(
+        math.prod(shape) * _DTYPE_BYTES.get(dtype, 4) for dtype, shape in header.values()
+    )
+    check_loading_memory(model_config, file_bytes, device, where=f)
 
 
 def load_checkpoint(
     path: str | Path, which: str = "latest", device: str | torch.device = "cpu"
 ) -> Checkpoint:
-    """Load a checkpoint (or a run directory's latest/best) into a fresh model."""
+    """Load a checkpoint (or a run directory's latest/best) into a fresh model.
+
+    Nothing is allocated before the config has been compared with the
+    weights' header and the memory guard has passed, and the tokenizer must
+    have exactly the model's vocabulary.
+    """
     ckpt = resolve_checkpoint(path, which)
     config = read_json(ckpt / "config.json", "checkpoint config")
     if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
@@ -312,14 +537,21 @@ def load_checkpoint(
     except FolioError as e:
         msg = str(e)
         raise FolioError(msg if str(ckpt) in msg else f"{ckpt / 'tokenizer.json'}: {msg}") from None
+    if tokenizer.vocab_size != model_config.vocab_size:
+        raise FolioError(
+            f"{ckpt / 'tokenizer.json'}: the tokenizer has {tokenizer.vocab_size:,} tokens but the "
+            f"model's vocab_size is {model_config.vocab_size:,}; they do not belong together"
+        )
     state = read_json(ckpt / "state.json", "training state")
     if not isinstance(state, dict):
         raise FolioError(f"{ckpt / 'state.json'}: training state is not a JSON object")
+    device = torch.device(device)
+    _check_weights_file(ckpt / "model.safetensors", model_config, device)
     weights = _load_safetensors(ckpt / "model.safetensors")
     model = build_model(model_config)
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
-    except RuntimeError as e:  # a tensor whose shape the config does not give
+    except RuntimeError as e:  # the header said otherwise: the file changed under us
         raise FolioError(
             f"{ckpt / 'model.safetensors'}: weights do not match the config "
             f"({str(e).splitlines()[-1].strip()[:160]})"

@@ -32,6 +32,25 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and put back at once
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path) -> None:
+    """Give a file the permissions a plain open() would have (some writers use 0600)."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 def fsync_file(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
@@ -105,7 +124,7 @@ def scratch_dir(
         yield tmp
     except catch as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        why = (e.strerror or e) if isinstance(e, OSError) else e
+        why = (e.strerror or e) if isinstance(e, OSError) else str(e).splitlines()[0]
         raise FolioError(failure.format(why=why)) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -8,6 +8,7 @@ Tests here usually run as root, for whom chmod does not block writes; the
 disk is then simulated by making os.mkdir, os.rename, os.replace and open()
 for writing raise OSError(EROFS or ENOSPC) for paths under the run directory.
 The real chmod case runs where it can (as a normal user) and skips otherwise.
+A real full disk is a small tmpfs mounted for the test (root only, else skipped).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import errno
 import io
 import os
 import random
+import shutil
 import stat
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -209,3 +212,83 @@ def test_prepare_into_a_full_disk_leaves_no_partial_dataset(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no .partial directory left
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old dataset is whole
     assert np.fromfile(out / "train.bin", dtype=np.uint16).size > 0
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """Mounts a real tmpfs of a given size (as root), unmounted afterwards."""
+    mounts: list[Path] = []
+
+    def mount(size: int) -> Path:
+        if not IS_ROOT:
+            pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+        point = tmp_path / f"small-fs-{len(mounts)}"
+        point.mkdir()
+        cmd = ["mount", "-t", "tmpfs", "-o", f"size={size // 1024}k", "tmpfs", str(point)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def _disk_usage(root: Path) -> int:
+    """Bytes the files under root occupy, each rounded up to whole 4 KiB pages."""
+    return sum(-(-p.stat().st_size // 4096) * 4096 for p in root.rglob("*") if p.is_file())
+
+
+def test_a_really_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previous(
+    dataset: Path,
+    tmp_path: Path,
+    small_filesystem: Callable[[int], Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # issue 19 item 13: safetensors reports a full disk as SafetensorError, not OSError.
+    # The filesystem holds one checkpoint and a half: the second runs out of space.
+    assert main(_train(dataset, tmp_path / "measure", 2)) == 0
+    size = _disk_usage(tmp_path / "measure")
+    per_checkpoint = _disk_usage(tmp_path / "measure" / "checkpoints")
+    run_dir = small_filesystem(size + per_checkpoint // 2) / "run"
+    capsys.readouterr()
+    assert main(_train(dataset, run_dir, 6)) == 2
+    line = _one_error_line(capsys)
+    assert str(run_dir) in line and "No space left on device" in line, line
+    assert "the previous checkpoint is intact" in line, line
+
+    ck = load_checkpoint(run_dir)
+    assert ck.state["step"] == 2 and ck.path.name == "step-00000002"
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-00000002"]
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)  # on a disk with room, the run goes on from it
+    assert main(_train(dataset, copy, 4, "--resume")) == 0
+    assert load_checkpoint(copy).state["step"] == 4
+
+
+def test_tensor_files_follow_the_umask_like_every_other_file(tmp_path: Path) -> None:
+    # issue 19 (smaller): model.safetensors and trainer.safetensors were written 0600.
+    from folio.checkpoint import save_checkpoint
+    from folio.models import GPT, GPTConfig
+    from folio.tokenizers import CharTokenizer
+    from folio.train.optim import make_optimizer
+
+    cfg = GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=1, n_embd=8)
+    model = GPT(cfg)
+    optimizer = make_optimizer(model, 1e-3, 0.0, (0.9, 0.95), "cpu")
+    for mask in (0o022, 0o027):
+        old = os.umask(mask)
+        try:
+            run = tmp_path / f"run-{mask:o}"
+            save_checkpoint(
+                run, model, cfg, CharTokenizer("abcde"), {"step": 1}, optimizer=optimizer
+            )
+        finally:
+            os.umask(old)
+        files = [p for p in run.rglob("*") if p.is_file()]
+        assert {"model.safetensors", "trainer.safetensors"} <= {p.name for p in files}
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+        assert modes == {name: 0o666 & ~mask for name in modes}, modes

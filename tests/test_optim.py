@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from folio.checkpoint import resolve_checkpoint
+from folio.cli import main as cli_main
 from folio.data.corpora import load_corpus
 from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
@@ -349,3 +352,103 @@ def test_overrides_are_validated_too() -> None:
         build_run_config("tiny", [("train.learning_rat", 3e-4)])
     run = build_run_config("tiny", [("learning_rate", 3e-4), ("n_layer", 3)])  # bare names
     assert run.train.learning_rate == 3e-4 and run.model["n_layer"] == 3
+
+
+# --- resuming with the optimizer state of another optimizer (issue 19 item 11) -------------
+
+
+@pytest.fixture(scope="module")
+def adamw_run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("adamw-run") / "run"
+    args = ["train", "--data", str(dataset), "--preset", "tiny", "--out", str(out), "--quiet"]
+    assert (
+        cli_main([*args, "--threads", "1", "--max-iters", "2", "--set", "train.eval_interval=2"])
+        == 0
+    )
+    return out
+
+
+def _resume(dataset: Path, run: Path, *extra: str) -> list[str]:
+    args = ["train", "--data", str(dataset), "--preset", "tiny", "--out", str(run), "--quiet"]
+    return [*args, "--threads", "1", "--max-iters", "3", "--resume", *extra]
+
+
+def _one_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("folio: error: "), err
+    return err[0]
+
+
+def _copy(run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run", resolve_checkpoint(tmp_path / "run")
+
+
+def test_resuming_with_another_optimizer_is_one_line_naming_the_one_used(
+    dataset: Path, adamw_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, ckpt = _copy(adamw_run, tmp_path)
+    assert cli_main(_resume(dataset, run, "--set", "train.optimizer=muon")) == 2
+    line = _one_line(capsys)
+    assert "this run was trained with adamw; resume with the same optimizer" in line, line
+    assert json.loads((ckpt / "optimizer.json").read_text())["optimizer"] == "adamw"
+    assert cli_main(_resume(dataset, run)) == 0  # nothing was lost: it resumes as it was
+
+
+def _drop_name(meta: dict) -> None:
+    meta.pop("optimizer", None)  # a checkpoint written before the name was recorded
+
+
+def _bad_betas(meta: dict) -> None:
+    meta["param_groups"][0]["betas"] = "fast"
+
+
+def _fewer_params(meta: dict) -> None:
+    meta["param_groups"][0]["params"] = meta["param_groups"][0]["params"][:-1]
+
+
+def _not_a_list(meta: dict) -> None:
+    meta["param_groups"] = {"lr": 1}
+
+
+@pytest.mark.parametrize(
+    ("tamper", "optimizer", "words"),
+    [
+        (_drop_name, "muon", "it has 2 parameter groups, this optimizer 3"),
+        (_bad_betas, "adamw", "parameter group 0 has betas = 'fast'"),
+        (_fewer_params, "adamw", "parameter group 0 holds"),
+        (_not_a_list, "adamw", "no list of parameter groups"),
+    ],
+)
+def test_a_tampered_or_foreign_optimizer_state_is_one_line(
+    dataset: Path,
+    adamw_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    tamper,
+    optimizer: str,
+    words: str,
+) -> None:
+    run, ckpt = _copy(adamw_run, tmp_path)
+    meta = json.loads((ckpt / "optimizer.json").read_text())
+    tamper(meta)
+    (ckpt / "optimizer.json").write_text(json.dumps(meta))
+    assert cli_main(_resume(dataset, run, "--set", f"train.optimizer={optimizer}")) == 2
+    line = _one_line(capsys)
+    assert f"{ckpt / 'optimizer.json'}: the saved optimizer state does not fit" in line, line
+    assert words in line, line
+
+
+def test_optimizer_state_tensors_of_the_wrong_shape_are_refused(tmp_path: Path) -> None:
+    from folio.checkpoint import load_optimizer_state
+
+    model = _gpt()
+    opt = make_optimizer(model, 1e-3, 0.1, (0.9, 0.95), "cpu")
+    model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))[1].backward()
+    opt.step()
+    state = opt.state_dict()
+    state["state"][0]["exp_avg"] = torch.zeros(3, 3)
+    with pytest.raises(FolioError, match=r"exp_avg of parameter 0 is \[3, 3\], the parameter"):
+        load_optimizer_state(make_optimizer(model, 1e-3, 0.1, (0.9, 0.95), "cpu"), state, tmp_path)
+    state["state"][0]["exp_avg"] = torch.zeros_like(state["state"][0]["exp_avg_sq"])
+    load_optimizer_state(make_optimizer(model, 1e-3, 0.1, (0.9, 0.95), "cpu"), state, tmp_path)

@@ -273,6 +273,64 @@ def test_open_newer_version(dataset: Path) -> None:
         Dataset.open(dataset)
 
 
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_meta_records_each_splits_largest_token_id(tmp_path: Path, kind: str) -> None:
+    # issue 19 item 9: prepare records what Dataset.open checks, and only the format's fields.
+    from folio.data.format import META_FIELDS
+
+    prepare_dataset(corpus(TEXT + OTHER), tmp_path / "data", tokenizer=kind, vocab_size=300)
+    meta = json.loads((tmp_path / "data" / "meta.json").read_text(encoding="utf-8"))
+    assert set(meta) == set(META_FIELDS)
+    for split in ("train", "val"):
+        ids = np.fromfile(tmp_path / "data" / f"{split}.bin", dtype=meta["dtype"])
+        assert meta[f"{split}_max_token_id"] == int(ids.max()) < meta["vocab_size"]
+
+
+def test_open_refuses_a_vocab_size_that_differs_from_the_tokenizer(dataset: Path) -> None:
+    # issue 19 item 9: meta.json's vocab_size lowered by hand gave IndexError in training.
+    edit_meta(dataset, vocab_size=5)
+    with pytest.raises(FolioError, match=r"meta.json: vocab_size is 5 but .* has \d+ tokens"):
+        Dataset.open(dataset)
+
+
+def _shrink_vocabulary(dataset: Path, keep: int, recorded: bool) -> None:
+    """A consistent-looking meta.json whose tokenizer is smaller than the ids in the files."""
+    meta = json.loads((dataset / "meta.json").read_text(encoding="utf-8"))
+    chars = meta["tokenizer"]["chars"][:keep]
+    edit_meta(
+        dataset,
+        vocab_size=keep,
+        tokenizer={"kind": "char", "chars": chars},
+        train_max_token_id=meta["train_max_token_id"] if recorded else None,
+        val_max_token_id=meta["val_max_token_id"] if recorded else None,
+    )
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "older-dataset-scanned"])
+def test_open_refuses_token_ids_at_or_above_vocab_size(dataset: Path, recorded: bool) -> None:
+    # issue 19 item 9: the recorded maximum is checked; an older dataset's files are scanned.
+    _shrink_vocabulary(dataset, 5, recorded)
+    with pytest.raises(FolioError, match=r"split holds token id \d+, but vocab_size is 5"):
+        Dataset.open(dataset)
+
+
+def test_an_older_dataset_without_the_field_still_opens(dataset: Path) -> None:
+    edit_meta(dataset, train_max_token_id=None, val_max_token_id=None)
+    assert Dataset.open(dataset).vocab_size == len(set(TEXT))
+
+
+def test_training_on_an_inconsistent_dataset_is_one_line(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from folio.cli import main
+
+    _shrink_vocabulary(dataset, 5, recorded=False)
+    args = ["train", "--data", str(dataset), "--preset", "tiny", "--out", str(tmp_path / "run")]
+    assert main([*args, "--quiet", "--max-iters", "1"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "but vocab_size is 5" in err[0], err
+
+
 def test_check_block_size(dataset: Path) -> None:
     ds = Dataset.open(dataset)
     n_val = ds.meta["val_tokens"]

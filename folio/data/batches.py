@@ -18,32 +18,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from folio.data.prepare import DATASET_FORMAT, DATASET_VERSION
+from folio.data.format import (
+    DATASET_FORMAT,
+    DATASET_VERSION,
+    META_FILE,
+    SPLITS,
+    check_max_token_id,
+    check_meta,
+    split_key,
+    token_file,
+)
 from folio.errors import FolioError
 from folio.fsutil import read_json
 from folio.tokenizers import tokenizer_from_dict
 
+SCAN_CHUNK = 1 << 24  # tokens read at a time when scanning a token file for its largest id
 
-def _check_meta(where: Path, meta: dict[str, Any]) -> None:
-    """Every field the loaders read must be present and of the right type."""
 
-    def count(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-    problem = None
-    if not count(meta.get("version", 0)):
-        problem = "version must be an integer"
-    elif meta.get("dtype") not in ("uint16", "uint32"):
-        problem = f"dtype must be 'uint16' or 'uint32', got {meta.get('dtype')!r}"
-    elif not all(count(meta.get(k)) for k in ("vocab_size", "train_tokens", "val_tokens")):
-        problem = "vocab_size, train_tokens and val_tokens must be integers"
-    else:
-        try:
-            tokenizer_from_dict(meta.get("tokenizer"))
-        except FolioError as e:
-            problem = str(e)
-    if problem:
-        raise FolioError(f"{where}: dataset metadata is malformed ({problem})")
+def max_token_id(tokens: np.ndarray) -> int:
+    """The largest id in a token array (0 if empty), read SCAN_CHUNK tokens at a time."""
+    largest = 0
+    for a in range(0, len(tokens), SCAN_CHUNK):
+        largest = max(largest, int(tokens[a : a + SCAN_CHUNK].max()))
+    return largest
 
 
 @dataclass
@@ -55,25 +52,38 @@ class Dataset:
 
     @classmethod
     def open(cls, path: str | Path) -> Dataset:
+        """Open a prepared dataset, refusing one whose metadata and token files disagree.
+
+        The largest token id of each split must be below vocab_size. prepare
+        records it in meta.json; for an older dataset without that field the
+        token files are scanned here, SCAN_CHUNK tokens at a time (a pass at
+        memory speed: about 0.03 s per 500 MB from the page cache, disk speed
+        when cold). Preparing the dataset again records it and skips the scan.
+        """
         path = Path(path)
         if not path.is_dir():
             raise FolioError(f"{path}: dataset directory not found (run `folio prepare` first)")
-        meta = read_json(path / "meta.json", "dataset metadata")
+        meta = read_json(path / META_FILE, "dataset metadata")
         if not isinstance(meta, dict) or meta.get("format") != DATASET_FORMAT:
-            raise FolioError(f"{path / 'meta.json'}: not a Folio dataset")
+            raise FolioError(f"{path / META_FILE}: not a Folio dataset")
         version = meta.get("version", 0)
         if isinstance(version, int) and version > DATASET_VERSION:
             raise FolioError(
                 f"{path}: dataset format version {version} is newer than this Folio "
                 f"understands ({DATASET_VERSION}); upgrade Folio"
             )
-        _check_meta(path / "meta.json", meta)
+        check_meta(path / META_FILE, meta)
         ds = cls(path, meta)
-        for split in ("train", "val"):
-            f = path / f"{split}.bin"
-            expected = meta[f"{split}_tokens"] * np.dtype(meta["dtype"]).itemsize
+        for split in SPLITS:
+            f = path / token_file(split)
+            expected = meta[split_key(split, "tokens")] * np.dtype(meta["dtype"]).itemsize
             if not f.is_file() or f.stat().st_size != expected:
                 raise FolioError(f"{f}: missing or truncated (expected {expected} bytes)")
+        for split in SPLITS:
+            recorded = split_key(split, "max_token_id") in meta
+            if not recorded and meta[split_key(split, "tokens")]:  # an older dataset: scan it
+                largest = max_token_id(ds.tokens(split))
+                check_max_token_id(path / token_file(split), split, largest, ds.vocab_size)
         return ds
 
     @property
@@ -86,14 +96,16 @@ class Dataset:
 
     def tokens(self, split: str) -> np.ndarray:
         """The split's token ids as a read-only memmap (nothing is loaded yet)."""
-        if split not in ("train", "val"):
+        if split not in SPLITS:
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        return np.memmap(self.path / f"{split}.bin", dtype=np.dtype(self.meta["dtype"]), mode="r")
+        return np.memmap(
+            self.path / token_file(split), dtype=np.dtype(self.meta["dtype"]), mode="r"
+        )
 
     def check_block_size(self, block_size: int) -> None:
         """Both splits must hold at least one window of block_size + 1 tokens."""
-        for split in ("train", "val"):
-            n = int(self.meta[f"{split}_tokens"])
+        for split in SPLITS:
+            n = int(self.meta[split_key(split, "tokens")])
             if n < block_size + 1:
                 raise FolioError(
                     f"{self.path}: the {split} split has {n} tokens, fewer than block_size + 1 = "

@@ -1,10 +1,10 @@
 """`folio prepare`: text -> tokens on disk, the way the video does it.
 
-A dataset directory holds
+A dataset directory (its format is `folio.data.format`) holds
 - `train.bin`, `val.bin`: token ids as raw little-endian uint16 (uint32 when the
   vocabulary has more than 65,536 tokens), read back with numpy.memmap;
-- `meta.json`: the tokenizer, vocabulary size, token and byte counts, the
-  source's checksum and the split.
+- `meta.json`: the tokenizer, vocabulary size, token and byte counts, each
+  split's largest token id, the source's checksum and the split.
 The first (1 - val_fraction) of the tokens train, the last val_fraction
 validate, as in the video. `{split}_bytes` counts the UTF-8 bytes of the text
 behind each split's tokens, so `folio eval` can report bits per byte, which
@@ -38,13 +38,18 @@ import numpy as np
 from tqdm import tqdm
 
 from folio.data.corpora import Corpus, FileCorpus
+from folio.data.format import (
+    DATASET_FILES,
+    DATASET_FORMAT,
+    DATASET_VERSION,
+    META_FILE,
+    token_file,
+)
 from folio.errors import FolioError
 from folio.fsutil import atomic_write_json, fsync_file, replace_dir, scratch_dir
 from folio.tokenizers import BPETokenizer, CharTokenizer
 from folio.tokenizers.bpe import iter_pieces
 
-DATASET_FORMAT = "folio-dataset"
-DATASET_VERSION = 1
 TOKENIZER_KINDS = ("char", "bpe", "gpt2")
 BLOCK_CHARS = 1 << 22  # the corpus is read this many characters (bytes, from files) at a time
 PIECE_CHARS = 1 << 16  # BPE encodes pieces of about this many characters
@@ -101,6 +106,8 @@ class _Tokens:
     val_tokens: int
     train_bytes: int
     val_bytes: int
+    train_max_token_id: int
+    val_max_token_id: int
 
 
 def _split_point(corpus: AnyCorpus, n: int, val_fraction: float) -> int:
@@ -158,8 +165,8 @@ def _write_char_tokens(
     unknown = np.iinfo(np.uint32).max
     table = np.full(0x110000, unknown, dtype=np.uint32)  # every code point -> its id
     table[[ord(c) for c in tok.stoi]] = np.fromiter(tok.stoi.values(), dtype=np.uint32)
-    written = train_bytes = val_bytes = 0
-    with open(tmp / "train.bin", "wb") as train, open(tmp / "val.bin", "wb") as val:
+    written = train_bytes = val_bytes = train_max = val_max = 0
+    with open(tmp / token_file("train"), "wb") as train, open(tmp / token_file("val"), "wb") as val:
         for text in _text_blocks(corpus.blocks(BLOCK_CHARS)):
             ids = table[np.frombuffer(text.encode("utf-32-le"), dtype="<u4")]
             if int(ids.max()) == unknown:
@@ -169,15 +176,17 @@ def _write_char_tokens(
             if cut:
                 ids[:cut].tofile(train)
                 train_bytes += len(text[:cut].encode("utf-8"))
+                train_max = max(train_max, int(ids[:cut].max()))
             if cut < len(ids):
                 ids[cut:].tofile(val)
                 val_bytes += len(text[cut:].encode("utf-8"))
+                val_max = max(val_max, int(ids[cut:].max()))
             written += len(ids)
     if written != n:
         raise _changed(corpus)
-    fsync_file(tmp / "train.bin")
-    fsync_file(tmp / "val.bin")
-    return _Tokens(n_train, n - n_train, train_bytes, val_bytes)
+    fsync_file(tmp / token_file("train"))
+    fsync_file(tmp / token_file("val"))
+    return _Tokens(n_train, n - n_train, train_bytes, val_bytes, train_max, val_max)
 
 
 def _pieces(blocks: Iterable[tuple[str, bool]]) -> Iterator[tuple[str, bool]]:
@@ -217,7 +226,7 @@ def _write_bpe_tokens(
 ) -> _Tokens:
     """Encode the corpus a batch of pieces at a time into one file, then split it in two."""
     dtype, eot = tok.token_dtype, tok.eot_id
-    tokens = tmp / "train.bin"  # all tokens at first; cut to the train split at the end
+    tokens = tmp / token_file("train")  # all tokens at first; cut to the train split at the end
     n = 0
     bar = tqdm(
         total=stats.characters - max(stats.documents - 1, 0),
@@ -251,19 +260,23 @@ def _write_bpe_tokens(
     n_train = _split_point(corpus, n, val_fraction)
     lengths = tok.token_byte_lengths()
     all_ids = np.memmap(tokens, dtype=dtype, mode="r", shape=(n,))
-    train_bytes = val_bytes = 0
-    with open(tmp / "val.bin", "wb") as f:
+    train_bytes = val_bytes = train_max = val_max = 0
+    with open(tmp / token_file("val"), "wb") as f:
         for a in range(0, n, SPLIT_CHUNK):
             chunk = np.asarray(all_ids[a : a + SPLIT_CHUNK])
             cut = min(max(n_train - a, 0), len(chunk))
             train_bytes += int(lengths[chunk[:cut]].sum())
             val_bytes += int(lengths[chunk[cut:]].sum())
+            if cut:
+                train_max = max(train_max, int(chunk[:cut].max()))
+            if cut < len(chunk):
+                val_max = max(val_max, int(chunk[cut:].max()))
             chunk[cut:].tofile(f)
     del all_ids  # unmap before truncating the file under it
     os.truncate(tokens, n_train * dtype.itemsize)
     fsync_file(tokens)
-    fsync_file(tmp / "val.bin")
-    return _Tokens(n_train, n - n_train, train_bytes, val_bytes)
+    fsync_file(tmp / token_file("val"))
+    return _Tokens(n_train, n - n_train, train_bytes, val_bytes, train_max, val_max)
 
 
 def _first_merges(tok: BPETokenizer, k: int = 24) -> str:
@@ -273,14 +286,11 @@ def _first_merges(tok: BPETokenizer, k: int = 24) -> str:
     return " ".join(repr(tok.decode([i])) for i in ids)
 
 
-DATASET_FILES = frozenset({"meta.json", "train.bin", "val.bin"})
-
-
 def _is_dataset(path: Path) -> bool:
     """Whether `path` holds a Folio dataset and nothing else (so replacing it loses nothing)."""
     try:
         names = {p.name for p in path.iterdir()}
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
     return (
@@ -388,6 +398,8 @@ def prepare_dataset(
             "dtype": tok.token_dtype.name,
             "train_tokens": counts.train_tokens,
             "val_tokens": counts.val_tokens,
+            "train_max_token_id": counts.train_max_token_id,
+            "val_max_token_id": counts.val_max_token_id,
             "train_bytes": counts.train_bytes,
             "val_bytes": counts.val_bytes,
             "val_fraction": val_fraction,
@@ -398,7 +410,7 @@ def prepare_dataset(
                 "sha256": stats.hasher.hexdigest(),
             },
         }
-        atomic_write_json(tmp / "meta.json", meta)  # written last: its presence marks completion
+        atomic_write_json(tmp / META_FILE, meta)  # written last: its presence marks completion
         replace_dir(tmp, out_dir)
     return PrepareSummary(
         out_dir=out_dir,

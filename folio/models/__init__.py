@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from folio.models.bigram import BigramLanguageModel
@@ -16,6 +17,18 @@ def build_model(config: BigramConfig | GPTConfig) -> nn.Module:
     return GPT(config)
 
 
+def parameter_shapes(config: BigramConfig | GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape in the model a config describes, allocating nothing.
+
+    The model is built on PyTorch's meta device, where tensors have shapes but
+    no storage. A parameter shared by two modules (tied weights) is listed once,
+    under its first name, as `folio.checkpoint.clean_state_dict` saves it.
+    """
+    with torch.device("meta"):
+        model = build_model(config)
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
 __all__ = [
     "GPT",
     "GPTConfig",
@@ -23,4 +36,5 @@ __all__ = [
     "BigramLanguageModel",
     "build_model",
     "model_config_from_dict",
+    "parameter_shapes",
 ]

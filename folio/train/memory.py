@@ -24,7 +24,11 @@ The estimate, for fp32 training with AdamW (bytes):
   added.
 
 Mixed precision and a smaller real attention footprint only lower the real
-figure. Available memory is /proc/meminfo's MemAvailable on Linux (else
+figure.
+
+Loading a checkpoint (`check_loading_memory`) needs the file's tensors, read
+into memory, and the fp32 model they are copied into, both at once on the
+CPU; on an accelerator the model needs its 4 bytes per parameter there too. Available memory is /proc/meminfo's MemAvailable on Linux (else
 free physical pages from sysconf), and torch.cuda.mem_get_info on CUDA; where
 none of these answers, the check is skipped.
 """
@@ -134,3 +138,33 @@ def check_training_memory(
         f"available on {device.type}; shrink the model, batch_size or block_size, "
         "or pass --force to try anyway"
     )
+
+
+def check_loading_memory(
+    model_config: BigramConfig | GPTConfig,
+    file_bytes: int,
+    device: torch.device,
+    *,
+    where: object = "checkpoint",
+    available: dict[str, int | None] | None = None,
+) -> None:
+    """Refuse (FolioError) to load a model whose weights would not fit in memory.
+
+    `file_bytes` is the size of the tensors in the weights file; `available`
+    (by device type) replaces the measured free memory, for tests.
+    """
+    n_params = count_parameters(model_config)
+    model_bytes = BYTES_FP32 * n_params
+    needs = {"cpu": file_bytes + model_bytes}
+    if device.type != "cpu":
+        needs[device.type] = model_bytes
+    for kind, need in needs.items():
+        if available is not None and kind in available:
+            avail = available[kind]
+        else:
+            avail = available_memory(device if kind == device.type else torch.device("cpu"))
+        if avail is not None and need > avail:
+            raise FolioError(
+                f"{where}: loading this model of {n_params:,} parameters needs about "
+                f"{_gib(need)} on {kind} but only {_gib(avail)} is available"
+            )

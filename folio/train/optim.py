@@ -62,6 +62,15 @@ def make_optimizer(
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, **kwargs)
 
 
+def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
+    """The `train.optimizer` setting that builds an optimizer of this kind ('adamw', 'muon')."""
+    if isinstance(optimizer, MuonAdamW):
+        return "muon"
+    if isinstance(optimizer, torch.optim.AdamW):
+        return "adamw"
+    return type(optimizer).__name__.lower()
+
+
 def make_optimizer_for(model: nn.Module, train_config, device_type: str) -> torch.optim.Optimizer:
     """`make_optimizer` with every setting taken from a TrainConfig (passed untyped: config imports us)."""
     tc = train_config

@@ -29,6 +29,7 @@ from torch import nn
 from folio.checkpoint import (
     check_fresh_run_dir,
     load_checkpoint,
+    load_optimizer_state,
     move_run_aside,
     save_checkpoint,
 )
@@ -228,7 +229,7 @@ def train(
             )
         model.load_state_dict(ck.model.state_dict())
         opt_state, rng = ck.trainer_state()
-        optimizer.load_state_dict(opt_state)
+        load_optimizer_state(optimizer, opt_state, ck.path)
         try:
             step = int(ck.state["step"])
             best_val = float(ck.state.get("best_val_loss") or math.inf)
