@@ -128,6 +128,7 @@ class _Generation:
         stop_ids: frozenset[int],
         params: P.GenerationParams,
         request: Request,
+        param: str,
     ) -> None:
         self.served, self.params, self.request = served, params, request
         self.prompt_tokens = len(prompt_ids)
@@ -163,7 +164,7 @@ class _Generation:
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             ) from None
         except FolioError as e:
-            raise P.bad("messages", str(e)) from None
+            raise P.bad(param, str(e)) from None
         self.text = TextStream(served.token_bytes, params.stop)
         self.watcher = asyncio.create_task(self._watch_disconnect())
 
@@ -374,7 +375,7 @@ def create_app(
             prompt = conversation_prompt(m.tokenizer, messages, prompt_budget(m))
         except FolioError as e:
             raise too_long(e, "messages") from None
-        gen = _Generation(m, prompt.ids, prompt.stop_ids, params, request)
+        gen = _Generation(m, prompt.ids, prompt.stop_ids, params, request, "messages")
         rid, created = P.new_id("chatcmpl"), P.now()
 
         def chunk(delta: dict, finish: str | None, entry: dict | None = None) -> dict[str, Any]:
@@ -471,7 +472,7 @@ def create_app(
                 ),
                 "prompt",
             )
-        gen = _Generation(m, ids, m.stop_ids, params, request)
+        gen = _Generation(m, ids, m.stop_ids, params, request, "prompt")
         rid, created = P.new_id("cmpl"), P.now()
 
         def choice(text: str, entries: list[dict], finish: str | None, offset: int) -> dict:
