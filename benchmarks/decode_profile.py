@@ -17,9 +17,10 @@ import time
 
 import torch
 
-from folio.bench_sample import _cpu_name, preset_model_config
 from folio.models import GPT
+from folio.runtime import cpu_info
 from folio.sample.sampler import Sampler, SamplingConfig
+from folio.train.config import preset_model_config
 
 
 def matmul_floor(model: GPT, repeats: int) -> tuple[float, int]:
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler_s = sampler_loop(model, args.tokens)
     print(
         f"{args.preset}: {model.num_params() / 1e6:.2f}M parameters, batch 1, fp32, "
-        f"{torch.get_num_threads()} threads, {_cpu_name()}, {args.tokens} tokens\n"
+        f"{torch.get_num_threads()} threads, {cpu_info().name}, {args.tokens} tokens\n"
     )
     print("| what runs per token | ms per token | tokens/s |\n|---|---:|---:|")
     print(

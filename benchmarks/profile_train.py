@@ -20,10 +20,9 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from folio.bench_sample import _cpu_name, preset_model_config
 from folio.models import GPT
-from folio.train.config import TrainConfig, load_preset_dict
-from folio.train.device import flops_per_token
+from folio.runtime import cpu_info, flops_per_token
+from folio.train.config import TrainConfig, load_preset_dict, preset_model_config
 from folio.train.optim import make_optimizer_for
 
 KINDS = {
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     flops_rate = flops_per_token(n, cfg.n_layer, cfg.n_embd, T) * tok / total
     print(
         f"{args.preset}: {n / 1e6:.2f}M parameters, batch {B} x block {T}, optimizer "
-        f"{tc.optimizer}, {torch.get_num_threads()} threads, {_cpu_name()}"
+        f"{tc.optimizer}, {torch.get_num_threads()} threads, {cpu_info().name}"
     )
     print(
         f"{args.steps} steps in {total:.2f} s under the profiler: {tok / total:,.0f} tokens/s, "

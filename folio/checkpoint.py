@@ -13,7 +13,7 @@ A run directory is self-describing:
         model.safetensors      the weights
         state.json             step, best val loss, data position, python/numpy RNG
         trainer.safetensors    optimizer tensors and torch RNG states (resume only)
-        optimizer.json         the optimizer's non-tensor state (resume only)
+        optimizer.json         the optimizer's name and non-tensor state (resume only)
 
 A checkpoint directory is written under a temporary name, fsynced and renamed;
 then a pointer file is replaced atomically. A kill at any instant therefore
@@ -23,6 +23,7 @@ safetensors and metadata JSON: loading a checkpoint runs no code.
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import re
@@ -45,21 +46,27 @@ from folio.fsutil import (
     read_json,
     scratch_dir,
 )
+from folio.memory import check_loading_memory, count_parameters
 from folio.models import build_model, model_config_from_dict, parameter_shapes
 from folio.tokenizers import tokenizer_from_dict
-from folio.train.memory import check_loading_memory, count_parameters
-from folio.train.optim import optimizer_name
 
 CHECKPOINT_FORMAT = "folio-checkpoint"
 CHECKPOINT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)(\.\d+)?$")
 
 
-def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's weights with any torch.compile / DDP wrapper prefix removed, tied tensors once."""
+def clean_state_dict(
+    weights: nn.Module | dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """A model's (or a state dict's) weights on the CPU, wrapper prefixes removed, tied tensors once.
+
+    torch.compile and DDP prefix every name (`_orig_mod.`, `module.`); a tied
+    matrix appears under two names and is kept under its first.
+    """
     sd = {}
     seen: dict[int, str] = {}
-    for k, v in model.state_dict().items():
+    items = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    for k, v in items.items():
         stripped = True
         while stripped:  # in any order and nesting: DDP(compile(m)) gives module._orig_mod.
             stripped = False
@@ -96,10 +103,7 @@ def save_safetensors(
     fsync_file(path)
 
 
-def _optimizer_to_files(
-    opt: torch.optim.Optimizer,
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
+def _optimizer_to_files(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors: dict[str, torch.Tensor] = {}
     plain_state: dict[str, dict[str, Any]] = {}
     for pid, st in sd["state"].items():
@@ -108,7 +112,7 @@ def _optimizer_to_files(
                 tensors[f"optim.{pid}.{name}"] = val.detach().contiguous().cpu()
             else:
                 plain_state.setdefault(str(pid), {})[name] = val
-    meta = {"optimizer": optimizer_name(opt), "param_groups": sd["param_groups"]}
+    meta = {"optimizer": sd.get("optimizer"), "param_groups": sd["param_groups"]}
     return tensors, {**meta, "state": plain_state}
 
 
@@ -126,118 +130,24 @@ def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]
     return out
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _fits(saved: Any, current: Any) -> bool:
-    """Whether a saved hyperparameter can stand where this optimizer has `current`.
-
-    Numbers must stay finite numbers and tuples (betas) keep their length;
-    flags may differ (fused depends on the device) but stay flags or None.
-    """
-    if isinstance(current, bool):
-        return saved is None or isinstance(saved, bool)
-    if current is None:
-        return saved is None or isinstance(saved, bool | str)
-    if _number(current):
-        return _number(saved)
-    if isinstance(current, list | tuple):
-        return (
-            isinstance(saved, list | tuple)
-            and len(saved) == len(current)
-            and all(_fits(a, b) for a, b in zip(saved, current, strict=True))
-        )
-    return isinstance(saved, type(current))
-
-
-def _optimizer_mismatch(optimizer: torch.optim.Optimizer, state: Any) -> str | None:
-    """Why a saved optimizer state cannot be loaded into `optimizer`, or None if it can."""
-    if not isinstance(state, dict) or not isinstance(state.get("param_groups"), list):
-        return "it has no list of parameter groups"
-    saved_groups, groups = state["param_groups"], optimizer.param_groups
-    if len(saved_groups) != len(groups):
-        return f"it has {len(saved_groups)} parameter groups, this optimizer {len(groups)}"
-    params: dict[int, torch.Tensor] = {}  # saved id -> the parameter it stands for
-    for i, (saved, group) in enumerate(zip(saved_groups, groups, strict=True)):
-        ids = saved.get("params") if isinstance(saved, dict) else None
-        if not isinstance(ids, list) or not all(
-            isinstance(x, int) and not isinstance(x, bool) for x in ids
-        ):
-            return f"parameter group {i} is malformed"
-        if len(ids) != len(group["params"]):
-            return (
-                f"parameter group {i} holds {len(ids)} tensors, this optimizer's "
-                f"{len(group['params'])}"
-            )
-        params.update(zip(ids, group["params"], strict=True))
-        for key, value in group.items():
-            if key != "params" and key in saved and not _fits(saved[key], value):
-                return f"parameter group {i} has {key} = {saved[key]!r}"
-    if len(params) != sum(len(g["params"]) for g in groups):
-        return "a parameter id appears twice"
-    per_param = state.get("state")
-    if not isinstance(per_param, dict):
-        return "its per-parameter state is not a mapping"
-    for pid, entries in per_param.items():
-        if pid not in params or not isinstance(entries, dict):
-            return f"it holds state for an unknown parameter {pid!r}"
-        for name, value in entries.items():
-            if isinstance(value, torch.Tensor):
-                if value.dim() and value.shape != params[pid].shape:
-                    return (
-                        f"{name} of parameter {pid} is {_shape(tuple(value.shape))}, the "
-                        f"parameter {_shape(tuple(params[pid].shape))}"
-                    )
-            elif not _number(value):
-                return f"{name} of parameter {pid} is {value!r}"
-    return None
-
-
-def load_optimizer_state(
-    optimizer: torch.optim.Optimizer, state: dict[str, Any], path: str | Path
-) -> None:
-    """Load a checkpoint's optimizer state (from `Checkpoint.trainer_state`) into `optimizer`.
-
-    Refuses, in one FolioError line, a state saved by another optimizer ("this
-    run was trained with adamw") or one whose groups, hyperparameters or tensor
-    shapes do not fit (a tampered optimizer.json or trainer.safetensors), rather
-    than failing inside PyTorch now or at the first step.
-    """
-    where = Path(path) / "optimizer.json"
-    saved_name = state.get("optimizer") if isinstance(state, dict) else None
-    name = optimizer_name(optimizer)
-    if isinstance(saved_name, str) and saved_name != name:
-        raise FolioError(
-            f"{where}: this run was trained with {saved_name}; resume with the same optimizer "
-            f"(--set train.optimizer={saved_name}), not {name}"
-        )
-    why = _optimizer_mismatch(optimizer, state)
-    if why is None:
-        try:
-            optimizer.load_state_dict({k: v for k, v in state.items() if k != "optimizer"})
-            return
-        except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-    raise FolioError(
-        f"{where}: the saved optimizer state does not fit this {name} optimizer ({why}); "
-        "resume with the optimizer and model the run was trained with"
-    )
-
-
 def save_checkpoint(
     run_dir: Path,
-    model: nn.Module,
+    weights: dict[str, torch.Tensor],
     model_config,
     tokenizer,
     state: dict[str, Any],
     *,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer_state: dict[str, Any] | None = None,
     rng_tensors: dict[str, torch.Tensor] | None = None,
     best: bool = False,
     keep_latest: bool = True,
 ) -> Path:
-    """Write a checkpoint for `state['step']` and point latest.json (and best.json) at it."""
+    """Write a checkpoint for `state['step']` and point latest.json (and best.json) at it.
+
+    Everything comes as plain data: `weights` from `clean_state_dict`, the
+    optimizer's from `optimizer_state` (None: a weights-only checkpoint that
+    cannot be resumed), JSON-able `state`, and RNG tensors.
+    """
     run_dir = Path(run_dir)
     step = int(state["step"])
     ckpt_root = run_dir / "checkpoints"
@@ -254,9 +164,9 @@ def save_checkpoint(
         }
         atomic_write_json(tmp / "config.json", config)
         atomic_write_json(tmp / "tokenizer.json", tokenizer.to_dict())
-        save_safetensors(clean_state_dict(model), tmp / "model.safetensors", {"format": "pt"})
-        if optimizer is not None:
-            tensors, opt_meta = _optimizer_to_files(optimizer)
+        save_safetensors(weights, tmp / "model.safetensors", {"format": "pt"})
+        if optimizer_state is not None:
+            tensors, opt_meta = _optimizer_to_files(optimizer_state)
             tensors.update(rng_tensors or {})
             save_safetensors(tensors, tmp / "trainer.safetensors")
             atomic_write_json(tmp / "optimizer.json", opt_meta)
@@ -323,7 +233,7 @@ def check_fresh_run_dir(run_dir: str | Path, restart: bool = False) -> None:
     if not run_dir.is_dir():
         raise FolioError(f"cannot create run directory {run_dir}: a file of that name exists")
     try:
-        entries = sorted(p.name for p in run_dir.iterdir())
+        entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
     except OSError as e:
         raise FolioError(f"--out {run_dir}: cannot read it ({e.strerror or e})") from None
     if not entries or restart:
@@ -346,11 +256,54 @@ def check_fresh_run_dir(run_dir: str | Path, restart: bool = False) -> None:
     )
 
 
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """An exclusive lock on a run directory, so two trainers never write one run.
+
+    It is `flock` on RUN/.lock, which the kernel drops when the process dies,
+    SIGKILL included: a lock never outlives its trainer. The file holds the
+    PID of the holder, for the error the second trainer prints.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        try:
+            self.file = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release()
+        except OSError as e:
+            raise FolioError(f"cannot lock {self.path.parent}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise FolioError(
+                f"{self.path.parent}: another trainer (PID {holder}) is using this run directory; "
+                "wait for it to finish, or choose another --out"
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        if not self.file.closed:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+
+
 def move_run_aside(run_dir: str | Path) -> Path | None:
-    """Rename a non-empty `run_dir` to a free sibling name `RUN.old-N`; return where it went."""
+    """Rename a non-empty `run_dir` to a free sibling name `RUN.old-N`; return where it went.
+
+    The old run's lock is taken first, so a run that a trainer is still
+    writing is never moved.
+    """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+    if not run_dir.is_dir() or not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         return None
+    RunLock(run_dir).release()
     n = 1
     while (aside := run_dir.with_name(f"{run_dir.name}.old-{n}")).exists():
         n += 1

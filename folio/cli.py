@@ -50,37 +50,11 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(f"wrote {s.out_dir}")
 
 
-def _overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
-    from folio.train.config import parse_override
-
-    pairs = [parse_override(s) for s in args.set or []]
-    for flag, key in (
-        ("max_iters", "train.max_iters"),
-        ("seed", "train.seed"),
-        ("dtype", "train.dtype"),
-        ("device", "train.device"),
-        ("threads", "train.threads"),
-        ("max_time", "train.max_time"),
-        ("patience", "train.patience"),
-        ("batch_size", "train.batch_size"),
-        ("learning_rate", "train.learning_rate"),
-        ("eval_interval", "train.eval_interval"),
-    ):
-        value = getattr(args, flag, None)
-        if value is not None:
-            pairs.append((key, value))
-    if getattr(args, "compile", False):
-        pairs.append(("train.compile", True))
-    if getattr(args, "fsdp", False):
-        pairs.append(("train.fsdp", True))
-    return pairs
-
-
 def cmd_train(args: argparse.Namespace) -> None:
-    from folio.train.config import build_run_config
-    from folio.train.trainer import train
+    from folio.train.config import build_run_config, config_overrides
+    from folio.train.pretrain import train
 
-    run = build_run_config(args.preset, _overrides(args))
+    run = build_run_config(args.preset, config_overrides(args))
     result = train(
         run,
         args.data,
@@ -91,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         force=args.force,
         restart=args.restart,
     )
-    from folio.train.distributed import is_main
+    from folio.runtime import is_main
 
     if not is_main():  # under torchrun, rank 0 speaks for the job
         return
@@ -120,8 +94,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from folio.data.batches import Dataset
     from folio.eval import evaluate_split
     from folio.fsutil import read_json
-    from folio.train.device import autocast, pick_device, resolve_dtype
+    from folio.runtime import autocast, pick_device, resolve_dtype
 
+    if args.checkpoint is None:
+        raise FolioError("eval: --checkpoint is required (or use `folio eval tasks ...`)")
     device = pick_device(args.device)
     ck = load_checkpoint(args.checkpoint, args.which, device)
     data_dir = args.data
@@ -173,8 +149,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import warnings
 
     from folio.checkpoint import load_checkpoint
+    from folio.runtime import pick_device, resolve_dtype
     from folio.sample import Sampler, SamplingConfig
-    from folio.train.device import pick_device, resolve_dtype
 
     device = pick_device(args.device)
     ck = load_checkpoint(args.checkpoint, args.which, device)
@@ -237,8 +213,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {out} (GPT2LMHeadModel.from_pretrained loads it)")
 
 
-def _checkpoint_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+def _checkpoint_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--checkpoint", required=required, help="run directory or checkpoint directory")
     p.add_argument(
         "--which",
         choices=["latest", "best"],
@@ -311,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pp.set_defaults(func=cmd_prepare)
 
-    from folio.train.config import list_presets
+    from folio.train.config import add_config_flags, list_presets
 
     pt = sub.add_parser("train", help="train a model on a prepared dataset")
     _fmt_help(pt)
@@ -322,53 +298,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"preset name ({', '.join(list_presets())}) or a TOML file",
     )
     pt.add_argument("--out", required=True, help="run directory (checkpoints, metrics, plot)")
-    pt.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a preset field, e.g. train.learning_rate=3e-4 or model.n_layer=4 (repeatable)",
-    )
-    pt.add_argument(
-        "--max-iters", type=int, default=None, help="optimizer steps (overrides the preset)"
-    )
-    pt.add_argument("--seed", type=int, default=None, help="random seed (overrides the preset)")
-    pt.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch")
-    pt.add_argument("--learning-rate", type=float, default=None, help="peak learning rate")
-    pt.add_argument(
-        "--eval-interval", type=int, default=None, help="steps between evals and checkpoints"
-    )
-    pt.add_argument(
-        "--dtype",
-        default=None,
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="precision (preset default: auto)",
-    )
-    pt.add_argument(
-        "--device", default=None, help="auto, cpu, cuda, cuda:N or mps (preset default: auto)"
-    )
-    pt.add_argument(
-        "--threads", type=int, default=None, help="CPU threads (default: physical cores)"
-    )
-    pt.add_argument(
-        "--compile", action="store_true", help="use torch.compile (falls back to eager on failure)"
-    )
-    pt.add_argument(
-        "--fsdp",
-        action="store_true",
-        help="under torchrun, shard the model across processes (fully_shard) instead of DDP",
-    )
-    pt.add_argument(
-        "--max-time",
-        type=float,
-        default=None,
-        help="stop after this many seconds, saving a checkpoint",
-    )
-    pt.add_argument(
-        "--patience",
-        type=int,
-        default=None,
-        help="early stop after this many evals without improvement",
-    )
     pt.add_argument(
         "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
     )
@@ -392,11 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pt.add_argument("--quiet", action="store_true", help="no progress bar")
     pt.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_config_flags(pt)
     pt.set_defaults(func=cmd_train)
 
-    pe = sub.add_parser("eval", help="loss, perplexity and bits per character of a checkpoint")
+    pe = sub.add_parser(
+        "eval",
+        help="loss, perplexity and bits per character of a checkpoint; "
+        "`folio eval tasks` scores replies to task prompts",
+    )
     _fmt_help(pe)
-    _checkpoint_arguments(pe)
+    _checkpoint_arguments(pe, required=False)  # required, but not before `folio eval tasks`
     pe.add_argument(
         "--data", default=None, help="dataset directory (default: the one the run trained on)"
     )
@@ -417,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     _precision_arguments(pe)
     pe.add_argument("--json", action="store_true", help="print one JSON object")
     pe.set_defaults(func=cmd_eval)
+    from folio.commands import eval_tasks
+
+    pe_modes = pe.add_subparsers(dest="eval_mode", metavar="[tasks]")
+    pet = pe_modes.add_parser("tasks", help="pass@1, pass@k, end rate and reply length on tasks")
+    eval_tasks.add_arguments(pet)
+    pet.set_defaults(func=eval_tasks.run)
 
     ps = sub.add_parser("sample", help="generate text from a checkpoint")
     _fmt_help(ps)
@@ -443,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.set_defaults(func=cmd_sample)
     pb = sub.add_parser("bench", help="measure training or sampling speed")
     bsub = pb.add_subparsers(dest="bench", required=True, metavar="WHAT")
-    from folio import bench, bench_sample
+    from folio.bench import sample as bench_sample
+    from folio.bench import train as bench
 
     pbt = bsub.add_parser("train", help="training tokens/s: baseline and fast modes side by side")
     _fmt_help(pbt)
@@ -483,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     px.add_argument("--out", required=True, help="directory to write (must not exist, or be empty)")
     px.set_defaults(func=cmd_export)
+
+    from folio.commands import tasks as tasks_command
+
+    ptk = sub.add_parser("tasks", help="make conversations of tasks with checkable answers")
+    tasks_command.add_arguments(ptk)
+    ptk.set_defaults(func=tasks_command.run)
 
     from folio.commands import chat, serve
 

@@ -10,6 +10,7 @@ Two estimates, both deterministic:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,33 @@ from folio.data.batches import get_batch, sequential_batches
 
 
 @torch.no_grad()
+def estimate_objective(
+    model: nn.Module,
+    loss_of: Callable[[Any], torch.Tensor],
+    draw: Callable[[str, torch.Generator], Any],
+    splits: Iterable[str],
+    eval_iters: int,
+    seed: int,
+    autocast_ctx,
+) -> dict[str, float]:
+    """Each split's mean `loss_of(batch)` over `eval_iters` batches `draw(split, g)` with g seeded
+    by `seed`: the same batches at every call. `model` is put in eval mode meanwhile."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for split in splits:
+        g = torch.Generator().manual_seed(seed)  # the same batches every call
+        losses = torch.zeros(eval_iters)
+        for k in range(eval_iters):
+            batch = draw(split, g)
+            with autocast_ctx():
+                loss = loss_of(batch)
+            losses[k] = loss.float().item()
+        out[split] = float(losses.mean())
+    model.train(was_training)
+    return out
+
+
 def estimate_loss(
     model: nn.Module,
     splits: dict[str, np.ndarray],
@@ -30,21 +58,16 @@ def estimate_loss(
     device: torch.device,
     autocast_ctx,
 ) -> dict[str, float]:
-    """Mean loss over `eval_iters` fixed random batches of each split."""
-    was_training = model.training
-    model.eval()
-    out = {}
-    for split, data in splits.items():
-        g = torch.Generator().manual_seed(seed)  # the same batches every call
-        losses = torch.zeros(eval_iters)
-        for k in range(eval_iters):
-            x, y = get_batch(data, batch_size, block_size, g)
-            with autocast_ctx():
-                _, loss = model(x.to(device), y.to(device))
-            losses[k] = loss.float().item()
-        out[split] = float(losses.mean())
-    model.train(was_training)
-    return out
+    """Mean next-token loss over `eval_iters` fixed random batches of each split."""
+    return estimate_objective(
+        model,
+        lambda b: model(b[0].to(device), b[1].to(device))[1],
+        lambda split, g: get_batch(splits[split], batch_size, block_size, g),
+        splits,
+        eval_iters,
+        seed,
+        autocast_ctx,
+    )
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ exactly, with zero biases.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from pathlib import Path
@@ -24,12 +25,16 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from folio.checkpoint import check_weight_shapes, load_checkpoint, save_safetensors
 from folio.errors import FolioError
-from folio.fsutil import atomic_write_json, fsync_dir, fsync_file, read_json, scratch_dir
-from folio.models import GPT, GPTConfig
+from folio.fsutil import atomic_write_json, fsync_dir, read_json, scratch_dir
+from folio.memory import check_loading_memory
+from folio.models import GPT, GPTConfig, parameter_shapes
 from folio.models.attention import MultiHeadAttention
+from folio.tokenizers import Tokenizer, tokenizer_from_dict
+from folio.tokenizers.bpe import EOT
 
 # Folio activation -> GPT-2 `activation_function`, and back. GPT-2's own is "gelu_new",
 # the tanh approximation; "gelu_pytorch_tanh" is the same function in one kernel.
@@ -115,8 +120,13 @@ def folio_config_from_hf(hf: dict[str, Any], where: str = "config.json") -> GPTC
         raise FolioError(f"{where}: {e}") from None
 
 
-def hf_config_from_folio(config: GPTConfig) -> dict[str, Any]:
-    """A GPT-2 config.json for a Folio GPTConfig, or a FolioError saying what GPT-2 lacks."""
+def hf_config_from_folio(config: GPTConfig, tokenizer: Tokenizer | None = None) -> dict[str, Any]:
+    """A GPT-2 config.json for a Folio GPTConfig, or a FolioError saying what GPT-2 lacks.
+
+    bos_token_id and eos_token_id are the tokenizer's `<|endoftext|>` (None for
+    a tokenizer without it); without a tokenizer, a vocabulary of 50,257 is
+    taken to be GPT-2's, whose `<|endoftext|>` is 50256.
+    """
     unsupported = [
         (not config.pos_embedding, "pos_embedding=false (GPT-2 always adds position embeddings)"),
         (not config.causal, "causal=false (GPT-2 is a causal decoder)"),
@@ -128,8 +138,10 @@ def hf_config_from_folio(config: GPTConfig) -> dict[str, Any]:
     reasons = [why for bad, why in unsupported if bad]
     if reasons:
         raise FolioError(f"cannot export to GPT-2: {'; '.join(reasons)}")
-    # A GPT-2 vocabulary implies GPT-2's <|endoftext|>; any other vocabulary has no such token.
-    special = 50256 if config.vocab_size == 50257 else None
+    if tokenizer is not None:
+        special = getattr(tokenizer, "eot_id", None)
+    else:  # A GPT-2 vocabulary implies GPT-2's <|endoftext|>; another one has no such token.
+        special = 50256 if config.vocab_size == 50257 else None
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -282,6 +294,16 @@ def load_hf_gpt2(path: str | Path) -> tuple[GPT, GPTConfig]:
         read_json(d / "config.json", "Hugging Face config"), str(d / "config.json")
     )
     weights = folio_state_dict_from_hf(_read_hf_weights(d), config, str(d))
+    # config.json against the weights, on the meta device, before building the model.
+    check_weight_shapes(
+        parameter_shapes(config), {k: tuple(t.shape) for k, t in weights.items()}, d
+    )
+    check_loading_memory(
+        config,
+        sum(t.numel() * t.element_size() for t in weights.values()),
+        torch.device("cpu"),
+        where=d,
+    )
     for name, tensor in weights.items():
         if not torch.isfinite(tensor).all():
             raise FolioError(f"{d}: tensor {name} holds NaN or Inf values")
@@ -290,35 +312,75 @@ def load_hf_gpt2(path: str | Path) -> tuple[GPT, GPTConfig]:
     return model.eval(), config
 
 
-def export_hf(model: GPT, out_dir: str | Path, tokenizer: Any = None) -> Path:
+def hf_tokenizer_json(tokenizer: Tokenizer) -> dict[str, Any]:
+    """A BPE tokenizer as Hugging Face's tokenizer.json, encoding text exactly as Folio does.
+
+    Folio never reads `<|endoftext|>` in text as the special token: a literal
+    "<|endoftext|>" is ordinary bytes, and only Folio inserts the token, between
+    documents. A tokenizer.json lists its special tokens in `added_tokens`,
+    which Hugging Face matches in text, and its flag to stop that is not saved.
+    So the special tokens move into the BPE vocabulary under their own ids:
+    decoding them is unchanged, and the pre-tokenizer splits their text before
+    BPE can merge it, so text never yields them.
+    """
+    spec = copy.deepcopy(tokenizer.to_dict()["tokenizer"])
+    vocab = spec["model"]["vocab"]
+    for added in spec.get("added_tokens") or []:
+        vocab.setdefault(added["content"], added["id"])
+    spec["added_tokens"] = []
+    return spec
+
+
+def hf_tokenizer_config(tokenizer: Tokenizer, block_size: int) -> dict[str, Any]:
+    """tokenizer_config.json: AutoTokenizer loads tokenizer.json as it is.
+
+    split_special_tokens keeps a literal `<|endoftext|>` as text even though
+    it is declared the eos and bos token (transformers would otherwise match it).
+    """
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "split_special_tokens": True,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": block_size,
+    }
+    if getattr(tokenizer, "eot_id", None) is not None:
+        config.update(eos_token=EOT, bos_token=EOT)
+    return config
+
+
+def export_hf(model: GPT, out_dir: str | Path, tokenizer: Tokenizer | None = None) -> Path:
     """Write `model` as a directory GPT2LMHeadModel.from_pretrained loads.
 
     Writes config.json and model.safetensors; with a tokenizer, also Folio's own
     tokenizer JSON as folio_tokenizer.json (a character tokenizer has no Hugging
-    Face equivalent: encode and decode with folio.tokenizers.tokenizer_from_dict);
-    a BPE tokenizer is also written as Hugging Face's tokenizer.json
-    (`PreTrainedTokenizerFast(tokenizer_file=...)` loads it).
+    Face equivalent: encode and decode with folio.tokenizers.tokenizer_from_dict).
+    A BPE tokenizer is also written as Hugging Face's tokenizer.json and
+    tokenizer_config.json (`AutoTokenizer.from_pretrained(out_dir)`, or
+    `PreTrainedTokenizerFast(tokenizer_file=...)`, loads it), which encode any
+    text, a literal `<|endoftext|>` included, to Folio's ids (`hf_tokenizer_json`);
+    config.json's eos_token_id and bos_token_id are `<|endoftext|>`'s id.
     The directory is built under a temporary name and renamed into place.
     """
     if not isinstance(model, GPT):
         raise FolioError("only GPT models export to GPT-2 (the bigram model has no equivalent)")
-    hf_config = hf_config_from_folio(model.config)
+    hf_config = hf_config_from_folio(model.config, tokenizer)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FolioError(f"{out}: already exists and is not empty; choose another --out")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    with scratch_dir(tmp, f"cannot write {out}: {{why}}"):
+    with scratch_dir(tmp, f"cannot write {out}: {{why}}", catch=(OSError, SafetensorError)):
         atomic_write_json(tmp / "config.json", hf_config)
-        save_file(
-            hf_state_dict_from_folio(model),
-            str(tmp / "model.safetensors"),
-            metadata={"format": "pt"},
+        save_safetensors(
+            hf_state_dict_from_folio(model), tmp / "model.safetensors", {"format": "pt"}
         )
-        fsync_file(tmp / "model.safetensors")
         if tokenizer is not None:
             atomic_write_json(tmp / "folio_tokenizer.json", tokenizer.to_dict())
-            if tokenizer.kind == "bpe":  # BPE has a Hugging Face form: tokenizer.json
-                atomic_write_json(tmp / "tokenizer.json", tokenizer.to_dict()["tokenizer"])
+            if tokenizer.kind == "bpe":  # BPE has a Hugging Face form
+                atomic_write_json(tmp / "tokenizer.json", hf_tokenizer_json(tokenizer))
+                atomic_write_json(
+                    tmp / "tokenizer_config.json",
+                    hf_tokenizer_config(tokenizer, model.config.block_size),
+                )
         fsync_dir(tmp)
         if out.exists():
             out.rmdir()  # empty, checked above
@@ -331,8 +393,6 @@ def export_checkpoint_hf(
     checkpoint: str | Path, out_dir: str | Path, which: str = "latest"
 ) -> Path:
     """`folio export --format hf`: a run directory's (or checkpoint's) model as a GPT-2 directory."""
-    from folio.checkpoint import load_checkpoint
-
     ck = load_checkpoint(checkpoint, which)
     return export_hf(ck.model, out_dir, ck.tokenizer)
 
@@ -343,13 +403,15 @@ def pretrained_for_training(
     """The config and weights `folio train --init-from hf:DIR` starts from.
 
     The model's shape comes from DIR; of the run's model fields only dropout
-    applies. The vocabulary must be the dataset's.
+    applies. The vocabulary must be the dataset's: its size always, and the
+    whole tokenizer where DIR holds Folio's (`check_exported_tokenizer`).
     """
     if not init_from.startswith(HF_PREFIX):
         raise FolioError(
             f"--init-from {init_from!r}: expected hf:DIR, a local Hugging Face GPT-2 directory"
         )
     d = Path(init_from[len(HF_PREFIX) :])
+    check_exported_tokenizer(d, data_dir)
     model, config = load_hf_gpt2(d)
     if config.vocab_size != vocab_size:
         raise FolioError(
@@ -360,3 +422,45 @@ def pretrained_for_training(
     if "dropout" in model_fields:
         config = GPTConfig.from_dict({**config.to_dict(), "dropout": model_fields["dropout"]})
     return config, model.state_dict()
+
+
+def _tokenizer_difference(ours: Tokenizer, theirs: Tokenizer) -> str:
+    """A few words on how two tokenizers differ, for an error message."""
+    if ours.kind != theirs.kind:
+        return f"a {ours.kind} tokenizer, the dataset's is {theirs.kind}"
+    if ours.vocab_size != theirs.vocab_size:
+        return f"{ours.vocab_size} tokens, the dataset's {theirs.vocab_size}"
+    if ours.kind == "char":
+        i = next(i for i, (a, b) in enumerate(zip(ours.chars, theirs.chars, strict=True)) if a != b)
+        return (
+            f"the same number of characters, but token {i} is {ours.chars[i]!r} "
+            f"where the dataset's is {theirs.chars[i]!r}"
+        )
+    return "the same number of tokens, but other tokens or merges"
+
+
+def check_exported_tokenizer(hf_dir: str | Path, data_dir: str | Path) -> None:
+    """Refuse a Folio export (folio_tokenizer.json in hf_dir) whose tokenizer is not the dataset's.
+
+    Equal vocabulary sizes are not enough: 65 other characters (or other BPE
+    merges) give each id another meaning, and training would silently start
+    from a model that reads the data wrongly. A directory without
+    folio_tokenizer.json (GPT-2's own, say) is left to the size check.
+    """
+    from folio.data.batches import Dataset  # the data layer is needed only here
+
+    f = Path(hf_dir) / "folio_tokenizer.json"
+    if not f.is_file():
+        return
+    try:
+        ours = tokenizer_from_dict(read_json(f, "tokenizer"))
+    except FolioError as e:
+        msg = str(e)
+        raise FolioError(msg if str(f) in msg else f"{f}: {msg}") from None
+    theirs = Dataset.open(data_dir).tokenizer
+    if ours.to_dict() != theirs.to_dict():
+        raise FolioError(
+            f"{f}: this model was trained with another tokenizer than the dataset {data_dir} "
+            f"uses ({_tokenizer_difference(ours, theirs)}); prepare the dataset with the "
+            "model's tokenizer"
+        )

@@ -27,7 +27,7 @@ from folio.data.batches import Dataset
 from folio.eval import evaluate_split
 from folio.fsutil import atomic_write_json, atomic_write_text
 from folio.train.config import build_run_config
-from folio.train.trainer import train
+from folio.train.pretrain import train
 
 SMALL = {
     "model.type": "gpt",

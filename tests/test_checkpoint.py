@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import folio.checkpoint as checkpoint_module
-import folio.train.memory as memory_module
-from folio.checkpoint import load_checkpoint, save_checkpoint
+import folio.memory as memory_module
+from folio.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
 from folio.cli import main
 from folio.errors import FolioError
 from folio.models import GPT, GPTConfig
@@ -19,8 +19,12 @@ from folio.tokenizers import CharTokenizer
 def test_resaving_a_step_writes_a_new_directory(tmp_path):
     cfg = GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=1, n_embd=8)
     model, tok = GPT(cfg), CharTokenizer("abcde")
-    first = save_checkpoint(tmp_path, model, cfg, tok, {"step": 3, "val_loss": 1.0})
-    second = save_checkpoint(tmp_path, model, cfg, tok, {"step": 3, "val_loss": 0.9})
+    first = save_checkpoint(
+        tmp_path, clean_state_dict(model), cfg, tok, {"step": 3, "val_loss": 1.0}
+    )
+    second = save_checkpoint(
+        tmp_path, clean_state_dict(model), cfg, tok, {"step": 3, "val_loss": 0.9}
+    )
     assert first.name == "step-00000003" and second.name == "step-00000003.1"
     assert (
         json.loads((tmp_path / "latest.json").read_text())["checkpoint"]
@@ -38,7 +42,9 @@ def _tiny_run(root: Path, **config) -> Path:
         **{"vocab_size": 5, "block_size": 8, "n_layer": 1, "n_head": 1, "n_embd": 8, **config}
     )
     torch.manual_seed(0)
-    save_checkpoint(root, GPT(cfg), cfg, CharTokenizer("abcde"), {"step": 1, "val_loss": 1.0})
+    save_checkpoint(
+        root, clean_state_dict(GPT(cfg)), cfg, CharTokenizer("abcde"), {"step": 1, "val_loss": 1.0}
+    )
     return root
 
 
@@ -168,3 +174,16 @@ def test_a_run_whose_checkpoints_directory_is_a_link_still_loads(tmp_path: Path)
     (tmp_path / "run" / "checkpoints").symlink_to(run / "checkpoints", target_is_directory=True)
     (tmp_path / "run" / "latest.json").write_text((run / "latest.json").read_text())
     assert load_checkpoint(tmp_path / "run").state["step"] == 1
+
+
+def test_the_loading_guard_counts_the_file_and_the_model_on_cpu_and_the_model_on_a_gpu() -> None:
+    cfg = GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=1, n_embd=8)
+    model_bytes = 4 * memory_module.count_parameters(cfg)
+    check = memory_module.check_loading_memory
+    cuda = torch.device("cuda")
+    check(cfg, 100, cuda, available={"cpu": model_bytes + 100, "cuda": model_bytes})
+    with pytest.raises(FolioError, match="on cpu but only"):
+        check(cfg, 100, cuda, available={"cpu": model_bytes + 99, "cuda": model_bytes})
+    with pytest.raises(FolioError, match="on cuda but only"):
+        check(cfg, 100, cuda, available={"cpu": model_bytes + 100, "cuda": model_bytes - 1})
+    check(cfg, 100, torch.device("cpu"), available={"cpu": model_bytes + 100, "cuda": 0})

@@ -523,8 +523,8 @@ def test_unknown_preset(
 @pytest.mark.parametrize(
     ("override", "fragment"),
     [
-        ("train.no_such_thing=1", "unknown training setting 'no_such_thing'"),
-        ("model.no_such_thing=1", "unknown field(s) no_such_thing"),
+        ("train.no_such_thing=1", "unknown setting 'no_such_thing'"),
+        ("model.no_such_thing=1", "unknown setting 'no_such_thing'"),
         ("optim.learning_rate=1", "section must be 'model' or 'train'"),
         ("learning_rate", "expects key=value"),
         ("model.n_embd=33", "n_embd (33) must be divisible by n_head (2)"),
@@ -548,6 +548,43 @@ def test_bad_set(
     )
     assert_user_error(code, err, fragment)
     assert_nothing_written(tmp_path / "r")
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (("--set", "model.n_hed=4"), "unknown setting 'n_hed' (did you mean 'n_head'?)"),
+        (("--train.learnin_rate", "1"), "unrecognized arguments: --train.learnin_rate"),
+        (("--set", "train.learnin_rate=1"), "did you mean 'learning_rate'?"),
+        (("--model.n_embd", "33"), "n_embd (33) must be divisible"),
+    ],
+)
+def test_misspelled_settings_fail_before_the_dataset_is_opened(
+    argv: tuple[str, ...], fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The dataset does not exist: an error about the config proves it was checked first.
+    args = ("train", "--data", tmp_path / "no-data", "--out", tmp_path / "r", *TRAIN, *argv)
+    if argv[0] == "--train.learnin_rate":  # argparse's own error: usage line, then the message
+        with pytest.raises(SystemExit) as e:
+            run(capsys, *args)
+        assert e.value.code == 2
+        assert fragment in capsys.readouterr().err
+        return
+    code, _, err = run(capsys, *args)
+    assert_user_error(code, err, fragment)
+
+
+def test_config_flags_reach_the_run(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        capsys, "train", "--data", trained.data, "--out", tmp_path / "r", *TRAIN,
+        "--train.max_iters", 4, "--model.n_layer", 1, "--train.lr_schedule", "cosine",
+    )  # fmt: skip
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert cfg["train"]["max_iters"] == 4 and cfg["train"]["lr_schedule"] == "cosine"
+    assert cfg["model"]["n_layer"] == 1
 
 
 def test_bad_flag_value(

@@ -271,10 +271,10 @@ def test_a_really_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_previo
 
 def test_tensor_files_follow_the_umask_like_every_other_file(tmp_path: Path) -> None:
     # issue 19 (smaller): model.safetensors and trainer.safetensors were written 0600.
-    from folio.checkpoint import save_checkpoint
+    from folio.checkpoint import clean_state_dict, save_checkpoint
     from folio.models import GPT, GPTConfig
     from folio.tokenizers import CharTokenizer
-    from folio.train.optim import make_optimizer
+    from folio.train.optim import make_optimizer, optimizer_state
 
     cfg = GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=1, n_embd=8)
     model = GPT(cfg)
@@ -284,8 +284,9 @@ def test_tensor_files_follow_the_umask_like_every_other_file(tmp_path: Path) -> 
         try:
             run = tmp_path / f"run-{mask:o}"
             save_checkpoint(
-                run, model, cfg, CharTokenizer("abcde"), {"step": 1}, optimizer=optimizer
-            )
+                run, clean_state_dict(model), cfg, CharTokenizer("abcde"), {"step": 1},
+                optimizer_state=optimizer_state(optimizer),
+            )  # fmt: skip
         finally:
             os.umask(old)
         files = [p for p in run.rglob("*") if p.is_file()]

@@ -19,16 +19,17 @@ import numpy as np
 import pytest
 import torch
 
+from folio import runtime
 from folio.checkpoint import load_checkpoint
 from folio.data.batches import Dataset, get_batch
 from folio.data.corpora import load_corpus
 from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
-from folio.models import build_model, model_config_from_dict
+from folio.models import build_model
 from folio.train import distributed
 from folio.train.config import build_run_config
 from folio.train.optim import make_optimizer
-from folio.train.trainer import train
+from folio.train.pretrain import train
 
 pytestmark = pytest.mark.distributed
 
@@ -93,7 +94,7 @@ def _reference_weights(dataset: Path, steps: int, world_size: int) -> dict[str, 
     run = build_run_config("tiny", [("seed", SEED), ("batch_size", 4), ("grad_accum", 2)])
     tc = run.train
     ds = Dataset.open(dataset)
-    config = model_config_from_dict("gpt", {**run.model, "vocab_size": ds.vocab_size})
+    config = run.resolve(ds.vocab_size).model
     random.seed(tc.seed)
     np.random.seed(tc.seed)
     torch.manual_seed(tc.seed)
@@ -183,13 +184,13 @@ def test_fsdp_needs_torchrun(dataset: Path, tmp_path: Path, monkeypatch) -> None
 def test_single_process_environment(monkeypatch) -> None:
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)
-    env = distributed.env_from_environ()
+    env = runtime.env_from_environ()
     assert (env.rank, env.world_size, env.enabled, env.is_main) == (0, 1, False, True)
-    assert distributed.init("cpu") == env  # no group for one process
+    assert runtime.init_distributed("cpu") == env  # no group for one process
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(FolioError, match="outside"):
-        distributed.env_from_environ()
+        runtime.env_from_environ()
 
 
 def test_a_rank_without_saved_streams_gets_fresh_ones() -> None:

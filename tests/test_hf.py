@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from folio.checkpoint import save_checkpoint
+from folio.checkpoint import clean_state_dict, save_checkpoint
 from folio.cli import main
 from folio.data.batches import Dataset
 from folio.data.corpora import load_corpus
@@ -166,7 +166,7 @@ def test_import_refuses_what_folio_cannot_represent(hf_dir, tmp_path: Path) -> N
 
 def _run_dir(root: Path, model: GPT) -> Path:
     run = root / "run"
-    save_checkpoint(run, model, model.config, CharTokenizer(CHARS), {"step": 1})
+    save_checkpoint(run, clean_state_dict(model), model.config, CharTokenizer(CHARS), {"step": 1})
     return run
 
 
@@ -306,3 +306,97 @@ def test_init_from_needs_a_matching_vocabulary(
     assert err.count("\n") == 1 and "vocabulary of 300" in err and "tokenizer" in err
     assert main(_train_args(char_dataset, str(hf_path), tmp_path / "run")) == 2
     assert "expected hf:DIR" in capsys.readouterr().err
+
+
+# --- issue 19: inconsistent Hugging Face directories and exports --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        (
+            "n_embd",
+            64,
+            "transformer.wte.weight is [V, 32] in the weights but [V, 64] by the config",
+        ),
+        ("n_positions", 64, "transformer.wpe.weight is [32, 32] in the weights but [64, 32]"),
+    ],
+)
+def test_init_from_a_config_that_disagrees_with_its_weights_is_one_line(
+    char_dataset: Path,
+    tmp_path: Path,
+    quiet_trainer: None,
+    capsys: pytest.CaptureFixture,
+    field: str,
+    value: int,
+    words: str,
+) -> None:
+    # issue 19 item 10: a RuntimeError listing every mismatched tensor.
+    vocab = Dataset.open(char_dataset).vocab_size
+    hf_path = tmp_path / "gpt2-char"
+    _hf_model(vocab=vocab).save_pretrained(hf_path)
+    config = json.loads((hf_path / "config.json").read_text())
+    (hf_path / "config.json").write_text(json.dumps({**config, field: value}))
+    capsys.readouterr()
+    assert main(_train_args(char_dataset, f"hf:{hf_path}", tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"{hf_path}: weights do not match the config" in err, err
+    assert words.replace("V", str(vocab)) in err, err
+
+
+def _export_char(root: Path, chars: list[str]) -> Path:
+    model = _folio_model(vocab_size=len(chars), activation="gelu_tanh", tie_weights=True)
+    return export_hf(model, root / "export", CharTokenizer(chars))
+
+
+def test_init_from_a_char_export_needs_the_datasets_characters(
+    char_dataset: Path, tmp_path: Path, quiet_trainer: None, capsys: pytest.CaptureFixture
+) -> None:
+    # issue 19 item 10: an export of as many but other characters was accepted silently.
+    chars = list(Dataset.open(char_dataset).tokenizer.chars)
+    other = chars[:-1] + ["\u00e9"]  # the same size, one character different
+    export = _export_char(tmp_path / "other", other)
+    assert main(_train_args(char_dataset, f"hf:{export}", tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert (
+        f"{export / 'folio_tokenizer.json'}: this model was trained with another tokenizer" in err
+    )
+    assert f"token {len(chars) - 1} is 'é' where the dataset's is {chars[-1]!r}" in err, err
+    assert not (tmp_path / "run").exists()
+    same = _export_char(tmp_path / "same", chars)
+    assert main(_train_args(char_dataset, f"hf:{same}", tmp_path / "run")) == 0
+
+
+def test_exported_bpe_tokenizer_encodes_a_literal_endoftext_as_folio_does(tmp_path: Path) -> None:
+    # issue 19 (smaller): the exported tokenizer.json matched "<|endoftext|>" in text as the
+    # special token, while Folio encodes it as bytes; eos_token_id was null.
+    from tokenizers import Tokenizer
+
+    from folio.tokenizers import BPETokenizer
+    from folio.tokenizers.bpe import EOT
+
+    docs = ["the king of my lord <|endoftext|> art good, sweet love.\n" * 30, "Ends here.\n"]
+    tok = BPETokenizer.train(docs, vocab_size=300)
+    model = _folio_model(vocab_size=tok.vocab_size, activation="gelu_tanh")
+    run, out = tmp_path / "run", tmp_path / "hf"
+    save_checkpoint(run, clean_state_dict(model), model.config, tok, {"step": 1})
+    assert main(["export", "--checkpoint", str(run), "--out", str(out)]) == 0
+
+    text = f"my lord{EOT}art good {EOT}\n<|endoftext|x> sweet"
+    ids = tok.encode(text)
+    assert tok.eot_id not in ids and tok.decode(ids) == text
+    raw = Tokenizer.from_file(str(out / "tokenizer.json"))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"))
+    auto = transformers.AutoTokenizer.from_pretrained(out)
+    assert raw.encode(text).ids == ids
+    assert fast.encode(text) == ids
+    assert auto.encode(text) == ids
+    assert auto.decode(ids) == text
+    assert raw.decode([tok.eot_id], skip_special_tokens=False) == EOT
+    config = json.loads((out / "config.json").read_text())
+    assert config["eos_token_id"] == config["bos_token_id"] == tok.eot_id is not None
+    assert auto.eos_token_id == tok.eot_id
+    hf = transformers.GPT2LMHeadModel.from_pretrained(out)
+    assert hf.generation_config.eos_token_id == tok.eot_id

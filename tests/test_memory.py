@@ -8,20 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 
-import folio.train.memory as memory
+import folio.memory as memory
 import folio.train.trainer as trainer_module
 from folio.cli import main
 from folio.data.corpora import load_corpus
 from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
-from folio.models import BigramConfig, GPTConfig, build_model
-from folio.train.config import TrainConfig, build_run_config
-from folio.train.memory import (
+from folio.memory import (
     available_memory,
     check_training_memory,
     count_parameters,
     estimate_training_memory,
 )
+from folio.models import BigramConfig, GPTConfig, build_model
+from folio.train.config import TrainConfig, build_run_config
 
 GiB = 2**30
 
@@ -62,7 +62,7 @@ def test_bigger_configs_estimate_more() -> None:
 
 def test_video_preset_estimate_is_a_few_gib() -> None:
     run = build_run_config("video", [])
-    est = estimate_training_memory(GPTConfig(vocab_size=65, **run.model), run.train)
+    est = estimate_training_memory(run.resolve(65).model, run.train)
     # 10.8M parameters: 0.16 GiB of states; activations at batch 64, block 256 dominate.
     assert est["n_params"] == 10_795_776
     assert est["states_bytes"] == 16 * 10_795_776

@@ -32,7 +32,7 @@ from folio.train.optim import (
     orthogonalize,
     param_groups,
 )
-from folio.train.trainer import train
+from folio.train.pretrain import train
 
 V, BLOCK = 20, 16
 
@@ -348,10 +348,10 @@ def test_train_config_accepts_ints_for_floats_and_the_edges() -> None:
 def test_overrides_are_validated_too() -> None:
     with pytest.raises(FolioError, match="learning_rate must not be negative"):
         build_run_config("tiny", [("train.learning_rate", -3e-4)])
-    with pytest.raises(FolioError, match="unknown training setting 'learning_rat'"):
+    with pytest.raises(FolioError, match="unknown setting 'learning_rat'"):
         build_run_config("tiny", [("train.learning_rat", 3e-4)])
     run = build_run_config("tiny", [("learning_rate", 3e-4), ("n_layer", 3)])  # bare names
-    assert run.train.learning_rate == 3e-4 and run.model["n_layer"] == 3
+    assert run.train.learning_rate == 3e-4 and run.model.n_layer == 3
 
 
 # --- resuming with the optimizer state of another optimizer (issue 19 item 11) -------------
@@ -440,7 +440,7 @@ def test_a_tampered_or_foreign_optimizer_state_is_one_line(
 
 
 def test_optimizer_state_tensors_of_the_wrong_shape_are_refused(tmp_path: Path) -> None:
-    from folio.checkpoint import load_optimizer_state
+    from folio.train.optim import load_optimizer_state
 
     model = _gpt()
     opt = make_optimizer(model, 1e-3, 0.1, (0.9, 0.95), "cpu")

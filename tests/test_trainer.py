@@ -1,5 +1,5 @@
 """The training loop and the run directory it writes (folio.train.trainer, folio.checkpoint),
-the evaluation helpers (folio.eval) and device/precision choices (folio.train.device).
+the evaluation helpers (folio.eval) and device/precision choices (folio.runtime).
 
 Every run is the 'tiny' preset (2 layers, 32 wide, block 16) on CPU, seeded, one thread,
 on a small word corpus. Rendering loss.png costs about 0.35 s per eval here, so tests
@@ -9,6 +9,7 @@ that do not look at the plot replace it with a no-op; the module's shared run ke
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from safetensors.torch import load_file, save_file
 
 import folio.checkpoint
 import folio.train.trainer as trainer_module
+from folio import runtime as device_module
 from folio.checkpoint import (
     clean_state_dict,
     load_checkpoint,
@@ -46,12 +48,12 @@ from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
 from folio.eval import estimate_loss, evaluate_split
 from folio.models import GPT, GPTConfig
+from folio.runtime import peak_flops, pick_device, resolve_dtype
 from folio.tokenizers import CharTokenizer
-from folio.train import device as device_module
 from folio.train.config import build_run_config
-from folio.train.device import peak_flops, pick_device, resolve_dtype
 from folio.train.optim import make_optimizer
-from folio.train.trainer import TrainResult, train
+from folio.train.pretrain import train
+from folio.train.trainer import TrainResult
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = 16
@@ -357,11 +359,20 @@ def test_best_pointer_follows_the_lowest_val_and_unreferenced_checkpoints_go(
     config = GPTConfig(vocab_size=5, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32)
     model, tok = GPT(config), CharTokenizer("abcde")
     for step, val, best in [(1, 2.0, True), (2, 3.0, False), (3, 2.5, False)]:
-        save_checkpoint(tmp_path, model, config, tok, {"step": step, "val_loss": val}, best=best)
+        save_checkpoint(
+            tmp_path,
+            clean_state_dict(model),
+            config,
+            tok,
+            {"step": step, "val_loss": val},
+            best=best,
+        )
     assert _pointer(tmp_path, "best")["step"] == 1
     assert _pointer(tmp_path, "latest")["step"] == 3
     assert _checkpoint_dirs(tmp_path) == {"step-00000001", "step-00000003"}
-    save_checkpoint(tmp_path, model, config, tok, {"step": 4, "val_loss": 1.0}, best=True)
+    save_checkpoint(
+        tmp_path, clean_state_dict(model), config, tok, {"step": 4, "val_loss": 1.0}, best=True
+    )
     assert _checkpoint_dirs(tmp_path) == {"step-00000004"}
     assert load_checkpoint(tmp_path, "best").state["step"] == 4
 
@@ -847,3 +858,151 @@ _real_matmul_flops = device_module._matmul_flops
 
 def _small_matmul_flops(dtype: torch.dtype, device: torch.device) -> float:
     return _real_matmul_flops(dtype, device, budget_s=0.05)
+
+
+# --- one run at a time, signals, finished runs --------------------------------------------
+
+
+def test_a_second_trainer_on_the_same_run_fails_at_once_naming_the_first(
+    dataset: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    first = _start(_cli_train(dataset, run_dir, "--max-iters", "100000"), cache_dir)
+    try:
+        _wait_until(lambda: _latest_step(run_dir) > 0, first)
+        second = subprocess.run(
+            _cli_train(dataset, run_dir, "--max-iters", "100000", "--resume"),
+            capture_output=True, text=True, timeout=120, cwd=REPO,
+            env={**os.environ, "FOLIO_CACHE": str(cache_dir)},
+        )  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        assert f"another trainer (PID {first.pid})" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+        assert first.poll() is None  # the first trainer goes on untouched
+    finally:
+        first.kill()
+        first.communicate()
+    # The lock does not outlive a SIGKILL: the run resumes at once.
+    result = _train(dataset, run_dir, ("train.max_iters", _latest_step(run_dir) + 2), resume=True)
+    assert result.stopped == "max_iters"
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_exits(
+    dataset: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    proc = _start(_cli_train(dataset, run_dir, "--max-iters", "100000"), cache_dir)
+    _wait_until(lambda: _latest_step(run_dir) > 0, proc)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out
+    match = re.search(r"stopped by SIGTERM: checkpoint saved at step (\d+); continue with", out)
+    assert match, out
+    step = int(match[1])
+    assert _assert_loadable(run_dir) == step
+    assert step > 2  # work since the last periodic checkpoint (every 2 steps) is kept, too
+    assert _step_rows(run_dir)[-1]["step"] == step
+
+
+def test_resuming_a_finished_run_says_it_is_complete(
+    run_copy: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from folio.cli import main
+
+    val = _pointer(run_copy)["val_loss"]
+    for iters in ("30", "20"):  # at, and below, the saved step
+        code = main(
+            ["train", "--data", str(dataset), "--preset", "tiny", "--out", str(run_copy),
+             "--resume", "--max-iters", iters, "--quiet", "--json"]
+        )  # fmt: skip
+        out, err = capsys.readouterr()
+        assert code == 2 and out == ""
+        assert err.strip() == (
+            f"folio: error: {run_copy}: the run is already complete at step 30 "
+            f"(val loss {val:.4f}); to train further, resume with a larger --max-iters"
+        )
+
+
+def test_tokens_per_s_after_resume_counts_this_sessions_tokens_only(
+    dataset: Path, tmp_path: Path
+) -> None:
+    _train(dataset, tmp_path / "run", ("train.max_iters", 20))
+    result = _train(dataset, tmp_path / "run", ("train.max_iters", 22), resume=True)
+    rows = _step_rows(tmp_path / "run")
+    per_step = 8 * BLOCK  # tiny: batch 8
+    assert rows[-1]["tokens"] == 22 * per_step  # the axis still counts every token seen
+    # Two steps' tokens over two steps' time; counting the 20 earlier steps' tokens too
+    # (the bug) would report 11 times the real rate.
+    assert result.tokens_per_s < 3 * max(r["tokens_per_s"] for r in rows)
+
+
+def test_run_json_records_the_dataset_as_an_absolute_path(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(dataset.parent)
+    _train(Path(dataset.name), tmp_path / "run", ("train.max_iters", 2))
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())["data"]
+    assert recorded == str(dataset)
+    monkeypatch.chdir(tmp_path)  # eval from elsewhere still finds the data
+    from folio.cli import main
+
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--max-batches", "1"]) == 0
+
+
+# --- a pluggable objective ------------------------------------------------------------------
+
+
+class _EveryOtherPosition:
+    """A toy objective: next-token loss counted on even positions only (as SFT counts the
+    assistant's), written outside the package to show a stage plugs in without the loop."""
+
+    splits = ("train", "val")
+
+    def __init__(self, data: dict[str, np.ndarray]) -> None:
+        self.data = data
+        self.tokens_per_batch = 4 * BLOCK
+
+    def batch(self, split: str, generator: torch.Generator):
+        from folio.data.batches import get_batch
+
+        x, y = get_batch(self.data[split], 4, BLOCK, generator)
+        mask = torch.zeros_like(y)
+        mask[:, ::2] = 1
+        return x, y, mask
+
+    def loss(self, model, batch) -> torch.Tensor:
+        from folio.train.losses import masked_lm_loss
+
+        x, y, mask = batch
+        logits, _ = model(x)
+        return masked_lm_loss(logits, y, mask)
+
+
+def test_a_toy_objective_trains_through_the_same_trainer_and_resumes_exactly(
+    dataset: Path, tmp_path: Path
+) -> None:
+    from folio.train.trainer import Trainer
+
+    ds = Dataset.open(dataset)
+    run = build_run_config(
+        "tiny", [("train.threads", 1), ("train.eval_iters", 2), ("train.eval_interval", 10)]
+    ).resolve(ds.vocab_size)
+    objective = _EveryOtherPosition({s: ds.tokens(s) for s in ("train", "val")})
+
+    def fit(out: Path, iters: int, resume: bool = False):
+        r = dataclasses.replace(run, train=dataclasses.replace(run.train, max_iters=iters))
+        t = Trainer(
+            r, objective, out, ds.tokenizer, resume=resume, progress=False, log=lambda *_: None
+        )
+        return t.fit()
+
+    whole = fit(tmp_path / "whole", 30)
+    evals = [r["val_loss"] for r in whole.history]
+    assert evals[-1] < evals[0] - 0.3  # the masked loss is learned
+    fit(tmp_path / "split", 10)
+    resumed = fit(tmp_path / "split", 30, resume=True)
+    assert resumed.val_loss == whole.val_loss  # checkpoints and resume came with the loop
+    a = load_checkpoint(tmp_path / "whole").model.state_dict()
+    b = load_checkpoint(tmp_path / "split").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

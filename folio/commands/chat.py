@@ -81,9 +81,9 @@ def run(args: argparse.Namespace) -> None:
 
     enable_batch_invariance()  # before any matrix multiply, as the server does
     from folio.checkpoint import load_checkpoint
+    from folio.runtime import pick_device
     from folio.sample.engine import Engine
     from folio.serve.session import ChatSession, ChatSettings
-    from folio.train.device import pick_device
 
     if args.max_new_tokens < 1:
         raise FolioError("--max-new-tokens must be at least 1")

@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> None:
         ) from None
     import torch
 
-    from folio.train.device import pick_device
+    from folio.runtime import pick_device
 
     args.api_key = args.api_key or os.environ.get("FOLIO_API_KEY") or None
     for name in ("max_batch", "max_queue", "max_tokens", "default_max_tokens", "max_body_bytes"):

@@ -5,13 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from folio.errors import FolioError
 from folio.models.bigram import BigramLanguageModel
-from folio.models.config import BigramConfig, GPTConfig, model_config_from_dict
+from folio.models.config import BigramConfig, GPTConfig, ModelConfig, model_config_from_dict
 from folio.models.gpt import GPT
 
 
 def build_model(config: BigramConfig | GPTConfig) -> nn.Module:
     """The model a config describes, freshly initialised."""
+    if config.vocab_size <= 0:
+        raise FolioError("model config: vocab_size is not set (it comes from the dataset)")
     if isinstance(config, BigramConfig):
         return BigramLanguageModel(config)
     return GPT(config)
@@ -32,6 +35,7 @@ def parameter_shapes(config: BigramConfig | GPTConfig) -> dict[str, tuple[int, .
 __all__ = [
     "GPT",
     "GPTConfig",
+    "ModelConfig",
     "BigramConfig",
     "BigramLanguageModel",
     "build_model",

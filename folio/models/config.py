@@ -6,6 +6,7 @@ so a bad preset or `--set` override fails before any tensor is allocated.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -26,13 +27,25 @@ def _bool(name: str, value: Any) -> None:
         raise FolioError(f"model config: {name} must be true or false, got {value!r}")
 
 
-def _from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
+def _vocab_size(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise FolioError(
-            f"{what}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            f"model config: vocab_size must be a positive integer (or 0: the dataset's), got {value!r}"
         )
+
+
+def unknown_key_error(what: str, key: str, known: list[str]) -> FolioError:
+    """One line naming an unknown setting and the nearest valid one."""
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f"did you mean {near[0]!r}?" if near else f"known: {', '.join(sorted(known))}"
+    return FolioError(f"{what}: unknown setting {key!r} ({hint})")
+
+
+def _from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
+    known = [f.name for f in fields(cls)]
+    for key in d:
+        if key not in known:
+            raise unknown_key_error(what, key, known)
     return cls(**d)
 
 
@@ -40,15 +53,15 @@ def _from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
 class BigramConfig:
     """The video's baseline: each token's logits for the next token are a table lookup."""
 
-    vocab_size: int
-    """Number of distinct tokens."""
+    vocab_size: int = 0
+    """Number of distinct tokens (0: the dataset's, filled in when the run starts)."""
     block_size: int = 8
     """Context length used for batching; the model itself looks at one token only."""
 
     model_type = "bigram"
 
     def __post_init__(self) -> None:
-        _positive_int("vocab_size", self.vocab_size)
+        _vocab_size(self.vocab_size)
         _positive_int("block_size", self.block_size)
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,8 +76,9 @@ class BigramConfig:
 class GPTConfig:
     """A decoder-only Transformer. The defaults are the video's final model without dropout."""
 
-    vocab_size: int
-    """Number of distinct tokens (65 for tinyshakespeare's characters)."""
+    vocab_size: int = 0
+    """Number of distinct tokens (65 for tinyshakespeare's characters; 0: the dataset's,
+    filled in when the run starts)."""
     block_size: int = 256
     """Maximum context length; learned position embeddings exist for this many positions."""
     n_layer: int = 6
@@ -102,7 +116,8 @@ class GPTConfig:
     model_type = "gpt"
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
+        _vocab_size(self.vocab_size)
+        for name in ("block_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
             _positive_int(name, getattr(self, name))
         for name in (
             "bias",
@@ -158,3 +173,6 @@ def model_config_from_dict(model_type: str, d: dict[str, Any]) -> BigramConfig |
     if not isinstance(model_type, str) or model_type not in MODEL_CONFIGS:
         raise FolioError(f"unknown model type {model_type!r} (known: {', '.join(MODEL_CONFIGS)})")
     return MODEL_CONFIGS[model_type].from_dict(d)
+
+
+ModelConfig = BigramConfig | GPTConfig

@@ -1,14 +1,29 @@
-"""Training configuration, presets and command-line overrides.
+"""The config tree of a run, presets, and the command-line flags made from it.
 
-A preset is a small TOML file in folio/configs/ with a [model] table (its
-`type` is "bigram" or "gpt", the rest are that model's config fields) and a
-[train] table (TrainConfig fields). `--set section.field=value` overrides any
-field; values are parsed as TOML (`3e-4`, `true`, `"cosine"`), so types stay
-honest. No config file is ever executed.
+A run is `RunConfig(model, train)`: a typed model config (`GPTConfig` or
+`BigramConfig`, from folio/models/config.py) and a `TrainConfig`. A preset is
+a small TOML file in folio/configs/ with a [model] table (its `type` is
+"bigram" or "gpt", the rest are that model's fields) and a [train] table.
+
+Every field is a flag: `--train.learning_rate 3e-4`, `--model.n_layer 4`,
+with the help text taken from the field's docstring, so a new setting is one
+edit here. `--set section.field=value` does the same, and a few short flags
+users already have (`--max-iters`, `--seed`, ...) come from one table,
+SHORT_FLAGS. Values are parsed as TOML (`3e-4`, `true`, `"cosine"`), so types
+stay honest, and no config file is ever executed.
+
+The whole tree is validated, unknown keys included (with the nearest valid
+name suggested), before any data or model is touched. Only the vocabulary
+size comes later, from the dataset, in `RunConfig.resolve`.
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
+import dataclasses
+import functools
+import inspect
 import math
 import tomllib
 from dataclasses import asdict, dataclass, fields
@@ -16,7 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from folio.errors import FolioError
-from folio.train.device import DTYPES
+from folio.models.config import (
+    BigramConfig,
+    GPTConfig,
+    ModelConfig,
+    model_config_from_dict,
+    unknown_key_error,
+)
+from folio.runtime import DTYPES
 from folio.train.optim import OPTIMIZERS, SCHEDULES
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -145,21 +167,42 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], what: str = "train config") -> TrainConfig:
+        known = [f.name for f in fields(cls)]
+        for key in d:
+            if key not in known:
+                raise unknown_key_error(what, key, known)
+        return cls(**d)
+
 
 @dataclass
 class RunConfig:
-    """Everything a training run needs: the model (type and fields) and the training config."""
+    """Everything a training run needs: the model's config and the training config."""
 
-    model_type: str
-    model: dict[str, Any]
+    model: ModelConfig
     train: TrainConfig
     preset: str = ""
+
+    @property
+    def model_type(self) -> str:
+        return self.model.model_type
+
+    def resolve(self, vocab_size: int) -> RunConfig:
+        """This config with the vocabulary size filled in from the dataset (the one late field)."""
+        if self.model.vocab_size not in (0, vocab_size):
+            raise FolioError(
+                f"model vocab_size {self.model.vocab_size} does not match the dataset's {vocab_size}"
+            )
+        return dataclasses.replace(
+            self, model=dataclasses.replace(self.model, vocab_size=vocab_size)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "preset": self.preset,
             "model_type": self.model_type,
-            "model": self.model,
+            "model": self.model.to_dict(),
             "train": self.train.to_dict(),
         }
 
@@ -183,6 +226,14 @@ def load_preset_dict(name_or_path: str) -> dict[str, Any]:
         raise FolioError(f"{path}: invalid preset TOML ({e})") from None
 
 
+def parse_value(raw: str) -> Any:
+    """A command-line value as TOML ('3e-4' -> 0.0003, 'true' -> True); a bare word stays a string."""
+    try:
+        return tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw.strip()
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """'train.learning_rate=3e-4' -> ('train.learning_rate', 0.0003). Strings need no quotes."""
     if "=" not in item:
@@ -190,41 +241,136 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, raw = (s.strip() for s in item.split("=", 1))
     if not key:
         raise FolioError(f"--set expects key=value, got {item!r}")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw  # a bare word such as cosine
-    return key, value
+    return key, parse_value(raw)
+
+
+TRAIN_FIELDS = [f.name for f in fields(TrainConfig)]
+MODEL_FIELDS = list(
+    dict.fromkeys(
+        [f.name for f in fields(GPTConfig)] + [f.name for f in fields(BigramConfig)] + ["type"]
+    )
+)
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    """'train.seed' -> ('train', 'seed'); a bare name goes to the section that has it."""
+    section, _, name = key.rpartition(".")
+    if not section:
+        section = "train" if name in TRAIN_FIELDS else "model"
+    if section not in ("model", "train"):
+        raise FolioError(f"--set {key}: section must be 'model' or 'train'")
+    known = TRAIN_FIELDS if section == "train" else MODEL_FIELDS
+    if name not in known:
+        raise unknown_key_error(f"{section} config", name, known)
+    return section, name
 
 
 def build_run_config(preset: str, overrides: list[tuple[str, Any]]) -> RunConfig:
-    """Load a preset, apply overrides, validate the training part (the model part is
-    validated once the vocabulary size is known)."""
+    """A preset with `overrides` applied, every field validated (vocab_size may stay 0)."""
     d = load_preset_dict(preset)
-    model = dict(d.get("model", {}))
-    train = dict(d.get("train", {}))
     unknown_sections = set(d) - {"model", "train", "description"}
     if unknown_sections:
         raise FolioError(
             f"preset {preset!r}: unknown section(s) {', '.join(sorted(unknown_sections))}"
         )
-    train_fields = {f.name for f in fields(TrainConfig)}
+    tables = {"model": dict(d.get("model", {})), "train": dict(d.get("train", {}))}
     for key, value in overrides:
-        section, _, name = key.rpartition(".")
-        if not section:
-            section = "train" if name in train_fields else "model"
-        if section == "train":
-            if name not in train_fields:
-                raise FolioError(f"unknown training setting {name!r}")
-            train[name] = value
-        elif section == "model":
-            model[name] = value
-        else:
-            raise FolioError(f"--set {key}: section must be 'model' or 'train'")
-    unknown = set(train) - train_fields
-    if unknown:
-        raise FolioError(
-            f"preset {preset!r}: unknown training setting(s) {', '.join(sorted(unknown))}"
-        )
+        section, name = _split_key(key)
+        tables[section][name] = value
+    model = tables["model"]
     model_type = model.pop("type", "gpt")
-    return RunConfig(model_type=model_type, model=model, train=TrainConfig(**train), preset=preset)
+    return RunConfig(
+        model=model_config_from_dict(model_type, model),
+        train=TrainConfig.from_dict(tables["train"], f"preset {preset!r}, train config"),
+        preset=preset,
+    )
+
+
+def preset_model_config(preset: str, vocab_size: int = 65) -> ModelConfig:
+    """A preset's model config with a vocabulary size (tinyshakespeare's 65 by default)."""
+    return build_run_config(preset, []).resolve(vocab_size).model
+
+
+# ------------------------------------------------------ flags from the config
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass, read from its source (first sentence kept whole)."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, after in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+SHORT_FLAGS: dict[str, str] = {
+    "max_iters": "train.max_iters",
+    "seed": "train.seed",
+    "batch_size": "train.batch_size",
+    "learning_rate": "train.learning_rate",
+    "eval_interval": "train.eval_interval",
+    "dtype": "train.dtype",
+    "device": "train.device",
+    "threads": "train.threads",
+    "max_time": "train.max_time",
+    "patience": "train.patience",
+    "compile": "train.compile",
+    "fsdp": "train.fsdp",
+}
+"""The short flags `folio train` has always had: `--max-iters 5` is `--train.max_iters 5`."""
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in fields(cls) if f.default is not dataclasses.MISSING}
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Add `--train.FIELD` and `--model.FIELD` for every field, plus SHORT_FLAGS and `--set`."""
+    group = parser.add_argument_group("training settings (override the preset)")
+    train_docs, train_defaults = field_docs(TrainConfig), _defaults(TrainConfig)
+    for name in TRAIN_FIELDS:
+        group.add_argument(
+            f"--train.{name}", dest=f"cfg:train.{name}", metavar="V", default=argparse.SUPPRESS,
+            help=f"{train_docs.get(name, '')} (unless the preset says: {train_defaults[name]!r})",
+        )  # fmt: skip
+    group = parser.add_argument_group("model settings (override the preset)")
+    docs = {**field_docs(BigramConfig), **field_docs(GPTConfig)}
+    docs["type"] = "'gpt' or 'bigram'."
+    for name in MODEL_FIELDS:
+        group.add_argument(
+            f"--model.{name}", dest=f"cfg:model.{name}", metavar="V", default=argparse.SUPPRESS,
+            help=docs.get(name, ""),
+        )  # fmt: skip
+    group = parser.add_argument_group("short forms")
+    for short, key in SHORT_FLAGS.items():
+        flag = "--" + short.replace("_", "-")
+        if TrainConfig.__dataclass_fields__[key.split(".")[1]].type == "bool":
+            group.add_argument(
+                flag, dest=f"cfg:{key}", action="store_const", const="true", help=f"= --{key} true"
+            )
+        else:
+            group.add_argument(
+                flag, dest=f"cfg:{key}", metavar="V", default=None, help=f"= --{key} V"
+            )
+    parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS,
+        help="override any field, e.g. train.learning_rate=3e-4 or model.n_layer=4 (repeatable)",
+    )  # fmt: skip
+
+
+def config_overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """The (key, value) overrides the flags of `add_config_flags` gave, `--set` first."""
+    pairs = [parse_override(s) for s in getattr(args, "set", None) or []]
+    for dest, raw in vars(args).items():
+        if dest.startswith("cfg:") and raw is not None:
+            pairs.append((dest[4:], parse_value(raw)))
+    return pairs

@@ -1,5 +1,6 @@
-"""Data-parallel training across processes: the torchrun environment, the process
-group and the few collectives the trainer needs.
+"""Data-parallel training across processes: the few collectives the trainer needs.
+
+The torchrun environment and the process group live in `folio.runtime`.
 
 `torchrun --nproc-per-node N -m folio train ...` starts N copies of the trainer
 with RANK, WORLD_SIZE and LOCAL_RANK set (and MASTER_ADDR/MASTER_PORT for the
@@ -16,99 +17,8 @@ step of N ranks with batch b sees the union of the N ranks' batches.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
-
-from folio.errors import FolioError
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    """Where this process stands in the job."""
-
-    rank: int = 0
-    """Global rank, 0 .. world_size - 1."""
-    world_size: int = 1
-    """Processes in the job."""
-    local_rank: int = 0
-    """Rank on this machine; picks the GPU."""
-    local_world_size: int = 1
-    """Processes on this machine; splits the CPU cores."""
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def env_from_environ() -> DistEnv:
-    """The torchrun variables, or a single process when they are absent."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return DistEnv()
-    try:
-        world = int(os.environ["WORLD_SIZE"])
-        rank = int(os.environ["RANK"])
-        local_rank = int(os.environ.get("LOCAL_RANK", rank))
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    except ValueError:
-        raise FolioError("RANK, WORLD_SIZE and LOCAL_RANK must be integers") from None
-    if not 0 <= rank < world:
-        raise FolioError(f"RANK {rank} is outside WORLD_SIZE {world}")
-    return DistEnv(rank, world, local_rank, local_world)
-
-
-def init(device_type: str) -> DistEnv:
-    """Join the process group torchrun describes (NCCL on CUDA, gloo elsewhere).
-
-    A single process (no torchrun, or WORLD_SIZE=1) creates no group.
-    """
-    env = env_from_environ()
-    if not env.enabled or dist.is_initialized():
-        return env
-    if device_type == "cuda":
-        torch.cuda.set_device(env.local_rank)
-        backend = "nccl"
-    elif device_type == "cpu":
-        backend = "gloo"
-    else:
-        raise FolioError(f"distributed training supports cuda and cpu, not {device_type}")
-    dist.init_process_group(backend=backend)
-    global _owned_group
-    _owned_group = True
-    return env
-
-
-_owned_group = False
-"""Whether init() created the group (a caller's own group is left for the caller to destroy)."""
-
-
-def teardown() -> None:
-    """Leave the process group init() created, after a last barrier so rank 0's files are complete."""
-    global _owned_group
-    if _owned_group and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-    _owned_group = False
-
-
-def is_main() -> bool:
-    """True on rank 0, and in a single process: the process that logs and writes files."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return env_from_environ().is_main
-
-
-def device_for(device: torch.device, env: DistEnv) -> torch.device:
-    """One GPU per process: cuda:LOCAL_RANK."""
-    if env.enabled and device.type == "cuda":
-        return torch.device("cuda", env.local_rank)
-    return device
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

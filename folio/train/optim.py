@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import inspect
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+from folio.errors import FolioError
 
 SCHEDULES = ("constant", "cosine", "wsd")
 
@@ -248,3 +252,111 @@ def muon_param_groups(
         {"params": other_matrices, "weight_decay": weight_decay},
         {"params": vectors, "weight_decay": 0.0},
     ]
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state dict with its kind ('adamw', 'muon') recorded, as checkpoints take it."""
+    return {**opt.state_dict(), "optimizer": optimizer_name(opt)}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _fits(saved: Any, current: Any) -> bool:
+    """Whether a saved hyperparameter can stand where this optimizer has `current`.
+
+    Numbers must stay finite numbers and tuples (betas) keep their length;
+    flags may differ (fused depends on the device) but stay flags or None.
+    """
+    if isinstance(current, bool):
+        return saved is None or isinstance(saved, bool)
+    if current is None:
+        return saved is None or isinstance(saved, bool | str)
+    if _number(current):
+        return _number(saved)
+    if isinstance(current, list | tuple):
+        return (
+            isinstance(saved, list | tuple)
+            and len(saved) == len(current)
+            and all(_fits(a, b) for a, b in zip(saved, current, strict=True))
+        )
+    return isinstance(saved, type(current))
+
+
+def _optimizer_mismatch(optimizer: torch.optim.Optimizer, state: Any) -> str | None:
+    """Why a saved optimizer state cannot be loaded into `optimizer`, or None if it can."""
+    if not isinstance(state, dict) or not isinstance(state.get("param_groups"), list):
+        return "it has no list of parameter groups"
+    saved_groups, groups = state["param_groups"], optimizer.param_groups
+    if len(saved_groups) != len(groups):
+        return f"it has {len(saved_groups)} parameter groups, this optimizer {len(groups)}"
+    params: dict[int, torch.Tensor] = {}  # saved id -> the parameter it stands for
+    for i, (saved, group) in enumerate(zip(saved_groups, groups, strict=True)):
+        ids = saved.get("params") if isinstance(saved, dict) else None
+        if not isinstance(ids, list) or not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in ids
+        ):
+            return f"parameter group {i} is malformed"
+        if len(ids) != len(group["params"]):
+            return (
+                f"parameter group {i} holds {len(ids)} tensors, this optimizer's "
+                f"{len(group['params'])}"
+            )
+        params.update(zip(ids, group["params"], strict=True))
+        for key, value in group.items():
+            if key != "params" and key in saved and not _fits(saved[key], value):
+                return f"parameter group {i} has {key} = {saved[key]!r}"
+    if len(params) != sum(len(g["params"]) for g in groups):
+        return "a parameter id appears twice"
+    per_param = state.get("state")
+    if not isinstance(per_param, dict):
+        return "its per-parameter state is not a mapping"
+    for pid, entries in per_param.items():
+        if pid not in params or not isinstance(entries, dict):
+            return f"it holds state for an unknown parameter {pid!r}"
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                if value.dim() and value.shape != params[pid].shape:
+                    return (
+                        f"{name} of parameter {pid} is {_dims(tuple(value.shape))}, the "
+                        f"parameter {_dims(tuple(params[pid].shape))}"
+                    )
+            elif not _number(value):
+                return f"{name} of parameter {pid} is {value!r}"
+    return None
+
+
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, state: dict[str, Any], path: str | Path
+) -> None:
+    """Load a checkpoint's optimizer state (from `Checkpoint.trainer_state`) into `optimizer`.
+
+    Refuses, in one FolioError line, a state saved by another optimizer ("this
+    run was trained with adamw") or one whose groups, hyperparameters or tensor
+    shapes do not fit (a tampered optimizer.json or trainer.safetensors), rather
+    than failing inside PyTorch now or at the first step.
+    """
+    where = Path(path) / "optimizer.json"
+    saved_name = state.get("optimizer") if isinstance(state, dict) else None
+    name = optimizer_name(optimizer)
+    if isinstance(saved_name, str) and saved_name != name:
+        raise FolioError(
+            f"{where}: this run was trained with {saved_name}; resume with the same optimizer "
+            f"(--set train.optimizer={saved_name}), not {name}"
+        )
+    why = _optimizer_mismatch(optimizer, state)
+    if why is None:
+        try:
+            optimizer.load_state_dict({k: v for k, v in state.items() if k != "optimizer"})
+            return
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+    raise FolioError(
+        f"{where}: the saved optimizer state does not fit this {name} optimizer ({why}); "
+        "resume with the optimizer and model the run was trained with"
+    )
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"

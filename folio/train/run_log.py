@@ -7,6 +7,7 @@ leaves the previous file or a file with one cut last line, which the reader skip
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,7 @@ def plot_losses(out_dir: Path, rows: list[dict[str, Any]]) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = out_dir / ".loss.png.tmp"
+    tmp = out_dir / f".loss.png.tmp-{os.getpid()}"
     try:
         fig.savefig(tmp, format="png", dpi=90)
         tmp.replace(out_dir / "loss.png")

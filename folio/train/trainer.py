@@ -1,23 +1,32 @@
-"""The training loop: batches -> loss -> gradients -> AdamW step, with everything
-a long run needs to be trusted.
+"""The one training loop: an objective's batches -> loss -> gradients -> optimizer step,
+with everything a long run needs to be trusted.
+
+Every stage (pretraining, SFT, a reward model, DPO, RL) is a `Trainer` with
+its own objective (folio/train/objectives.py); none copies the loop. Reading
+order: `TrainState` (what resume restores), then `Trainer.__init__` (setup),
+`train_step`, `evaluate`, `save`, and `fit`, the loop itself.
 
 One optimizer step: `grad_accum` micro-batches, each loss divided by
 grad_accum so the summed gradient equals that of one big batch; clip the
 global norm; set the scheduled learning rate; step. Every `eval_interval`
-steps: estimate train/val loss on fixed batches, write metrics and the loss
-plot, checkpoint (latest; best when val improved). Resume restores weights,
-optimizer, the data sampler's and dropout's random states and the step, so a
-resumed run continues exactly as if never stopped.
+steps: estimate each split's loss on fixed batches, write metrics and the
+loss plot, checkpoint (latest; best when val improved). Resume restores
+weights, optimizer, the data sampler's and dropout's random states and the
+counters, so a resumed run continues exactly as if never stopped. Ctrl-C and
+SIGTERM stop at the next step boundary with a checkpoint.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import math
+import os
 import random
 import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,29 +36,38 @@ import torch
 from torch import nn
 
 from folio.checkpoint import (
+    RunLock,
     check_fresh_run_dir,
+    clean_state_dict,
     load_checkpoint,
-    load_optimizer_state,
     move_run_aside,
     save_checkpoint,
 )
-from folio.data.batches import Dataset, get_batch
 from folio.errors import FolioError
-from folio.eval import estimate_loss
+from folio.eval import estimate_objective
 from folio.fsutil import atomic_write_json
-from folio.models import build_model, model_config_from_dict
-from folio.train import distributed
-from folio.train.config import RunConfig
-from folio.train.device import (
+from folio.memory import check_training_memory
+from folio.models import build_model
+from folio.runtime import (
     autocast,
+    device_for,
     flops_per_token,
+    init_distributed,
     peak_flops,
-    physical_cores,
     pick_device,
     resolve_dtype,
+    set_threads,
+    teardown_distributed,
 )
-from folio.train.memory import check_training_memory
-from folio.train.optim import learning_rate, make_optimizer_for
+from folio.train import distributed
+from folio.train.config import RunConfig
+from folio.train.objectives import Batch, Objective
+from folio.train.optim import (
+    learning_rate,
+    load_optimizer_state,
+    make_optimizer_for,
+    optimizer_state,
+)
 from folio.train.run_log import MetricsLog, NoMetrics, nan_snapshot, plot_losses
 
 
@@ -64,50 +82,100 @@ class TrainResult:
     best_val_loss: float | None
     seconds: float
     tokens_per_s: float
+    """Tokens trained in this session over this session's training time."""
     n_params: int
     stopped: str
-    """Why the run ended: 'max_iters', 'max_time', 'patience' or 'interrupted'."""
+    """Why the run ended: 'max_iters', 'max_time', 'patience', 'interrupted' or 'terminated'."""
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class TrainState:
+    """Everything resume restores besides weights and optimizer: counters and every RNG."""
+
+    data_gen: torch.Generator
+    """Draws the training batches (rank r: seeded with seed + r)."""
+    step: int = 0
+    tokens_seen: int = 0
+    best_val: float = math.inf
+    evals_since_best: int = 0
+
+    def state_dict(self, device: torch.device) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """(JSON-able counters and Python/numpy RNG, RNG tensors). A collective under torchrun."""
+        np_state = np.random.get_state()
+        plain = {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
+            "evals_since_best": self.evals_since_best,
+            "python_rng": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+            "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        }
+        tensors = {"rng.torch": torch.get_rng_state(), "rng.data": self.data_gen.get_state()}
+        if device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+        tensors.update(distributed.rank_rng_tensors(self.data_gen))  # ranks 1.., gathered
+        return plain, tensors
+
+    def load_state_dict(
+        self,
+        plain: dict[str, Any],
+        tensors: dict[str, torch.Tensor],
+        *,
+        seed: int,
+        rank: int,
+        device: torch.device,
+        where: Path,
+    ) -> None:
+        try:
+            self.step = int(plain["step"])
+            self.best_val = float(plain.get("best_val_loss") or math.inf)
+            self.evals_since_best = int(plain.get("evals_since_best", 0))
+            self.tokens_seen = int(plain.get("tokens_seen", 0))
+        except (KeyError, TypeError, ValueError):
+            raise FolioError(f"{where / 'state.json'}: training state is malformed") from None
+        distributed.restore_rank_rng(tensors, self.data_gen, seed, self.step, rank)
+        if "rng.cuda" in tensors and device.type == "cuda" and rank == 0:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+        if "python_rng" in plain:
+            v, internal, gauss = plain["python_rng"]
+            random.setstate((v, tuple(internal), gauss))
+        if "numpy_rng" in plain:
+            name, keys, pos, has_gauss, cached = plain["numpy_rng"]
+            np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
 class _StopFlag:
-    """Ctrl-C asks the loop to stop at the next step boundary; a second Ctrl-C aborts."""
+    """Ctrl-C or SIGTERM asks the loop to stop at the next step boundary; a second Ctrl-C aborts."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum: int | None = None
 
-    def __call__(self, signum, frame) -> None:
-        if self.requested:
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
+        self.signum = signum
 
-
-def _rng_tensors(data_gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
-    out = {"rng.torch": torch.get_rng_state(), "rng.data": data_gen.get_state()}
-    if device.type == "cuda":
-        out["rng.cuda"] = torch.cuda.get_rng_state(device)
-    return out
-
-
-def _py_np_rng() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "python_rng": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
-        "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-    }
-
-
-def _restore_py_np_rng(state: dict[str, Any]) -> None:
-    if "python_rng" in state:
-        v, internal, gauss = state["python_rng"]
-        random.setstate((v, tuple(internal), gauss))
-    if "numpy_rng" in state:
-        name, keys, pos, has_gauss, cached = state["numpy_rng"]
-        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Catch SIGINT and SIGTERM while the block runs (signals reach only the main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
 
 
 def _maybe_compile(
-    model: nn.Module, enabled: bool, example: tuple[torch.Tensor, torch.Tensor], log
+    model: nn.Module, enabled: bool, objective: Objective, example: Batch, log
 ) -> nn.Module:
     if not enabled:
         return model
@@ -117,8 +185,7 @@ def _maybe_compile(
         # Compile now, so a failure shows here and not mid-run; under fork_rng so the
         # warm-up's dropout masks leave the run's (and a resume's) random stream alone.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            _, loss = compiled(*example)
-            loss.backward()
+            objective.loss(compiled, example).backward()
         model.zero_grad(set_to_none=True)
         return compiled
     except Exception as e:  # noqa: BLE001 - any compiler failure means: run eager
@@ -129,406 +196,461 @@ def _maybe_compile(
         return model
 
 
-def train(
-    run: RunConfig,
-    data_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    log=print,
-    init_from: str | None = None,
-    force: bool = False,
-    restart: bool = False,
-) -> TrainResult:
-    """Train the model `run` describes on the dataset in `data_dir`, writing the run to `out_dir`.
+class Trainer:
+    """Trains `run.model` on `objective`, writing the run directory `out_dir`.
 
-    `init_from="hf:DIR"` starts from a local Hugging Face GPT-2's weights; the model's
-    shape then comes from DIR and, of `run.model`, only dropout applies. A fresh
-    run refuses a non-empty `out_dir` unless `restart`, which moves it aside.
+    `run` must be resolved (its vocab_size set). `init_weights` start the model
+    from pretrained weights; `meta` is recorded in run.json beside the config
+    (the dataset, where the weights came from). A fresh run refuses a non-empty
+    `out_dir` unless `restart`, which moves it aside; `resume` continues the
+    run's latest checkpoint.
     """
-    tc = run.train
-    out_dir = Path(out_dir)
-    if resume and restart:
-        raise FolioError("--resume continues a run and --restart starts it over: choose one")
-    ds = Dataset.open(data_dir)
-    tokenizer = ds.tokenizer
-    model_fields = dict(run.model)
-    init_weights = None
-    if init_from is not None:
-        from folio.hf import pretrained_for_training
 
-        model_config, init_weights = pretrained_for_training(
-            init_from, model_fields, ds.vocab_size, data_dir
-        )
-        run = dataclasses.replace(run, model_type=model_config.model_type)
-    else:
-        model_fields.setdefault("vocab_size", ds.vocab_size)
-        if model_fields["vocab_size"] != ds.vocab_size:
-            raise FolioError(
-                f"model vocab_size {model_fields['vocab_size']} does not match the dataset's {ds.vocab_size}"
+    def __init__(
+        self,
+        run: RunConfig,
+        objective: Objective,
+        out_dir: str | Path,
+        tokenizer: Any,
+        *,
+        init_weights: dict[str, torch.Tensor] | None = None,
+        meta: dict[str, Any] | None = None,
+        resume: bool = False,
+        restart: bool = False,
+        force: bool = False,
+        progress: bool = True,
+        log=print,
+    ) -> None:
+        tc = self.tc = run.train
+        self.run, self.objective, self.tokenizer = run, objective, tokenizer
+        self.out_dir, self.resumed = Path(out_dir), resume
+        self._check_flags(resume, restart)
+        # Runtime: device, the torchrun group (one GPU per process), precision.
+        self.device = pick_device(tc.device)
+        self.denv = init_distributed(self.device.type)
+        self.device = device_for(self.device, self.denv)
+        self.main = self.denv.is_main
+        self.log = log if self.main else (lambda *a, **k: None)
+        self.progress = progress and self.main
+        if self.main and not resume:
+            check_fresh_run_dir(self.out_dir, restart)  # before anything slow
+        self.dtype = resolve_dtype(tc.dtype, self.device)
+        # Refuse a config that cannot fit before allocating anything (force: try anyway).
+        check_training_memory(run.model, tc, self.device, force=force)
+        if self.device.type == "cpu":
+            set_threads(tc.threads, self.denv.local_world_size)
+        # Seeds, then the model: its initialisation draws from the global generator.
+        random.seed(tc.seed)
+        np.random.seed(tc.seed % 2**32)
+        torch.manual_seed(tc.seed)
+        self.state = TrainState(torch.Generator().manual_seed(tc.seed + self.denv.rank))
+        self.model = self._build_model(init_weights)
+        self.optimizer = make_optimizer_for(self.model, tc, self.device.type)
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+        self.lock = self._claim_run_dir(restart)
+        try:
+            if resume:
+                self._resume()
+            self._write_run_json(meta or {})
+            self.metrics = (
+                MetricsLog(self.out_dir / "metrics.jsonl", self.state.step if resume else None)
+                if self.main
+                else NoMetrics()
             )
-        model_config = model_config_from_dict(run.model_type, model_fields)
-    block_size = model_config.block_size
-    ds.check_block_size(block_size)
+            self.ddp, self.fwd = self._wrap()
+        except BaseException:
+            self._release()
+            raise
+        self.history: list[dict[str, Any]] = []
+        self.last_eval: dict[str, float] = {}
+        self.stop = _StopFlag()
+        self.train_time = 0.0
+        self.session_tokens = 0
+        self.tokens_per_step = objective.tokens_per_batch * tc.grad_accum * self.denv.world_size
+        self.peak: float | None = None
+        self._log_setup()
 
-    device = pick_device(tc.device)
-    # Under torchrun: join the group, one GPU per process; only rank 0 logs and writes.
-    denv = distributed.init(device.type)
-    device = distributed.device_for(device, denv)
-    main = denv.is_main
-    if not main:
-        log, progress = (lambda *a, **k: None), False
-    if main and not resume:
-        check_fresh_run_dir(out_dir, restart)  # before anything slow: nothing is touched yet
-    if tc.fsdp and not denv.enabled:
-        raise FolioError(
-            "--fsdp shards the model across processes: launch with torchrun --nproc-per-node 2 or more"
-        )
-    if tc.fsdp and tc.optimizer == "muon":
-        raise FolioError(
-            "--fsdp shards each matrix, and Muon needs whole matrices: use DDP or AdamW"
-        )
-    if tc.fsdp and resume:
-        raise FolioError("--fsdp checkpoints hold weights only: --resume needs a DDP or single run")
-    dtype = resolve_dtype(tc.dtype, device)
-    # Refuse a config that cannot fit before allocating anything (force=True: try anyway).
-    check_training_memory(model_config, tc, device, force=force)
-    if device.type == "cpu":
-        torch.set_num_threads(tc.threads or max(1, physical_cores() // denv.local_world_size))
-    random.seed(tc.seed)
-    np.random.seed(tc.seed % 2**32)
-    torch.manual_seed(tc.seed)
-    data_gen = torch.Generator().manual_seed(tc.seed + denv.rank)  # rank 0: the single stream
+    # ------------------------------------------------------------------ setup
 
-    model = build_model(model_config).to(device)
-    if init_weights is not None:
-        model.load_state_dict(init_weights)
-    if denv.rank:
-        torch.manual_seed(tc.seed + denv.rank)  # the same init everywhere, its own dropout
-    if tc.fsdp:
-        distributed.shard_model(model)
-    n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    optimizer = make_optimizer_for(model, tc, device.type)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-
-    step, best_val, tokens_seen, evals_since_best = 0, math.inf, 0, 0
-    if resume:
-        if not (out_dir / "latest.json").exists():
+    def _check_flags(self, resume: bool, restart: bool) -> None:
+        tc = self.tc
+        if resume and restart:
+            raise FolioError("--resume continues a run and --restart starts it over: choose one")
+        if tc.fsdp and tc.optimizer == "muon":
             raise FolioError(
-                f"{out_dir}: nothing to resume (no latest.json); drop --resume to start fresh"
+                "--fsdp shards each matrix, and Muon needs whole matrices: use DDP or AdamW"
             )
-        ck = load_checkpoint(out_dir, "latest")
-        if ck.model_config != model_config:
+        if tc.fsdp and resume:
+            raise FolioError(
+                "--fsdp checkpoints hold weights only: --resume needs a DDP or single run"
+            )
+
+    def _build_model(self, init_weights: dict[str, torch.Tensor] | None) -> nn.Module:
+        model = build_model(self.run.model).to(self.device)
+        if init_weights is not None:
+            model.load_state_dict(init_weights)
+        if self.tc.fsdp and not self.denv.enabled:
+            raise FolioError(
+                "--fsdp shards the model across processes: launch with torchrun "
+                "--nproc-per-node 2 or more"
+            )
+        if self.denv.rank:
+            torch.manual_seed(
+                self.tc.seed + self.denv.rank
+            )  # the same init everywhere, its own dropout
+        if self.tc.fsdp:
+            distributed.shard_model(model)
+        self.n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        return model
+
+    def _claim_run_dir(self, restart: bool) -> RunLock | None:
+        """Rank 0 locks the run directory (moving an old run aside first with --restart)."""
+        if not self.main:
+            return None
+        if self.resumed:
+            if not (self.out_dir / "latest.json").exists():
+                raise FolioError(
+                    f"{self.out_dir}: nothing to resume (no latest.json); drop --resume to start fresh"
+                )
+        elif restart and (aside := move_run_aside(self.out_dir)) is not None:
+            self.log(f"moved the old run to {aside}")
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise FolioError(
+                f"cannot create run directory {self.out_dir}: {e.strerror or e}"
+            ) from None
+        lock = RunLock(self.out_dir)
+        if not self.resumed:  # checked again under the lock: another trainer may have just begun
+            try:
+                check_fresh_run_dir(self.out_dir)
+            except FolioError:
+                lock.release()
+                raise
+        return lock
+
+    def _resume(self) -> None:
+        ck = load_checkpoint(self.out_dir, "latest")
+        if ck.model_config != self.run.model:
             raise FolioError(
                 f"{ck.path}: the checkpoint's model config differs from this run's; resume with the same preset"
             )
-        if ck.tokenizer.to_dict() != tokenizer.to_dict():
-            raise FolioError(
-                f"{ck.path}: the checkpoint's tokenizer does not match the dataset {data_dir}"
-            )
-        model.load_state_dict(ck.model.state_dict())
+        if ck.tokenizer.to_dict() != self.tokenizer.to_dict():
+            raise FolioError(f"{ck.path}: the checkpoint's tokenizer does not match the data")
+        self.model.load_state_dict(ck.model.state_dict())
         opt_state, rng = ck.trainer_state()
-        load_optimizer_state(optimizer, opt_state, ck.path)
-        try:
-            step = int(ck.state["step"])
-            best_val = float(ck.state.get("best_val_loss") or math.inf)
-            evals_since_best = int(ck.state.get("evals_since_best", 0))
-        except (KeyError, TypeError, ValueError):
-            raise FolioError(f"{ck.path / 'state.json'}: training state is malformed") from None
-        tokens_seen = int(ck.state.get("tokens_seen", 0))
-        distributed.restore_rank_rng(rng, data_gen, tc.seed, step, denv.rank)
-        if "rng.cuda" in rng and device.type == "cuda" and main:
-            torch.cuda.set_rng_state(rng["rng.cuda"], device)
-        _restore_py_np_rng(ck.state)
-        log(f"resuming from {ck.path} at step {step}")
-    elif main:
-        if restart and (aside := move_run_aside(out_dir)) is not None:
-            log(f"moved the old run to {aside}")
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise FolioError(f"cannot create run directory {out_dir}: {e.strerror or e}") from None
-    if main:
-        atomic_write_json(
-            out_dir / "run.json",
-            {
-                **run.to_dict(),
-                "model": model_config.to_dict(),
-                "data": str(data_dir),
-                "init_from": init_from,
-            },
+        load_optimizer_state(self.optimizer, opt_state, ck.path)
+        self.state.load_state_dict(
+            ck.state, rng, seed=self.tc.seed, rank=self.denv.rank, device=self.device, where=ck.path
         )
-    metrics = (
-        MetricsLog(out_dir / "metrics.jsonl", step if resume else None) if main else NoMetrics()
-    )
+        if self.state.step >= self.tc.max_iters:
+            val = ck.state.get("val_loss")
+            shown = f" (val loss {val:.4f})" if isinstance(val, float) else ""
+            raise FolioError(
+                f"{self.out_dir}: the run is already complete at step {self.state.step}{shown}; "
+                f"to train further, resume with a larger --max-iters"
+            )
+        self.log(f"resuming from {ck.path} at step {self.state.step}")
 
-    train_data, val_data = ds.tokens("train"), ds.tokens("val")
-    tokens_per_step = tc.batch_size * tc.grad_accum * block_size * denv.world_size
-    ac = lambda: autocast(device, dtype)  # noqa: E731
-    example = tuple(
-        t.to(device)
-        for t in get_batch(train_data, tc.batch_size, block_size, torch.Generator().manual_seed(0))
-    )
-    ddp = None
-    if denv.enabled and not tc.fsdp:  # after the weights are final: DDP broadcasts rank 0's
-        from torch.nn.parallel import DistributedDataParallel
+    def _write_run_json(self, meta: dict[str, Any]) -> None:
+        if self.main:
+            atomic_write_json(self.out_dir / "run.json", {**self.run.to_dict(), **meta})
 
-        ddp = DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            **distributed.no_buffer_sync_kwargs(),  # buffers (the causal mask) never change
+    def _wrap(self) -> tuple[nn.Module | None, nn.Module]:
+        """(the DDP wrapper or None, the module the loss runs through: maybe compiled)."""
+        ddp = None
+        if (
+            self.denv.enabled and not self.tc.fsdp
+        ):  # after the weights are final: DDP broadcasts rank 0's
+            from torch.nn.parallel import DistributedDataParallel
+
+            ddp = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                **distributed.no_buffer_sync_kwargs(),  # buffers (the causal mask) never change
+            )
+        example = self._to_device(self.objective.batch("train", torch.Generator().manual_seed(0)))
+        fwd = _maybe_compile(ddp or self.model, self.tc.compile, self.objective, example, self.log)
+        return ddp, fwd
+
+    def _log_setup(self) -> None:
+        tc, d = self.tc, self.device
+        if self.denv.enabled:
+            self.log(
+                f"{self.denv.world_size} processes ({'FSDP' if tc.fsdp else 'DDP'}), "
+                f"global batch {tc.batch_size} x {tc.grad_accum} x {self.denv.world_size} sequences"
+            )
+        precision = (
+            "fp32" if self.dtype == torch.float32 else f"{str(self.dtype).split('.')[-1]} autocast"
         )
-    fwd = _maybe_compile(ddp or model, tc.compile, example, log)
-    flops_tok = flops_per_token(
-        n_params,
-        getattr(model_config, "n_layer", 0),
-        getattr(model_config, "n_embd", 0),
-        block_size,
-    )
-    peak = None
-
-    if denv.enabled:
-        log(
-            f"{denv.world_size} processes ({'FSDP' if tc.fsdp else 'DDP'}), "
-            f"global batch {tc.batch_size} x {tc.grad_accum} x {denv.world_size} sequences"
+        self.log(
+            f"{self.run.model_type} model, {self.n_params / 1e6:.2f}M parameters | device {d}, "
+            f"{precision}, {torch.get_num_threads() if d.type == 'cpu' else ''} threads | "
+            f"{self.tokens_per_step} tokens/step"
         )
-    log(
-        f"{run.model_type} model, {n_params / 1e6:.2f}M parameters | device {device}, "
-        f"{'fp32' if dtype == torch.float32 else str(dtype).split('.')[-1] + ' autocast'}, "
-        f"{torch.get_num_threads() if device.type == 'cpu' else ''} threads | {tokens_per_step} tokens/step"
-    )
 
-    def evaluate() -> dict[str, float]:
-        # Every rank evaluates the same fixed batches on the unwrapped model (no DDP
-        # collectives to deadlock); rank 0's numbers decide best/patience for all.
-        losses = estimate_loss(
-            model if denv.enabled else fwd,
-            {"train": train_data, "val": val_data},
-            tc.batch_size,
-            block_size,
-            tc.eval_iters,
-            tc.seed + 1,
-            device,
-            ac,
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    # ------------------------------------------------------------ the parts
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return tuple(t.to(self.device, non_blocking=True) for t in batch)
+
+    def autocast(self):
+        return autocast(self.device, self.dtype)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over grad_accum micro-batches; returns what the metrics log."""
+        tc, st = self.tc, self.state
+        t0 = time.perf_counter()
+        lr = learning_rate(
+            st.step, schedule=tc.lr_schedule, max_lr=tc.learning_rate, min_lr=tc.min_lr,
+            warmup_iters=tc.warmup_iters, max_iters=tc.max_iters, decay_fraction=tc.decay_fraction,
+        )  # fmt: skip
+        for group in self.optimizer.param_groups:  # Muon's matrices have their own peak rate
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        loss_sum = 0.0
+        for micro in range(tc.grad_accum):
+            batch = self._to_device(self.objective.batch("train", st.data_gen))
+            # Ranks reduce gradients only after the last micro-batch: one all-reduce a step.
+            with distributed.grad_sync(self.ddp or self.model, micro == tc.grad_accum - 1):
+                with self.autocast():
+                    loss = self.objective.loss(self.fwd, batch)
+                loss = loss / tc.grad_accum
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            loss_sum += loss.detach().float().item()
+        if self.denv.enabled:  # the global batch's loss, the same on every rank
+            loss_sum = distributed.all_reduce_sum([loss_sum], self.device)[0] / self.denv.world_size
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
+        grad_norm = distributed.to_float(
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         )
-        if denv.enabled:
-            values = distributed.broadcast_floats(list(losses.values()), device)
+        self._check_finite(loss_sum, grad_norm, lr, batch)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        st.step += 1
+        st.tokens_seen += self.tokens_per_step
+        self.session_tokens += self.tokens_per_step
+        dt = time.perf_counter() - t0
+        self.train_time += dt
+        return {
+            "loss": loss_sum,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": self.tokens_per_step / dt,
+        }
+
+    def _check_finite(self, loss: float, grad_norm: float, lr: float, batch: Batch) -> None:
+        """The NaN guard: stop with a diagnostic snapshot instead of training on garbage."""
+        if math.isfinite(loss) and (math.isfinite(grad_norm) or self.scaler is not None):
+            return  # (with a gradient scaler an inf norm only means: skip this step)
+        step = self.state.step
+        if self.main and not self.tc.fsdp and len(batch) >= 2:
+            nan_snapshot(self.out_dir, self.model, self.run.model, self.tokenizer, step, *batch[:2])
+        what, value = ("loss", loss) if not math.isfinite(loss) else ("gradient norm", grad_norm)
+        raise FolioError(
+            f"step {step}: the {what} became {value} (likely causes: learning rate {lr:g} too "
+            f"high, float16 overflow, or bad data); a diagnostic snapshot is in "
+            f"{self.out_dir / f'nan-step-{step}'}"
+        )
+
+    def evaluate(self) -> dict[str, float]:
+        """Each split's mean loss over eval_iters fixed batches (the same batches every time)."""
+        # Every rank evaluates the same batches on the unwrapped model (no DDP collectives
+        # to deadlock); rank 0's numbers decide best and patience for all.
+        model = self.model if self.denv.enabled else self.fwd
+        losses = estimate_objective(
+            self.model,
+            lambda batch: self.objective.loss(model, self._to_device(batch)),
+            self.objective.batch,
+            self.objective.splits,
+            self.tc.eval_iters,
+            self.tc.seed + 1,
+            self.autocast,
+        )
+        extra = getattr(self.objective, "metrics", None)
+        if extra is not None:  # a stage's own figures (held-out pass@1, reward, KL, ...)
+            was_training = self.model.training
+            self.model.eval()
+            with torch.no_grad(), self.autocast():
+                losses.update(extra(self.model))
+            self.model.train(was_training)
+        if self.denv.enabled:
+            values = distributed.broadcast_floats(list(losses.values()), self.device)
             losses = dict(zip(losses, values, strict=True))
         return losses
 
-    history: list[dict[str, Any]] = []
-    last_eval: dict[str, float] = {}
-    stop_flag = _StopFlag()
-    old_handler = signal.signal(signal.SIGINT, stop_flag) if _main_thread() else None
-    stopped = "max_iters"
-    t_start = time.perf_counter()
-    train_time = 0.0
-    bar = None
-    if progress:
+    def save(self, losses: dict[str, float], best: bool) -> None:
+        """Checkpoint this step (latest; best too when `best`). Collectives first, then rank 0 writes."""
+        plain, rng = self.state.state_dict(self.device)
+        weights = (
+            clean_state_dict(distributed.full_state_dict(self.model))
+            if self.tc.fsdp
+            else (clean_state_dict(self.model) if self.main else {})
+        )
+        if not self.main:
+            return
+        state = {
+            **plain,
+            "val_loss": losses["val"],
+            "train_loss": losses["train"],
+            "world_size": self.denv.world_size,
+        }
+        save_checkpoint(
+            self.out_dir, weights, self.run.model, self.tokenizer, state,
+            optimizer_state=None if self.tc.fsdp else optimizer_state(self.optimizer),
+            rng_tensors=rng, best=best,
+        )  # fmt: skip
+
+    def evaluate_and_save(self, bar) -> None:
+        """Evaluate, log, checkpoint and plot: what every eval_interval steps brings."""
+        st = self.state
+        losses = self.last_eval = self.evaluate()
+        # The step-0 estimate is only the curve's starting point: it has no
+        # checkpoint, so it must not become the "best" that best.json points to.
+        improved = st.step > 0 and losses["val"] < st.best_val
+        if improved:
+            st.best_val, st.evals_since_best = losses["val"], 0
+        elif st.step > 0:
+            st.evals_since_best += 1
+        row = {
+            "step": st.step,
+            "tokens": st.tokens_seen,
+            "train_loss": losses["train"],
+            "val_loss": losses["val"],
+            **{k: v for k, v in losses.items() if k not in ("train", "val")},
+            "eval": True,
+            "time": time.perf_counter() - self.t_start,
+        }
+        self.history.append(row)
+        self.metrics.write(row)
+        msg = f"step {st.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+        msg += "".join(f", {k} {v:.4f}" for k, v in losses.items() if k not in ("train", "val"))
+        (bar.write if bar else self.log)(msg)
+        if self.tc.save_checkpoints and st.step > 0:
+            self.save(losses, improved)
+        if self.main:
+            plot_losses(self.out_dir, self.metrics.rows)
+
+    def _log_step(self, stats: dict[str, float], bar) -> None:
+        st, tc = self.state, self.tc
+        if st.step % tc.log_interval == 0 or st.step == tc.max_iters:
+            cfg = self.run.model
+            flops = flops_per_token(
+                self.n_params, getattr(cfg, "n_layer", 0), getattr(cfg, "n_embd", 0), cfg.block_size
+            )
+            if self.peak is None and flops:
+                self.peak = peak_flops(self.device, self.dtype)
+            mfu = (
+                flops * stats["tokens_per_s"] / (self.peak * self.denv.world_size)
+                if self.peak
+                else None
+            )
+            self.metrics.write(
+                {"step": st.step, "tokens": st.tokens_seen, **stats, "mfu": mfu,
+                 "time": time.perf_counter() - self.t_start}
+            )  # fmt: skip
+        if bar:
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}",
+                tok_s=f"{stats['tokens_per_s']:,.0f}", refresh=False,
+            )  # fmt: skip
+
+    def _stop_reason(self) -> str | None:
+        """Why to stop after this step, agreed by every rank: the clock or a signal."""
+        out_of_time = (
+            self.tc.max_time > 0 and time.perf_counter() - self.t_start >= self.tc.max_time
+        )
+        signum = float(self.stop.signum or 0)
+        if self.denv.enabled:  # any rank's clock or signal stops every rank
+            flags = distributed.all_reduce_sum([float(out_of_time), signum], self.device)
+            out_of_time, signum = flags[0] > 0, flags[1]
+        if out_of_time:
+            return "max_time"
+        if signum:
+            return "terminated" if signum == signal.SIGTERM else "interrupted"
+        return None
+
+    @contextlib.contextmanager
+    def _progress_bar(self) -> Iterator[Any]:
+        if not self.progress:
+            yield None
+            return
         from tqdm import tqdm
 
         bar = tqdm(
-            total=tc.max_iters,
-            initial=step,
-            desc="train",
-            unit="it",
-            dynamic_ncols=True,
-            file=sys.stderr,
+            total=self.tc.max_iters, initial=self.state.step, desc="train", unit="it",
+            dynamic_ncols=True, file=sys.stderr,
+        )  # fmt: skip
+        with bar:
+            yield bar
+
+    # --------------------------------------------------------------- the loop
+
+    def fit(self) -> TrainResult:
+        """Train until max_iters, the time budget, patience or a stop signal."""
+        tc, st = self.tc, self.state
+        self.t_start = time.perf_counter()
+        stopped = "max_iters"
+        try:
+            with self.stop.installed(), self._progress_bar() as bar:
+                # The curve's starting point: an estimate before the first step.
+                if tc.eval_at_start and st.step == 0:
+                    self.evaluate_and_save(bar)
+                self.model.train()
+                while st.step < tc.max_iters:
+                    # One optimizer step, then its metrics.
+                    self._log_step(self.train_step(), bar)
+                    # Decide (all ranks together) whether the clock or a signal stops us here.
+                    reason = self._stop_reason()
+                    # Evaluate and checkpoint on schedule, at the end, and before any stop.
+                    if st.step % tc.eval_interval == 0 or st.step == tc.max_iters or reason:
+                        self.evaluate_and_save(bar)
+                        if tc.patience and st.evals_since_best >= tc.patience:
+                            stopped = "patience"
+                            self.log(
+                                f"early stop: val loss has not improved for {tc.patience} evals "
+                                f"(best {st.best_val:.4f})"
+                            )
+                            break
+                    if reason:
+                        stopped = reason
+                        self.log(self._stop_message(reason))
+                        break
+        finally:
+            self._release()
+        seconds = time.perf_counter() - self.t_start
+        teardown_distributed()
+        return TrainResult(
+            run_dir=self.out_dir,
+            step=st.step,
+            train_loss=self.last_eval.get("train"),
+            val_loss=self.last_eval.get("val"),
+            best_val_loss=st.best_val if math.isfinite(st.best_val) else None,
+            seconds=seconds,
+            tokens_per_s=self.session_tokens / self.train_time if self.train_time else 0.0,
+            n_params=self.n_params,
+            stopped=stopped,
+            history=self.history,
         )
 
-    def do_eval_and_checkpoint(final: bool) -> None:
-        nonlocal best_val, evals_since_best, last_eval
-        losses = evaluate()
-        last_eval = losses
-        # The step-0 estimate is only the curve's starting point: it has no
-        # checkpoint, so it must not become the "best" that best.json points to.
-        improved = step > 0 and losses["val"] < best_val
-        if improved:
-            best_val, evals_since_best = losses["val"], 0
-        elif step > 0:
-            evals_since_best += 1
-        row = {
-            "step": step,
-            "tokens": tokens_seen,
-            "train_loss": losses["train"],
-            "val_loss": losses["val"],
-            "eval": True,
-            "time": time.perf_counter() - t_start,
-        }
-        history.append(row)
-        metrics.write(row)
-        msg = f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-        (bar.write if bar else log)(msg)
-        if tc.save_checkpoints and step > 0:
-            state = {
-                "step": step,
-                "tokens_seen": tokens_seen,
-                "val_loss": losses["val"],
-                "train_loss": losses["train"],
-                "best_val_loss": best_val,
-                "evals_since_best": evals_since_best,
-                **_py_np_rng(),
-                "world_size": denv.world_size,
-            }
-            # Collectives first (every rank), then rank 0 writes.
-            rng_tensors = {
-                **_rng_tensors(data_gen, device),
-                **distributed.rank_rng_tensors(data_gen),
-            }
-            weights = _FullWeights(distributed.full_state_dict(model)) if tc.fsdp else model
-            if main:
-                save_checkpoint(
-                    out_dir,
-                    weights,
-                    model_config,
-                    tokenizer,
-                    state,
-                    optimizer=None if tc.fsdp else optimizer,
-                    rng_tensors=rng_tensors,
-                    best=improved,
-                )
-        if main:
-            plot_losses(out_dir, metrics.rows)
-
-    try:
-        if tc.eval_at_start and step == 0:
-            do_eval_and_checkpoint(final=False)
-        model.train()
-        while step < tc.max_iters:
-            t0 = time.perf_counter()
-            lr = learning_rate(
-                step,
-                schedule=tc.lr_schedule,
-                max_lr=tc.learning_rate,
-                min_lr=tc.min_lr,
-                warmup_iters=tc.warmup_iters,
-                max_iters=tc.max_iters,
-                decay_fraction=tc.decay_fraction,
-            )
-            for group in optimizer.param_groups:  # Muon's matrices have their own peak rate
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            loss_sum = 0.0
-            for micro in range(tc.grad_accum):
-                x, y = get_batch(train_data, tc.batch_size, block_size, data_gen)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                # Ranks reduce gradients only after the last micro-batch.
-                with distributed.grad_sync(ddp or model, micro == tc.grad_accum - 1):
-                    with ac():
-                        _, loss = fwd(x, y)
-                    loss = loss / tc.grad_accum
-                    (scaler.scale(loss) if scaler else loss).backward()
-                loss_sum += loss.detach().float().item()
-            if denv.enabled:  # the global batch's loss, the same on every rank
-                loss_sum = distributed.all_reduce_sum([loss_sum], device)[0] / denv.world_size
-            if scaler:
-                scaler.unscale_(optimizer)
-            grad_norm = distributed.to_float(
-                torch.nn.utils.clip_grad_norm_(
-                    model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf
-                )
-            )
-            if not math.isfinite(loss_sum) or (not math.isfinite(grad_norm) and scaler is None):
-                if main and not tc.fsdp:
-                    nan_snapshot(out_dir, model, model_config, tokenizer, step, x, y)
-                what = "loss" if not math.isfinite(loss_sum) else "gradient norm"
-                raise FolioError(
-                    f"step {step}: the {what} became {loss_sum if what == 'loss' else grad_norm} "
-                    f"(likely causes: learning rate {lr:g} too high, float16 overflow, or bad data); "
-                    f"a diagnostic snapshot is in {out_dir / f'nan-step-{step}'}"
-                )
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += tokens_per_step
-            dt = time.perf_counter() - t0
-            train_time += dt
-            tok_s = tokens_per_step / dt
-            if step % tc.log_interval == 0 or step == tc.max_iters:
-                if peak is None and flops_tok:
-                    peak = peak_flops(device, dtype)
-                mfu = flops_tok * tok_s / (peak * denv.world_size) if peak else None
-                row = {
-                    "step": step,
-                    "tokens": tokens_seen,
-                    "loss": loss_sum,
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "tokens_per_s": tok_s,
-                    "mfu": mfu,
-                    "time": time.perf_counter() - t_start,
-                }
-                metrics.write(row)
-            if bar:
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False
-                )
-            elapsed = time.perf_counter() - t_start
-            out_of_time = tc.max_time > 0 and elapsed >= tc.max_time
-            if denv.enabled:  # stop together: any rank's clock or Ctrl-C stops every rank
-                flags = distributed.all_reduce_sum(
-                    [float(out_of_time), float(stop_flag.requested)], device
-                )
-                out_of_time, stop_flag.requested = flags[0] > 0, flags[1] > 0
-            if (
-                step % tc.eval_interval == 0
-                or step == tc.max_iters
-                or out_of_time
-                or stop_flag.requested
-            ):
-                do_eval_and_checkpoint(final=step == tc.max_iters)
-                if tc.patience and evals_since_best >= tc.patience:
-                    stopped = "patience"
-                    log(
-                        f"early stop: val loss has not improved for {tc.patience} evals (best {best_val:.4f})"
-                    )
-                    break
-            if out_of_time:
-                stopped = "max_time"
-                log(f"time budget of {tc.max_time:g} s reached at step {step}")
-                break
-            if stop_flag.requested:
-                stopped = "interrupted"
-                log(f"interrupted: checkpoint saved at step {step}; continue with --resume")
-                break
-    finally:
-        if bar:
-            bar.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
-    seconds = time.perf_counter() - t_start
-    distributed.teardown()
-    return TrainResult(
-        run_dir=out_dir,
-        step=step,
-        train_loss=last_eval.get("train"),
-        val_loss=last_eval.get("val"),
-        best_val_loss=best_val if math.isfinite(best_val) else None,
-        seconds=seconds,
-        tokens_per_s=(tokens_seen / train_time) if train_time else 0.0,
-        n_params=n_params,
-        stopped=stopped,
-        history=history,
-    )
+    def _stop_message(self, reason: str) -> str:
+        step = self.state.step
+        if reason == "max_time":
+            return f"time budget of {self.tc.max_time:g} s reached at step {step}"
+        what = "stopped by SIGTERM" if reason == "terminated" else "interrupted"
+        return f"{what}: checkpoint saved at step {step}; continue with --resume"
 
 
-class _FullWeights(nn.Module):
-    """A sharded model's gathered weights, in the shape save_checkpoint reads."""
-
-    def __init__(self, weights: dict[str, torch.Tensor]) -> None:
-        super().__init__()
-        self.weights = weights
-
-    def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        return dict(self.weights)
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+def run_dir_meta(data_dir: str | Path, init_from: str | None) -> dict[str, Any]:
+    """What run.json records beside the config: the absolute dataset path and the initial weights."""
+    return {"data": os.path.abspath(data_dir), "init_from": init_from}

@@ -23,16 +23,18 @@ from typing import Any
 
 import torch
 
-from folio.bench_sample import _cpu_name, preset_model_config
 from folio.models import GPT
-from folio.train.device import (
+from folio.runtime import (
     autocast,
     cpu_has_fast_bf16,
+    cpu_info,
     flops_per_token,
+    machine_name,
     peak_flops,
-    physical_cores,
     pick_device,
+    set_threads,
 )
+from folio.train.config import preset_model_config
 from folio.train.optim import make_optimizer_for
 
 
@@ -160,7 +162,8 @@ def bench_train(
     return {
         "preset": preset,
         "device": str(dev),
-        "machine": _cpu_name() if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "machine": machine_name(dev),
+        "cpu_flags": cpu_info().notable_flags(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "fast_bf16": fast_bf16,
@@ -214,7 +217,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads or physical_cores())
+    set_threads(args.threads or 0)
     result = bench_train(
         args.preset, steps=args.steps, warmup=args.warmup, compile=not args.no_compile,
         bf16=args.bf16, batch_size=args.batch_size, device=args.device,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import time
 from dataclasses import asdict
@@ -28,31 +27,10 @@ from typing import Any
 
 import torch
 
-from folio.models import GPT, GPTConfig, model_config_from_dict
+from folio.models import GPT, GPTConfig
+from folio.runtime import TORCH_DTYPES, cpu_info, machine_name
 from folio.sample import Sampler, SamplingConfig
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def preset_model_config(preset: str, vocab_size: int = 65) -> GPTConfig:
-    """The GPT config of a preset, with tinyshakespeare's 65-character vocabulary."""
-    from folio.train.config import load_preset_dict
-
-    model = dict(load_preset_dict(preset).get("model", {}))
-    model.pop("type", None)
-    model.setdefault("vocab_size", vocab_size)
-    return model_config_from_dict("gpt", model)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from folio.train.config import preset_model_config
 
 
 def _tokens_per_s(
@@ -97,7 +75,7 @@ def bench_sample(
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     for dtype in dtypes:
-        sampler = Sampler(model, device=device, dtype=DTYPES[dtype])
+        sampler = Sampler(model, device=device, dtype=TORCH_DTYPES[dtype])
         full, uncached = new_tokens, uncached_tokens or new_tokens
         if dtype != "float32" and device == "cpu" and low_precision_tokens is not None:
             full = uncached = min(full, low_precision_tokens)
@@ -137,7 +115,8 @@ def bench_sample(
     return {
         "model": {**asdict(preset_config), "params": model.num_params()},
         "device": device,
-        "machine": _cpu_name(),
+        "machine": machine_name(torch.device(device)),
+        "cpu_flags": cpu_info().notable_flags(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "repeats": repeats,
@@ -192,7 +171,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--dtypes",
         nargs="+",
         default=["float32", "bfloat16"],
-        choices=list(DTYPES),
+        choices=list(TORCH_DTYPES),
         help="default: float32 bfloat16",
     )
     p.add_argument(

@@ -1,0 +1,71 @@
+"""`folio tasks list` and `folio tasks make`: task conversations with checkable answers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from folio.data.tasks import SPEAKERS, TASKS, make_task_files
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `list` and `make` subcommands of `folio tasks`."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    sub = parser.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
+    pl = sub.add_parser("list", help="the tasks Folio can make, with their prompts")
+    pl.add_argument("--json", action="store_true", help="print one JSON list")
+    pm = sub.add_parser(
+        "make",
+        help="write train.jsonl and test.jsonl (disjoint prompts) to a directory",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    pm.add_argument(
+        "--tasks",
+        default=",".join(t.name for t in TASKS),
+        help="comma-separated task names",
+    )
+    pm.add_argument("--n", type=int, required=True, help="training examples per task")
+    pm.add_argument("--n-test", type=int, default=500, help="test examples per task")
+    pm.add_argument("--seed", type=int, default=0, help="seed (non-negative)")
+    pm.add_argument("--out", required=True, help="directory to write (new, empty, or a tasks dir)")
+    pm.add_argument(
+        "--corpus",
+        default="shakespeare",
+        help="where words and speaker lines come from: shakespeare, tinyshakespeare or a "
+        "text file of plays laid out as 'NAME:', lines, blank line",
+    )
+    pm.add_argument(
+        "--speakers",
+        type=int,
+        default=SPEAKERS,
+        help="the speaker task uses the lines of this many speakers (those with most lines)",
+    )
+    pm.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
+
+
+def run(args: argparse.Namespace) -> None:
+    """List the tasks, or make a tasks directory."""
+    if args.tasks_command == "list":
+        if args.json:
+            print(json.dumps([{"name": t.name, "prompt": t.description} for t in TASKS]))
+        else:
+            for t in TASKS:
+                print(f"{t.name:<8}  {t.description}")
+        return
+    manifest = make_task_files(
+        args.tasks,
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        n_test=args.n_test,
+        corpus=args.corpus,
+        n_speakers=args.speakers,
+    )
+    if args.json:
+        print(json.dumps({"out": args.out, **manifest}))
+        return
+    n_tasks = len(manifest["tasks"])
+    print(
+        f"wrote {args.out}: train.jsonl ({args.n * n_tasks} conversations), "
+        f"test.jsonl ({args.n_test * n_tasks}), tasks: {', '.join(manifest['tasks'])}"
+    )

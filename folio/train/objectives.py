@@ -1,0 +1,89 @@
+"""What a training stage optimises: its batches and its loss, plugged into the one `Trainer`.
+
+Pretraining, fine-tuning on conversations, a reward model and RL differ only
+in where their batches come from and how a batch becomes a loss. Everything
+else (accumulation, clipping, the NaN guard, evals, checkpoints, exact
+resume, DDP, metrics) is the `Trainer`'s and is shared. An objective is any
+object with:
+
+- `splits`: the names evaluated at every eval ("train" and "val" here);
+- `tokens_per_batch`: tokens one batch trains on, for tokens/s and the
+  `tokens` axis of the loss plot;
+- `batch(split, generator)`: one batch of CPU tensors, drawn with
+  `generator` only (so the trainer can checkpoint and restore the stream);
+- `loss(model, batch)`: a scalar loss, the batch already on the model's device;
+- optionally `metrics(model)`: more figures for each eval row (a held-out
+  pass@1, a reward), computed with the model in eval mode, under no_grad.
+
+`LMObjective` is the video's next-token loss on random windows of a token
+stream; `MaskedLMObjective` is the same loss counted only where a mask is 1
+(SFT's "learn what the assistant says").
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from folio.data.batches import get_batch
+from folio.train.losses import masked_lm_loss
+
+Batch = tuple[torch.Tensor, ...]
+
+
+class Objective(Protocol):
+    """A stage's batches and loss (see the module docstring)."""
+
+    splits: tuple[str, ...]
+    tokens_per_batch: int
+
+    def batch(self, split: str, generator: torch.Generator) -> Batch: ...
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+
+
+class LMObjective:
+    """Next-token prediction on random windows of each split's token stream (pretraining)."""
+
+    splits = ("train", "val")
+
+    def __init__(self, data: dict[str, np.ndarray], batch_size: int, block_size: int) -> None:
+        self.data, self.batch_size, self.block_size = data, batch_size, block_size
+        self.tokens_per_batch = batch_size * block_size
+
+    def batch(self, split: str, generator: torch.Generator) -> Batch:
+        return get_batch(self.data[split], self.batch_size, self.block_size, generator)
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        x, y = batch
+        _, loss = model(x, y)
+        return loss
+
+
+class MaskedLMObjective:
+    """Next-token loss on fixed rows, counted only where the loss mask is 1.
+
+    `rows[split]` is `(x, y, mask)`, each (N, T): inputs, next-token targets and
+    which targets are learned. A batch is `batch_size` rows drawn at random.
+    """
+
+    splits = ("train", "val")
+
+    def __init__(
+        self, rows: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], batch_size: int
+    ) -> None:
+        self.rows, self.batch_size = rows, batch_size
+        self.tokens_per_batch = batch_size * rows["train"][0].shape[1]
+
+    def batch(self, split: str, generator: torch.Generator) -> Batch:
+        x, y, mask = self.rows[split]
+        ix = torch.randint(len(x), (self.batch_size,), generator=generator)  # (B,)
+        return x[ix], y[ix], mask[ix]
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        x, y, mask = batch
+        logits, _ = model(x)  # (B, T, V)
+        return masked_lm_loss(logits, y, mask)
