@@ -41,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from folio.checkpoint import save_checkpoint  # noqa: E402
+from folio.checkpoint import clean_state_dict, save_checkpoint  # noqa: E402
 from folio.models import GPT, GPTConfig  # noqa: E402
 from folio.tokenizers import CharTokenizer  # noqa: E402
 
@@ -54,7 +54,7 @@ def make_run(directory: Path) -> Path:
     tok = CharTokenizer(list(CHARS))
     config = GPTConfig(vocab_size=tok.vocab_size, n_layer=6, n_head=6, n_embd=384, block_size=256)
     model = GPT(config).eval()
-    save_checkpoint(directory, model, config, tok, {"step": 0})
+    save_checkpoint(directory, clean_state_dict(model), config, tok, {"step": 0})
     return directory
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from folio.checkpoint import save_checkpoint
+from folio.checkpoint import clean_state_dict, save_checkpoint
 from folio.models import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def random_gpt(vocab_size: int, block_size: int = 16, seed: int = 0, **kw) -> GP
 
 def save_run(run_dir: Path, model: GPT, tokenizer) -> Path:
     """A run directory holding `model` as its latest checkpoint."""
-    save_checkpoint(Path(run_dir), model, model.config, tokenizer, {"step": 0})
+    save_checkpoint(Path(run_dir), clean_state_dict(model), model.config, tokenizer, {"step": 0})
     return Path(run_dir)
 
 
