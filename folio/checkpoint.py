@@ -40,6 +40,7 @@ from torch import nn
 from folio.errors import FolioError
 from folio.fsutil import (
     atomic_write_json,
+    describe_entries,
     follow_umask,
     fsync_dir,
     fsync_file,
@@ -214,11 +215,6 @@ def _prune(run_dir: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def _holds(entries: list[str]) -> str:
-    shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
-    return f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: {shown}"
-
-
 def check_fresh_run_dir(run_dir: str | Path, restart: bool = False) -> None:
     """Refuse to start a new run in a directory that already holds something.
 
@@ -251,7 +247,7 @@ def check_fresh_run_dir(run_dir: str | Path, restart: bool = False) -> None:
             f"with --restart (the old run is moved aside, not deleted)"
         )
     raise FolioError(
-        f"--out {run_dir}: is not empty ({_holds(entries)}); choose a new directory, or pass "
+        f"--out {run_dir}: is not empty ({describe_entries(entries)}); choose a new directory, or pass "
         f"--restart to move it aside and start over"
     )
 
@@ -312,6 +308,18 @@ def move_run_aside(run_dir: str | Path) -> Path | None:
     except OSError as e:
         raise FolioError(f"cannot move {run_dir} aside: {e.strerror or e}") from None
     return aside
+
+
+def run_dataset(path: str | Path) -> str:
+    """The dataset a run trained on, as its run.json records it."""
+    run_json = Path(path) / "run.json"
+    if not run_json.exists():
+        raise FolioError(f"{path}: no run.json naming the dataset; pass --data DATA_DIR")
+    run_config = read_json(run_json, "run config")
+    data = run_config.get("data") if isinstance(run_config, dict) else None
+    if not isinstance(data, str):
+        raise FolioError(f"{run_json}: names no dataset; pass --data DATA_DIR")
+    return data
 
 
 def resolve_checkpoint(path: str | Path, which: str = "latest") -> Path:

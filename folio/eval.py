@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from folio.data.batches import get_batch, sequential_batches
+from folio.checkpoint import load_checkpoint, run_dataset
+from folio.data.batches import Dataset, get_batch, sequential_batches
+from folio.runtime import autocast
+from folio.tokenizers import check_same_tokenizer
 
 
 @torch.no_grad()
@@ -111,4 +115,46 @@ def evaluate_split(
     }
     if n_bytes and out["complete"]:
         out["bits_per_byte"] = total / (n_bytes * math.log(2))
+    return out
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path | None = None,
+    *,
+    splits: Iterable[str] = ("train", "val"),
+    which: str = "latest",
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    batch_size: int = 32,
+    max_batches: int | None = None,
+) -> dict[str, Any]:
+    """`folio eval`: a checkpoint's figures on each split of a dataset (default: the run's own).
+
+    Returns, per split: loss, perplexity, bits per char (char) or per token
+    (BPE), bits per byte when the whole split was read, and tokens counted.
+    """
+    device = device or torch.device("cpu")
+    ck = load_checkpoint(checkpoint, which, device)
+    data = data if data is not None else run_dataset(checkpoint)
+    ds = Dataset.open(data)
+    check_same_tokenizer(
+        ck.tokenizer,
+        ds.tokenizer,
+        f"{ck.path}: the checkpoint's tokenizer does not match the dataset {data}",
+    )
+    out: dict[str, Any] = {"checkpoint": str(ck.path), "step": ck.state.get("step")}
+    per_token = "bits_per_char" if ck.tokenizer.kind == "char" else "bits_per_token"
+    for split in splits:
+        r = evaluate_split(
+            ck.model, ds.tokens(split), ck.model_config.block_size, device,
+            lambda: autocast(device, dtype), n_bytes=ds.meta.get(f"{split}_bytes"),
+            batch_size=batch_size, max_batches=max_batches,
+        )  # fmt: skip
+        out[f"{split}_loss"] = r["loss"]
+        out[f"{split}_perplexity"] = r["perplexity"]
+        out[f"{split}_{per_token}"] = r["bits_per_token"]
+        if "bits_per_byte" in r:
+            out[f"{split}_bits_per_byte"] = r["bits_per_byte"]
+        out[f"{split}_tokens"] = r["tokens"]
     return out

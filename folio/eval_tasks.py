@@ -117,18 +117,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def _supports_cache(model: nn.Module) -> bool:
-    return isinstance(model, GPT) and model.config.attention == "fused" and model.config.causal
-
-
 def _last_logits(model: nn.Module, idx: torch.Tensor, cache: Any) -> torch.Tensor:
     """(B, V) float32 logits after the last position of idx."""
-    if cache is not None:
-        logits, _ = model(idx, cache=cache, last_only=True)
-    elif isinstance(model, GPT):
-        logits, _ = model(idx, last_only=True)
-    else:  # the bigram model has no last_only
-        logits, _ = model(idx)
+    logits, _ = model(idx, cache=cache, last_only=True)
     return logits[:, -1, :].float()
 
 
@@ -142,7 +133,7 @@ def _decode_batch(
     """Decode rows of equal-length prompts (B, T0) together, each until END or the limit."""
     B, T0 = prompts.shape
     N = cfg.max_new_tokens
-    cache = model.new_kv_cache(B, max_len=T0 + N) if _supports_cache(model) else None
+    cache = model.new_kv_cache(B, max_len=T0 + N) if model.supports_kv_cache else None
     tokens = torch.empty(B, T0 + N, dtype=torch.long, device=prompts.device)
     tokens[:, :T0] = prompts
     done = torch.zeros(B, dtype=torch.bool, device=prompts.device)

@@ -129,3 +129,36 @@ def scratch_dir(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def describe_entries(entries: list[str]) -> str:
+    """'3 entries: a, b, c' (the first five named), for an error about a directory's contents."""
+    shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+    return f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: {shown}"
+
+
+def check_replaceable_dir(out_dir: str | Path, is_ours: Callable[[Path], bool], what: str) -> Path:
+    """The absolute path a command may (re)write as a whole directory, or a FolioError.
+
+    A new or empty directory, or one `is_ours` recognises (something the same
+    command wrote, replaced atomically), may be written; anything else holds
+    something of the user's and is refused, naming what is there. `what` names
+    the kind of directory ("a Folio dataset").
+    """
+    out = Path(os.path.abspath(Path(out_dir).expanduser()))  # "." and ".." get real names
+    if out.parent == out:
+        raise FolioError(f"--out {out_dir}: cannot write {what} over the filesystem root")
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise FolioError(f"--out {out_dir}: exists and is not a directory")
+    try:
+        entries = sorted(p.name for p in out.iterdir())
+    except OSError as e:
+        raise FolioError(f"--out {out_dir}: cannot read it ({e.strerror or e})") from None
+    if entries and not is_ours(out):
+        raise FolioError(
+            f"--out {out_dir}: refusing to replace a directory that is not {what} "
+            f"(it holds {describe_entries(entries)}); choose a new or empty directory"
+        )
+    return out

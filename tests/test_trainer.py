@@ -711,17 +711,24 @@ def test_max_time_stops_with_a_checkpoint(dataset: Path, tmp_path: Path) -> None
     assert _assert_loadable(tmp_path / "run") == 1
 
 
-def test_ctrl_c_stops_cleanly_with_a_checkpoint(
-    dataset: Path, tmp_path: Path, cache_dir: Path
+@pytest.mark.parametrize(
+    ("signum", "said"),
+    [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "stopped by SIGTERM")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_and_sigterm_finish_the_step_and_checkpoint(
+    dataset: Path, tmp_path: Path, cache_dir: Path, signum: int, said: str
 ) -> None:
+    # Schedulers and `kill` send SIGTERM: it must keep the work since the last
+    # periodic checkpoint, exactly as Ctrl-C does.
     run_dir = tmp_path / "run"
     proc = _start(_cli_train(dataset, run_dir, "--max-iters", "100000"), cache_dir)
     _wait_until(lambda: _latest_step(run_dir) > 0, proc)
     time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, out
-    match = re.search(r"interrupted: checkpoint saved at step (\d+); continue with --resume", out)
+    match = re.search(rf"{said}: checkpoint saved at step (\d+); continue with --resume", out)
     assert match, out
     assert _assert_loadable(run_dir) == int(match[1])
     assert _step_rows(run_dir)[-1]["step"] == int(match[1])
@@ -885,24 +892,6 @@ def test_a_second_trainer_on_the_same_run_fails_at_once_naming_the_first(
     # The lock does not outlive a SIGKILL: the run resumes at once.
     result = _train(dataset, run_dir, ("train.max_iters", _latest_step(run_dir) + 2), resume=True)
     assert result.stopped == "max_iters"
-
-
-def test_sigterm_finishes_the_step_checkpoints_and_exits(
-    dataset: Path, tmp_path: Path, cache_dir: Path
-) -> None:
-    run_dir = tmp_path / "run"
-    proc = _start(_cli_train(dataset, run_dir, "--max-iters", "100000"), cache_dir)
-    _wait_until(lambda: _latest_step(run_dir) > 0, proc)
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=60)[0]
-    assert proc.returncode == 0, out
-    match = re.search(r"stopped by SIGTERM: checkpoint saved at step (\d+); continue with", out)
-    assert match, out
-    step = int(match[1])
-    assert _assert_loadable(run_dir) == step
-    assert step > 2  # work since the last periodic checkpoint (every 2 steps) is kept, too
-    assert _step_rows(run_dir)[-1]["step"] == step
 
 
 def test_resuming_a_finished_run_says_it_is_complete(

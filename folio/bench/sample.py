@@ -51,6 +51,14 @@ def _tokens_per_s(
     return tokens * batch / best
 
 
+def _headlines(rows: list[dict[str, Any]]) -> tuple[float | None, float | None, dict | None]:
+    """Batch-1 float32 figures: cached tok/s, uncached tok/s, and the row measuring both."""
+    fp32_b1 = [r for r in rows if r["dtype"] == "float32" and r["batch"] == 1]
+    cached = next((r["tokens_per_s_cached"] for r in fp32_b1), None)
+    matched = next((r for r in fp32_b1 if r["tokens_per_s_uncached"] is not None), None)
+    return cached, matched["tokens_per_s_uncached"] if matched else None, matched
+
+
 def bench_sample(
     preset_config: GPTConfig,
     batch_sizes: tuple[int, ...] = (1, 8),
@@ -83,35 +91,22 @@ def bench_sample(
         for batch in batch_sizes:
             # Cached over the full length, then both paths over the uncached length.
             for tokens in dict.fromkeys((full, min(uncached, full))):
-                row: dict[str, Any] = {"dtype": dtype, "batch": batch, "new_tokens": tokens}
-                row["tokens_per_s_cached"] = _tokens_per_s(
-                    sampler, batch, tokens, True, repeats, warmup_tokens
-                )
-                row["tokens_per_s_uncached"] = None
-                if tokens == min(uncached, full):
-                    row["tokens_per_s_uncached"] = _tokens_per_s(
-                        sampler, batch, tokens, False, repeats, warmup_tokens
+                both = tokens == min(uncached, full)
+                row = {"dtype": dtype, "batch": batch, "new_tokens": tokens}
+                for key, cached in (
+                    ("tokens_per_s_cached", True),
+                    ("tokens_per_s_uncached", False),
+                ):
+                    row[key] = (
+                        _tokens_per_s(sampler, batch, tokens, cached, repeats, warmup_tokens)
+                        if cached or both
+                        else None
                     )
                 rows.append(row)
                 if progress:
                     print(f"measured {row}", file=sys.stderr, flush=True)
 
-    def headline(key: str, tokens: int | None = None) -> float | None:
-        for r in rows:
-            if r["dtype"] == "float32" and r["batch"] == 1 and r[key] is not None:
-                if tokens is None or r["new_tokens"] == tokens:
-                    return r[key]
-        return None
-
-    cached, plain = headline("tokens_per_s_cached"), headline("tokens_per_s_uncached")
-    matched = next(
-        (
-            r
-            for r in rows
-            if r["dtype"] == "float32" and r["batch"] == 1 and r["tokens_per_s_uncached"]
-        ),
-        None,
-    )
+    cached, plain, matched = _headlines(rows)
     return {
         "model": {**asdict(preset_config), "params": model.num_params()},
         "device": device,

@@ -102,6 +102,36 @@ def measure_mode(
     }
 
 
+def _modes(compile: bool, bf16: bool) -> list[tuple[str, str, torch.dtype, bool]]:
+    """(name, attention form, dtype, compiled) of every mode to measure."""
+    modes = [
+        ("baseline (fp32, eager, list of heads)", "heads", torch.float32, False),
+        ("fused (fp32, eager)", "fused", torch.float32, False),
+    ]
+    if compile:
+        modes.append(("fused + compile (fp32)", "fused", torch.float32, True))
+    if bf16:
+        modes.append(("fused + bf16 autocast", "fused", torch.bfloat16, False))
+        if compile:
+            modes.append(("fused + compile + bf16", "fused", torch.bfloat16, True))
+    return modes
+
+
+def _measured_row(name: str, log, preset: str, **kwargs: Any) -> dict[str, Any]:
+    """One mode's figures, or its error: a mode that cannot run is reported, not fatal."""
+    try:
+        r = measure_mode(preset, **kwargs)
+    except Exception as e:  # noqa: BLE001 - e.g. no compiler for torch.compile
+        why = f"{e.__class__.__name__}: {str(e).splitlines()[0][:200]}"
+        log(f"  {name} failed: {why[:160]}")
+        return {"mode": name, "error": why}
+    r["mode"] = name
+    log(
+        f"  {r['tokens_per_s']:,.0f} tokens/s, {r['seconds_per_step']:.2f} s/step, MFU {r['mfu']:.1%}"
+    )
+    return r
+
+
 def bench_train(
     preset: str = "video",
     *,
@@ -118,22 +148,14 @@ def bench_train(
     fast_bf16 = dev.type == "cuda" or (dev.type == "cpu" and cpu_has_fast_bf16())
     if bf16 is None:
         bf16 = fast_bf16
-    modes: list[tuple[str, str, torch.dtype, bool]] = [
-        ("baseline (fp32, eager, list of heads)", "heads", torch.float32, False),
-        ("fused (fp32, eager)", "fused", torch.float32, False),
-    ]
-    if compile:
-        modes.append(("fused + compile (fp32)", "fused", torch.float32, True))
-    if bf16:
-        modes.append(("fused + bf16 autocast", "fused", torch.bfloat16, False))
-        if compile:
-            modes.append(("fused + compile + bf16", "fused", torch.bfloat16, True))
     rows = []
-    for name, attention, dtype, comp in modes:
+    for name, attention, dtype, comp in _modes(compile, bf16):
         log(f"measuring {name} ...")
         n = steps if (dtype == torch.float32 or fast_bf16) else 1
-        try:
-            r = measure_mode(
+        rows.append(
+            _measured_row(
+                name,
+                log,
                 preset,
                 attention=attention,
                 dtype=dtype,
@@ -143,16 +165,6 @@ def bench_train(
                 batch_size=batch_size,
                 device=dev,
             )
-        except Exception as e:  # noqa: BLE001 - a mode that cannot run (e.g. no compiler) is reported, not fatal
-            log(f"  {name} failed: {e.__class__.__name__}: {str(e).splitlines()[0][:120]}")
-            rows.append(
-                {"mode": name, "error": f"{e.__class__.__name__}: {str(e).splitlines()[0][:200]}"}
-            )
-            continue
-        r["mode"] = name
-        rows.append(r)
-        log(
-            f"  {r['tokens_per_s']:,.0f} tokens/s, {r['seconds_per_step']:.2f} s/step, MFU {r['mfu']:.1%}"
         )
     ok = [r for r in rows if "tokens_per_s" in r]
     base = ok[0]["tokens_per_s"] if ok and ok[0]["mode"].startswith("baseline") else None

@@ -16,7 +16,9 @@ import sys
 
 from folio.errors import FolioError
 
-HELP = (
+HELP = "talk to a checkpoint in the terminal"
+
+COMMANDS_HELP = (
     "commands: /reset (forget the conversation), /temperature X, /top_k N (0: off), "
     "/quit (or Ctrl-D); Ctrl-C stops a reply"
 )
@@ -69,9 +71,9 @@ def _command(session, line: str) -> bool:
             s.top_k = k or None
             print(f"(top_k {k if k else 'off'})")
     elif name == "/help":
-        print(HELP)
+        print(COMMANDS_HELP)
     else:
-        print(f"(unknown command {name}; {HELP})")
+        print(f"(unknown command {name}; {COMMANDS_HELP})")
     return True
 
 
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> None:
     mode = (
         "chat mode" if session.chat else "continuation mode (a base model: it continues the text)"
     )
-    print(f"folio chat: {ck.path} in {mode}. {HELP}", flush=True)
+    print(f"folio chat: {ck.path} in {mode}. {COMMANDS_HELP}", flush=True)
     while True:
         try:
             line = input("you> ")

@@ -17,6 +17,8 @@ import sys
 
 from folio.errors import FolioError
 
+HELP = "serve checkpoints over an OpenAI-compatible HTTP API, with a playground"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of `folio serve`."""

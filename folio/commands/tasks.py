@@ -7,6 +7,8 @@ import json
 
 from folio.data.tasks import SPEAKERS, TASKS, make_task_files
 
+HELP = "make conversations of tasks with checkable answers"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `list` and `make` subcommands of `folio tasks`."""

@@ -46,7 +46,13 @@ from folio.data.format import (
     token_file,
 )
 from folio.errors import FolioError
-from folio.fsutil import atomic_write_json, fsync_file, replace_dir, scratch_dir
+from folio.fsutil import (
+    atomic_write_json,
+    check_replaceable_dir,
+    fsync_file,
+    replace_dir,
+    scratch_dir,
+)
 from folio.tokenizers import BPETokenizer, CharTokenizer
 from folio.tokenizers.bpe import iter_pieces
 
@@ -299,32 +305,8 @@ def _is_dataset(path: Path) -> bool:
 
 
 def check_dataset_target(out_dir: str | Path) -> Path:
-    """The absolute path `prepare` may write to, or a FolioError saying why not.
-
-    A new or empty directory, or an existing Folio dataset (replaced atomically),
-    may be written; anything else holds something of the user's and is refused.
-    """
-    out = Path(os.path.abspath(Path(out_dir).expanduser()))  # "." and ".." get real names
-    if out.parent == out:
-        raise FolioError(f"--out {out_dir}: cannot write a dataset over the filesystem root")
-    if not out.exists():
-        return out
-    if not out.is_dir():
-        raise FolioError(f"--out {out_dir}: exists and is not a directory")
-    try:
-        entries = sorted(p.name for p in out.iterdir())
-    except OSError as e:
-        raise FolioError(f"--out {out_dir}: cannot read it ({e.strerror or e})") from None
-    if entries and not _is_dataset(out):
-        shown = ", ".join(entries[:5]) + (
-            f" and {len(entries) - 5} more" if len(entries) > 5 else ""
-        )
-        raise FolioError(
-            f"--out {out_dir}: refusing to replace a directory that is not a Folio dataset "
-            f"(it holds {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: {shown}); "
-            f"choose a new or empty directory"
-        )
-    return out
+    """The absolute path `prepare` may write to: new, empty, or a Folio dataset (replaced)."""
+    return check_replaceable_dir(out_dir, _is_dataset, "a Folio dataset")
 
 
 def make_tokenizer(
@@ -355,6 +337,36 @@ def make_tokenizer(
             )
         return BPETokenizer.from_gpt2_files(tokenizer_dir)
     raise FolioError(f"unknown tokenizer {kind!r}: use one of {', '.join(TOKENIZER_KINDS)}")
+
+
+def _meta(
+    corpus: AnyCorpus,
+    tok: CharTokenizer | BPETokenizer,
+    counts: _Tokens,
+    stats: CorpusStats,
+    val_fraction: float,
+) -> dict[str, Any]:
+    """meta.json: the tokenizer, the splits' sizes and largest ids, and the source's checksum."""
+    return {
+        "format": DATASET_FORMAT,
+        "version": DATASET_VERSION,
+        "tokenizer": tok.to_dict(),
+        "vocab_size": tok.vocab_size,
+        "dtype": tok.token_dtype.name,
+        "train_tokens": counts.train_tokens,
+        "val_tokens": counts.val_tokens,
+        "train_max_token_id": counts.train_max_token_id,
+        "val_max_token_id": counts.val_max_token_id,
+        "train_bytes": counts.train_bytes,
+        "val_bytes": counts.val_bytes,
+        "val_fraction": val_fraction,
+        "source": {
+            "name": corpus.name,
+            "files": [str(f) for f in corpus.files],
+            "characters": stats.characters,
+            "sha256": stats.hasher.hexdigest(),
+        },
+    }
 
 
 def prepare_dataset(
@@ -390,26 +402,7 @@ def prepare_dataset(
             counts = _write_char_tokens(corpus, tok, tmp, stats.characters, val_fraction)
         else:
             counts = _write_bpe_tokens(corpus, tok, tmp, val_fraction, progress, stats)
-        meta: dict[str, Any] = {
-            "format": DATASET_FORMAT,
-            "version": DATASET_VERSION,
-            "tokenizer": tok.to_dict(),
-            "vocab_size": tok.vocab_size,
-            "dtype": tok.token_dtype.name,
-            "train_tokens": counts.train_tokens,
-            "val_tokens": counts.val_tokens,
-            "train_max_token_id": counts.train_max_token_id,
-            "val_max_token_id": counts.val_max_token_id,
-            "train_bytes": counts.train_bytes,
-            "val_bytes": counts.val_bytes,
-            "val_fraction": val_fraction,
-            "source": {
-                "name": corpus.name,
-                "files": [str(f) for f in corpus.files],
-                "characters": stats.characters,
-                "sha256": stats.hasher.hexdigest(),
-            },
-        }
+        meta = _meta(corpus, tok, counts, stats, val_fraction)
         atomic_write_json(tmp / META_FILE, meta)  # written last: its presence marks completion
         replace_dir(tmp, out_dir)
     return PrepareSummary(

@@ -43,7 +43,13 @@ from typing import Any
 
 from folio.data.corpora import Corpus, load_corpus, load_shakespeare
 from folio.errors import FolioError
-from folio.fsutil import atomic_write_json, atomic_write_text, replace_dir, scratch_dir
+from folio.fsutil import (
+    atomic_write_json,
+    atomic_write_text,
+    check_replaceable_dir,
+    replace_dir,
+    scratch_dir,
+)
 
 TASKS_FORMAT = "folio-tasks"
 TASKS_VERSION = 1
@@ -322,32 +328,8 @@ def _is_tasks_dir(path: Path) -> bool:
 
 
 def check_tasks_target(out_dir: str | Path) -> Path:
-    """The absolute path `folio tasks make` may write to, or a FolioError saying why not.
-
-    A new or empty directory, or an earlier tasks directory (replaced
-    atomically), may be written; anything else holds something of the user's.
-    """
-    out = Path(os.path.abspath(Path(out_dir).expanduser()))
-    if out.parent == out:
-        raise FolioError(f"--out {out_dir}: cannot write tasks over the filesystem root")
-    if not out.exists():
-        return out
-    if not out.is_dir():
-        raise FolioError(f"--out {out_dir}: exists and is not a directory")
-    try:
-        entries = sorted(p.name for p in out.iterdir())
-    except OSError as e:
-        raise FolioError(f"--out {out_dir}: cannot read it ({e.strerror or e})") from None
-    if entries and not _is_tasks_dir(out):
-        shown = ", ".join(entries[:5]) + (
-            f" and {len(entries) - 5} more" if len(entries) > 5 else ""
-        )
-        raise FolioError(
-            f"--out {out_dir}: refusing to replace a directory that is not a Folio tasks "
-            f"directory (it holds {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: "
-            f"{shown}); choose a new or empty directory"
-        )
-    return out
+    """The absolute path `folio tasks make` may write to: new, empty, or a tasks directory."""
+    return check_replaceable_dir(out_dir, _is_tasks_dir, "a Folio tasks directory")
 
 
 def _jsonl(examples: list[Example]) -> str:

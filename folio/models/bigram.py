@@ -24,9 +24,26 @@ class BigramLanguageModel(nn.Module):
         self.config = config
         self.token_embedding_table = nn.Embedding(config.vocab_size, config.vocab_size)
 
+    context_size = 1
+    """Tokens the next prediction depends on: the last one only."""
+    supports_kv_cache = False
+    """Nothing to cache: no token attends to another."""
+
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        cache: None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V) and, given targets, the mean cross-entropy: GPT's signature.
+
+        `cache` is accepted for that signature and unused; `last_only` keeps the
+        last position's logits (B, 1, V).
+        """
+        if last_only:
+            idx = idx[:, -1:]  # (B, 1)
         logits = self.token_embedding_table(idx)  # (B, T) -> (B, T, V)
         if targets is None:
             return logits, None

@@ -129,6 +129,16 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    @property
+    def context_size(self) -> int:
+        """Tokens the next prediction can depend on: the block size."""
+        return self.config.block_size
+
+    @property
+    def supports_kv_cache(self) -> bool:
+        """Whether `new_kv_cache` works: causal attention in the fused form."""
+        return self.config.attention == "fused" and self.config.causal
+
     def num_params(self) -> int:
         """All parameters, a tied matrix counted once."""
         return sum(p.numel() for p in self.parameters())
@@ -138,7 +148,7 @@ class GPT(nn.Module):
     ) -> KVCache:
         """An empty cache for `batch` sequences of up to `max_len` (default block_size) positions."""
         c = self.config
-        if c.attention != "fused" or not c.causal:
+        if not self.supports_kv_cache:
             raise ValueError("the KV cache needs causal (decoder) attention in the fused form")
         p = self.transformer.wte.weight
         return KVCache(
@@ -155,6 +165,7 @@ class GPT(nn.Module):
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
+        *,
         cache: KVCache | CacheBatch | None = None,
         last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

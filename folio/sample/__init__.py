@@ -1,5 +1,25 @@
 """Sampling: a trained model and a prompt -> generated text, step by step or all at once."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
 from folio.sample.sampler import Sampler, SamplingConfig, Step, filter_logits
 
-__all__ = ["Sampler", "SamplingConfig", "Step", "filter_logits"]
+
+def load_sampler(
+    checkpoint: str | Path,
+    which: str = "latest",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+) -> Sampler:
+    """A sampler over a checkpoint's model and tokenizer (`dtype`: None or float32 = fp32)."""
+    from folio.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(checkpoint, which, device)
+    return Sampler(ck.model, ck.tokenizer, device=device, dtype=dtype)
+
+
+__all__ = ["Sampler", "SamplingConfig", "Step", "filter_logits", "load_sampler"]

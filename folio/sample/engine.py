@@ -68,8 +68,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from folio.errors import FolioError
-from folio.models.bigram import BigramLanguageModel
-from folio.models.gpt import GPT
 from folio.models.kv_cache import CacheBatch, KVCache
 from folio.sample.sampler import SamplingConfig, choose_tokens
 
@@ -196,12 +194,9 @@ class Engine:
         self.device = torch.device(device) if device is not None else _model_device(model)
         self.model = model.to(self.device).eval()
         self.vocab_size: int = model.config.vocab_size
-        self.is_bigram = isinstance(model, BigramLanguageModel)
-        self.block_size: int = 1 if self.is_bigram else model.config.block_size
+        self.block_size: int = model.context_size
         self.context_keep = min(context_keep or max(1, self.block_size // 2), self.block_size)
-        self.supports_cache = (
-            isinstance(model, GPT) and model.config.attention == "fused" and model.config.causal
-        )
+        self.supports_cache: bool = model.supports_kv_cache
         self.max_batch, self.max_queue = max_batch, max_queue
         self.batch_invariant = batch_invariance_holds(self.device)
         self._waiting: deque[Handle] = deque()
@@ -396,11 +391,7 @@ class Engine:
         window = torch.tensor([seq.tokens[seq.start :]], device=self.device)  # (1, T)
         if seq.cache is not None:
             seq.cache.reset()
-            logits, _ = self.model(window, cache=seq.cache, last_only=True)
-        elif self.is_bigram:  # no last_only; it reads the last token anyway
-            logits, _ = self.model(window[:, -1:])
-        else:
-            logits, _ = self.model(window, last_only=True)
+        logits, _ = self.model(window, cache=seq.cache, last_only=True)
         return logits[0, -1].float()  # (1, T, V) -> (V,)
 
     def _decode(self, seqs: list[_Sequence]) -> torch.Tensor:

@@ -44,10 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from folio.errors import FolioError
-from folio.models.bigram import BigramLanguageModel
-from folio.models.gpt import GPT
+from folio.runtime import TORCH_DTYPES
 
-_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HOLD_UNFINISHED = 4  # tokens a piece may wait for the rest of a multi-token character
 
 
@@ -268,9 +266,11 @@ class Sampler:
         off while a step runs; the model's train/eval mode is left as it was.
         """
         if isinstance(dtype, str):
-            if dtype not in _DTYPES:
-                raise FolioError(f"unknown sampling dtype {dtype!r} (known: {', '.join(_DTYPES)})")
-            dtype = _DTYPES[dtype]
+            if dtype not in TORCH_DTYPES:
+                raise FolioError(
+                    f"unknown sampling dtype {dtype!r} (known: {', '.join(TORCH_DTYPES)})"
+                )
+            dtype = TORCH_DTYPES[dtype]
         if dtype == torch.float32:
             dtype = None
         if dtype not in (None, torch.bfloat16, torch.float16):
@@ -280,13 +280,10 @@ class Sampler:
         self.tokenizer = tokenizer
         self.dtype = dtype
         self.vocab_size: int = model.config.vocab_size
-        # The bigram model reads only the last token, so its window is one token
-        # and a long prompt loses nothing.
-        self.is_bigram = isinstance(model, BigramLanguageModel)
-        self.block_size: int = 1 if self.is_bigram else model.config.block_size
-        self.supports_cache = (
-            isinstance(model, GPT) and model.config.attention == "fused" and model.config.causal
-        )
+        # The window the next token depends on: the bigram model reads only the
+        # last token, so for it a long prompt loses nothing.
+        self.block_size: int = model.context_size
+        self.supports_cache: bool = model.supports_kv_cache
         self.start_id = default_start_id(tokenizer)
 
     @contextmanager
@@ -314,7 +311,7 @@ class Sampler:
         if not ids:
             return [self.start_id]
         if len(ids) > self.block_size:
-            if not self.is_bigram:
+            if self.block_size > 1:
                 warnings.warn(
                     f"prompt of {len(ids)} tokens is longer than block_size {self.block_size}; "
                     f"keeping its last {self.block_size} tokens",
@@ -354,8 +351,6 @@ class Sampler:
                     logits, _ = self.model(
                         tokens[:, start + cache.length : n], cache=cache, last_only=True
                     )
-                elif self.is_bigram:  # its forward has no last_only; the window is one token
-                    logits, _ = self.model(tokens[:, start:n])
                 else:
                     logits, _ = self.model(tokens[:, start:n], last_only=True)
                 logits = logits[:, -1, :].float()  # (B, V)

@@ -20,4 +20,16 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
     raise FolioError(f"unknown tokenizer kind {kind!r} (this Folio knows: 'char', 'bpe')")
 
 
-__all__ = ["BPETokenizer", "CharTokenizer", "Tokenizer", "tokenizer_from_dict"]
+def check_same_tokenizer(a: Tokenizer, b: Tokenizer, message: str) -> None:
+    """Refuse (FolioError `message`) two tokenizers that would map text to different ids."""
+    if a.to_dict() != b.to_dict():
+        raise FolioError(message)
+
+
+__all__ = [
+    "BPETokenizer",
+    "check_same_tokenizer",
+    "CharTokenizer",
+    "Tokenizer",
+    "tokenizer_from_dict",
+]

@@ -59,6 +59,7 @@ from folio.runtime import (
     set_threads,
     teardown_distributed,
 )
+from folio.tokenizers import check_same_tokenizer
 from folio.train import distributed
 from folio.train.config import RunConfig
 from folio.train.objectives import Batch, Objective
@@ -174,6 +175,14 @@ class _StopFlag:
                 signal.signal(s, handler)
 
 
+def _seed_everything(seed: int, rank: int) -> torch.Generator:
+    """Seed Python, numpy and torch; return the batch generator (rank r: seed + r)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed + rank)
+
+
 def _maybe_compile(
     model: nn.Module, enabled: bool, objective: Objective, example: Batch, log
 ) -> nn.Module:
@@ -240,10 +249,7 @@ class Trainer:
         if self.device.type == "cpu":
             set_threads(tc.threads, self.denv.local_world_size)
         # Seeds, then the model: its initialisation draws from the global generator.
-        random.seed(tc.seed)
-        np.random.seed(tc.seed % 2**32)
-        torch.manual_seed(tc.seed)
-        self.state = TrainState(torch.Generator().manual_seed(tc.seed + self.denv.rank))
+        self.state = TrainState(_seed_everything(tc.seed, self.denv.rank))
         self.model = self._build_model(init_weights)
         self.optimizer = make_optimizer_for(self.model, tc, self.device.type)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
@@ -335,8 +341,11 @@ class Trainer:
             raise FolioError(
                 f"{ck.path}: the checkpoint's model config differs from this run's; resume with the same preset"
             )
-        if ck.tokenizer.to_dict() != self.tokenizer.to_dict():
-            raise FolioError(f"{ck.path}: the checkpoint's tokenizer does not match the data")
+        check_same_tokenizer(
+            ck.tokenizer,
+            self.tokenizer,
+            f"{ck.path}: the checkpoint's tokenizer does not match the data",
+        )
         self.model.load_state_dict(ck.model.state_dict())
         opt_state, rng = ck.trainer_state()
         load_optimizer_state(self.optimizer, opt_state, ck.path)
