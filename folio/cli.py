@@ -24,6 +24,8 @@ COMMANDS = (
     "train",
     "eval",
     "sample",
+    "chat",
+    "serve",
     "tasks",
     "bench",
     "ladder",

@@ -22,7 +22,7 @@ from folio.data.batches import Dataset
 from folio.data.corpora import Corpus, load_corpus, read_text_file
 from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
-from folio.sample.sampler import _default_start
+from folio.sample.sampler import default_start_id
 from folio.tokenizers import BPETokenizer, tokenizer_from_dict
 from folio.tokenizers.bpe import EOT, MAX_PIECE_CHARS, iter_pieces
 
@@ -208,7 +208,7 @@ def test_ctrl_c_stops_training_at_once(tmp_path: Path) -> None:
 
 
 def test_sampling_starts_from_end_of_text(tok: BPETokenizer) -> None:
-    assert _default_start(tok) == tok.eot_id
+    assert default_start_id(tok) == tok.eot_id
 
 
 # -------------------------------------------------------------------- prepare

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from folio.models.kv_cache import LayerCacheGroup
+
 if TYPE_CHECKING:
     from folio.models.kv_cache import LayerKVCache
 
@@ -177,13 +179,19 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, cache: LayerKVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: LayerKVCache | LayerCacheGroup | None = None
+    ) -> torch.Tensor:
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, T, nh, hs) -> (B, nh, T, hs)
         k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if isinstance(cache, LayerCacheGroup):
+            y = self._attend_each(q, k, v, cache)  # (B, nh, 1, hs)
+            y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, 1, hs) -> (B, 1, C)
+            return self.resid_dropout(self.c_proj(y))
         mask, is_causal = None, self.causal
         if cache is not None:
             past = cache.length
@@ -204,6 +212,23 @@ class CausalSelfAttention(nn.Module):
         )  # (B, nh, T, hs) @ (B, nh, hs, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+    def _attend_each(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: LayerCacheGroup
+    ) -> torch.Tensor:
+        """One new token per sequence, each attending to its own cache only.
+
+        Sequence b runs exactly the attention it would run alone (no padding),
+        so batching does not change its float sums.
+        """
+        if q.shape[2] != 1 or q.shape[0] != len(group.members):
+            raise ValueError("a cache group takes exactly one new token per cached sequence")
+        ys = []
+        for b, layer in enumerate(group.members):
+            kb, vb = layer.append(k[b : b + 1], v[b : b + 1])  # (1, nh, L + 1, hs)
+            # A single new query may see every cached key: nothing to mask.
+            ys.append(F.scaled_dot_product_attention(q[b : b + 1], kb, vb))  # (1, nh, 1, hs)
+        return torch.cat(ys)  # B x (1, nh, 1, hs) -> (B, nh, 1, hs)
 
 
 # --- 5. cross-attention -----------------------------------------------------------------

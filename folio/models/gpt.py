@@ -17,9 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from folio.models.attention import CausalSelfAttention, CrossAttention, MultiHeadAttention
+from folio.models.attention import (
+    CausalSelfAttention,
+    CrossAttention,
+    MultiHeadAttention,
+    attention_weights,
+)
 from folio.models.config import GPTConfig
-from folio.models.kv_cache import KVCache, LayerKVCache
+from folio.models.kv_cache import CacheBatch, KVCache, LayerCacheGroup, LayerKVCache
 
 
 def _activation(name: str) -> nn.Module:
@@ -77,7 +82,7 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cache: LayerKVCache | None = None,
+        cache: LayerKVCache | LayerCacheGroup | None = None,
         context: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = self.ln_1(x)
@@ -161,14 +166,15 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         *,
-        cache: KVCache | None = None,
+        cache: KVCache | CacheBatch | None = None,
         last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, V) and, given targets (B, T), the mean cross-entropy loss.
 
         With a cache, idx holds only the new positions; they are placed after
-        the cached ones. `last_only` computes logits for the final position
-        only (B, 1, V), which is all that sampling needs.
+        the cached ones. With a `CacheBatch`, row b of idx (one new token)
+        continues sequence b from its own length. `last_only` computes logits
+        for the final position only (B, 1, V), which is all that sampling needs.
         """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
@@ -178,8 +184,11 @@ class GPT(nn.Module):
             )
         x = self.transformer.wte(idx)  # (B, T) -> (B, T, C)
         if self.config.pos_embedding:
-            pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-            x = x + self.transformer.wpe(pos)  # (B, T, C) + (T, C) -> (B, T, C)
+            if cache is None:
+                pos = torch.arange(T, device=idx.device)  # (T,)
+            else:
+                pos = cache.positions(T, idx.device)  # (T,), or (B, T) for a CacheBatch
+            x = x + self.transformer.wpe(pos)  # (B, T, C) + (T, C) or (B, T, C) -> (B, T, C)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache.layers[i] if cache is not None else None)
@@ -191,6 +200,35 @@ class GPT(nn.Module):
             return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
         return logits, loss
+
+    @torch.no_grad()
+    def attention_maps(self, idx: torch.Tensor, layer: int) -> torch.Tensor:
+        """The video's `wei` of every head of block `layer`: (B, T) ids -> (B, nh, T, T).
+
+        Row t of a head's matrix is how much position t takes from each earlier
+        position (each row sums to 1). Computed by running the blocks below
+        `layer` and recomputing that block's queries and keys; nothing is
+        hooked or stored, so it is safe beside other forwards of the model.
+        """
+        if not 0 <= layer < self.config.n_layer:
+            raise ValueError(f"layer must be in [0, {self.config.n_layer}), got {layer}")
+        B, T = idx.shape
+        x = self.transformer.wte(idx)  # (B, T) -> (B, T, C)
+        if self.config.pos_embedding:
+            x = x + self.transformer.wpe(torch.arange(T, device=idx.device))  # (B, T, C)
+        for block in self.transformer.h[:layer]:
+            x = block(x)
+        block = self.transformer.h[layer]
+        h = block.ln_1(x)  # (B, T, C)
+        attn = block.attn
+        if isinstance(attn, CausalSelfAttention):
+            nh, C = attn.n_head, self.config.n_embd
+            q, k, _ = attn.c_attn(h).split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
+            q = q.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
+            k = k.view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
+            return attention_weights(q, k, attn.causal)  # (B, nh, T, T)
+        maps = [attention_weights(hd.query(h), hd.key(h), hd.causal) for hd in attn.heads]
+        return torch.stack(maps, dim=1)  # nh x (B, T, T) -> (B, nh, T, T)
 
     @torch.no_grad()
     def generate(

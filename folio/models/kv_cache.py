@@ -5,6 +5,9 @@ Notation: B batch, nh heads, T new positions, L cached positions, hs head size.
 Generating token t+1 only needs the query of the newest position; the keys and
 values of positions 0..t do not change, so each attention layer keeps them in
 a preallocated buffer of `max_len` positions and appends the new ones.
+
+`CacheBatch` groups the caches of independent sequences of different lengths
+so that a serving engine can step them together (continuous batching).
 """
 
 from __future__ import annotations
@@ -66,3 +69,43 @@ class KVCache:
     def reset(self) -> None:
         for layer in self.layers:
             layer.length = 0
+
+    def positions(self, T: int, device: torch.device) -> torch.Tensor:
+        """Absolute positions (T,) of T new tokens placed after the cached ones."""
+        return torch.arange(self.length, self.length + T, device=device)
+
+
+class CacheBatch:
+    """Separate caches of several sequences, stepped together one new token each.
+
+    Continuous batching puts sequences of different lengths side by side.
+    Rather than pad them into one tensor (which changes the length of every
+    softmax and so the float sums), each sequence keeps its own `KVCache` of
+    batch 1, and attention runs once per sequence on exactly the keys it
+    would see if it were alone; only the position-wise layers are batched.
+    """
+
+    def __init__(self, caches: list[KVCache]) -> None:
+        if not caches:
+            raise ValueError("a CacheBatch needs at least one cache")
+        self.caches = caches
+        n_layer = len(caches[0].layers)
+        # layers[i] is layer i of every sequence, in batch order.
+        self.layers = [LayerCacheGroup([c.layers[i] for c in caches]) for i in range(n_layer)]
+
+    @property
+    def length(self) -> int:
+        """The longest cached length in the batch (the bound checked against block_size)."""
+        return max(c.length for c in self.caches)
+
+    def positions(self, T: int, device: torch.device) -> torch.Tensor:
+        """Absolute positions (B, T): each sequence continues from its own length."""
+        starts = torch.tensor([c.length for c in self.caches], device=device)  # (B,)
+        return starts[:, None] + torch.arange(T, device=device)  # (B, 1) + (T,) -> (B, T)
+
+
+class LayerCacheGroup:
+    """One attention layer's caches of the sequences of a `CacheBatch`."""
+
+    def __init__(self, layers: list[LayerKVCache]) -> None:
+        self.members = layers

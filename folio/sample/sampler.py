@@ -231,7 +231,7 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _default_start(tokenizer: Tokenizer | None) -> int:
+def default_start_id(tokenizer: Tokenizer | None) -> int:
     """End-of-text (a BPE document boundary), else newline if it is one token, else token 0.
 
     A BPE dataset puts `<|endoftext|>` before every document but the first, so
@@ -295,7 +295,7 @@ class Sampler:
         # last token, so for it a long prompt loses nothing.
         self.block_size: int = model.context_size
         self.supports_cache: bool = model.supports_kv_cache
-        self.start_id = _default_start(tokenizer)
+        self.start_id = default_start_id(tokenizer)
         self.check_memory = check_memory
 
     @contextmanager

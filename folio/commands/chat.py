@@ -1,0 +1,140 @@
+"""`folio chat`: talk to a checkpoint in the terminal, the reply streamed as it is generated.
+
+A checkpoint whose tokenizer has the chat tokens is used as an assistant (the
+chat template; a reply ends at `<|end|>`); any other is a base model, and
+the chat is a plain continuation of the conversation so far (the messages
+joined by newlines). Commands: /reset, /temperature X, /top_k N (0: off),
+/help, /quit (or Ctrl-D). Ctrl-C stops the reply being written and returns
+to the prompt. When the history outgrows the context, the oldest turns are
+dropped (see folio/serve/session.py) and a note says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from folio.errors import FolioError
+
+HELP = "talk to a checkpoint in the terminal"
+
+COMMANDS_HELP = (
+    "commands: /reset (forget the conversation), /temperature X, /top_k N (0: off), "
+    "/quit (or Ctrl-D); Ctrl-C stops a reply"
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `folio chat`."""
+    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+    p.add_argument(
+        "--which", choices=["latest", "best"], default="latest", help="checkpoint of a run"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=40, help="sample among the k most likely (0: off)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus threshold in (0, 1]")
+    p.add_argument("--seed", type=int, default=None, help="seed: reply n uses seed + n")
+    p.add_argument("--system", default=None, help="system message (chat models only)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+
+
+def _command(session, line: str) -> bool:
+    """Apply a /command; False when it is /quit."""
+    from folio.sample.sampler import SamplingConfig
+
+    name, _, value = line.strip().partition(" ")
+    value = value.strip()
+    s = session.settings
+    if name in ("/quit", "/exit"):
+        return False
+    if name == "/reset":
+        session.reset()
+        print("(conversation forgotten)")
+    elif name == "/temperature":
+        try:
+            t = float(value)
+            SamplingConfig(temperature=t)
+        except (ValueError, FolioError):
+            print(f"(temperature must be a number >= 0, got {value!r})")
+        else:
+            s.temperature = t
+            print(f"(temperature {t:g})")
+    elif name == "/top_k":
+        try:
+            k = int(value)
+            if k < 0:
+                raise ValueError
+        except ValueError:
+            print(f"(top_k must be an integer >= 0, got {value!r})")
+        else:
+            s.top_k = k or None
+            print(f"(top_k {k if k else 'off'})")
+    elif name == "/help":
+        print(COMMANDS_HELP)
+    else:
+        print(f"(unknown command {name}; {COMMANDS_HELP})")
+    return True
+
+
+def run(args: argparse.Namespace) -> None:
+    """Load the checkpoint and hold the conversation until /quit or end of input."""
+    from folio.sample.engine import enable_batch_invariance
+
+    enable_batch_invariance()  # before any matrix multiply, as the server does
+    from folio.checkpoint import load_checkpoint
+    from folio.runtime import pick_device
+    from folio.sample.engine import Engine
+    from folio.serve.session import ChatSession, ChatSettings
+
+    if args.max_new_tokens < 1:
+        raise FolioError("--max-new-tokens must be at least 1")
+    device = pick_device(args.device)
+    ck = load_checkpoint(args.checkpoint, args.which, device)
+    settings = ChatSettings(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        seed=args.seed,
+        system=args.system,
+    )
+    session = ChatSession(Engine(ck.model, max_batch=1, max_queue=1), ck.tokenizer, settings)
+    mode = (
+        "chat mode" if session.chat else "continuation mode (a base model: it continues the text)"
+    )
+    print(f"folio chat: {ck.path} in {mode}. {COMMANDS_HELP}", flush=True)
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            print()
+            return
+        except KeyboardInterrupt:
+            print("\n(/quit or Ctrl-D to leave)", flush=True)
+            continue
+        if not line.strip():
+            continue
+        if line.startswith("/"):
+            if not _command(session, line):
+                return
+            continue
+        dropped = session.dropped
+        sys.stdout.write("model> ")
+        sys.stdout.flush()
+        try:
+            for piece in session.reply(line):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        except KeyboardInterrupt:
+            sys.stdout.write(" [stopped]\n")
+        except FolioError as e:
+            sys.stdout.write("\n")
+            print(f"folio: error: {e}", file=sys.stderr)
+        if session.dropped > dropped:
+            print(
+                f"(history too long for the context: dropped the oldest "
+                f"{session.dropped - dropped} message(s))"
+            )
+        sys.stdout.flush()

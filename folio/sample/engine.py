@@ -1,0 +1,472 @@
+"""The serving engine: many generation requests, one decode loop, token ids in and out.
+
+Notation: B active sequences, T time, V vocabulary size, L cached positions.
+
+Continuous batching (Yu et al. 2022, "Orca"). Requests wait in a bounded
+queue; between two decode steps the engine admits waiting requests into the
+batch (up to `max_batch`) and drops the finished and the cancelled ones, so a
+request never waits for another to end. Each step:
+
+1. a new sequence (or one whose window just slid) is prefilled on its own:
+   its prompt runs through the model into its own KV cache;
+2. every other sequence contributes its last token to one batched forward of
+   shape (B, 1): the position-wise layers (embeddings, LayerNorm, the qkv and
+   output projections, the MLP, the head) run once for the whole batch;
+3. each sequence picks its next token with its own sampling settings and its
+   own `torch.Generator`, seeded from its `seed`, and hears about it through
+   its listener.
+
+The engine sees token ids only; text is encoded and decoded at the edges (the
+HTTP server, the chat REPL), as in nanochat's engine.
+
+Why a request's output does not depend on its neighbours. Two things could
+make a sequence's floats differ between serving it alone and in a batch:
+
+- Attention over sequences of different lengths. Padding them into one
+  tensor changes the length of each softmax and of each weighted sum, so the
+  float sums change. Here every sequence keeps its own KV cache of batch 1
+  (`folio.models.kv_cache.CacheBatch`) and attention runs once per sequence,
+  on exactly the keys it would see alone: no padding, no mask.
+- The batched matrix multiplies. MKL picks a different kernel for 1 row, for
+  2-15 rows and for 16 or more (measured on this project's machine), and the
+  kernels sum in different orders, so row 0 of a (16, C) @ (C, 4C) product
+  differs in the last bits from the same row computed alone. MKL's
+  conditional numerical reproducibility in strict mode (`MKL_CBWR=AUTO,STRICT`)
+  makes every row's result independent of how many rows there are.
+  `enable_batch_invariance()` sets it; it must run before the first matrix
+  multiply of the process, so `folio serve` and `folio chat` call it first
+  thing. `batch_invariance_holds()` checks it on the running machine (the
+  server reports the answer on /health), and the tests check that 32
+  concurrent seeded requests equal the same requests served alone.
+
+With both, the logits of a sequence are bitwise the same alone or batched,
+so greedy and seeded sampling give the same tokens. Where the check fails (a
+CUDA device, or a PyTorch built without MKL) the engine still serves, and
+outputs may differ between batch sizes in near ties.
+
+Context policy, as in `folio.sample.Sampler`: when a sequence's window would
+exceed block_size, it keeps its last `context_keep` tokens (default
+block_size // 2) and is prefilled again from them.
+
+Memory stays flat: KV caches are taken from a pool of at most `max_batch`
+caches and reused; a finished sequence keeps nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from folio.errors import FolioError
+from folio.models.kv_cache import CacheBatch, KVCache
+from folio.sample.sampler import SamplingConfig, choose_tokens
+
+MAX_TOP_LOGPROBS = 20
+FINISH_REASONS = ("stop", "length", "cancelled", "error")
+
+
+def enable_batch_invariance() -> None:
+    """Ask MKL for results that do not depend on the batch size (see the module docstring).
+
+    MKL reads MKL_CBWR when it first runs, so call this before any matrix
+    multiply; a value the user set is kept.
+    """
+    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+
+def batch_invariance_holds(device: torch.device | str = "cpu") -> bool:
+    """Whether a row of a matrix multiply is the same computed alone or among 1 to 40 rows."""
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    for k, n in ((64, 256), (256, 64), (384, 1152)):
+        w = torch.randn(n, k, generator=g).to(device)
+        x = torch.randn(40, k, generator=g).to(device)
+        alone = x[:1] @ w.T  # (1, k) @ (k, n) -> (1, n)
+        for rows in (2, 5, 16, 33, 40):
+            if not torch.equal((x[:rows] @ w.T)[:1], alone):
+                return False
+    return True
+
+
+class EngineBusy(FolioError):
+    """The waiting queue is full: try again later (HTTP 429)."""
+
+
+@dataclass
+class TokenEvent:
+    """What a request hears after each step: a new token, the end, or both."""
+
+    token_id: int | None
+    """The new token; None when the request ended without one (a stop token, cancel, error)."""
+    logprob: float | None = None
+    """Log-probability of the token under the model (temperature 1, no filters), if asked."""
+    top_logprobs: list[tuple[int, float]] | None = None
+    """The most likely tokens at this step with their log-probabilities, if asked."""
+    finish_reason: str | None = None
+    """Set on the last event: 'stop' (a stop token), 'length', 'cancelled' or 'error'."""
+    error: str | None = None
+    """One line saying what went wrong, with finish_reason 'error'."""
+    completion_tokens: int = 0
+    """Tokens generated so far, this step's included (a stop token too)."""
+
+
+@dataclass
+class GenerationRequest:
+    """One completion to generate: a prompt of token ids and how to decode it."""
+
+    prompt_ids: list[int]
+    """The context, at least one id; longer than block_size keeps its last block_size ids."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """max_new_tokens, temperature, top_k, top_p and seed (stop strings belong to the edge;
+    num_samples must be 1)."""
+    stop_ids: frozenset[int] = frozenset()
+    """Token ids that end the generation (e.g. `<|end|>`); the stop token is not emitted."""
+    top_logprobs: int | None = None
+    """None: no log-probabilities. 0..20: the chosen token's and this many alternatives."""
+    listener: Callable[[TokenEvent], None] | None = None
+    """Called from the engine's thread with each event; must not block."""
+
+
+class Handle:
+    """A submitted request: cancel it at any time (it leaves the batch before the next step)."""
+
+    def __init__(self, engine: Engine, request: GenerationRequest) -> None:
+        self.request = request
+        self._engine = engine
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop generating; the listener hears a final 'cancelled' event unless it already ended."""
+        self._cancelled.set()
+        self._engine._wake_up()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+
+@dataclass
+class _Sequence:
+    handle: Handle
+    tokens: list[int]  # prompt then generated ids
+    start: int  # the next logits condition on tokens[start:]
+    cache: KVCache | None
+    generator: torch.Generator
+    generated: int = 0
+    finished: bool = False
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+class Engine:
+    """Continuous batching over one model; see the module docstring.
+
+    Use it from one thread with `stream()` (the chat REPL), or call `start()`
+    to run the decode loop in a background thread and `submit()` from any
+    thread (the server).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        max_batch: int = 32,
+        max_queue: int = 64,
+        context_keep: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        for name, value in (("max_batch", max_batch), ("max_queue", max_queue)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise FolioError(f"engine: {name} must be an integer >= 1, got {value!r}")
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.model = model.to(self.device).eval()
+        self.vocab_size: int = model.config.vocab_size
+        self.block_size: int = model.context_size
+        self.context_keep = min(context_keep or max(1, self.block_size // 2), self.block_size)
+        self.supports_cache: bool = model.supports_kv_cache
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.batch_invariant = batch_invariance_holds(self.device)
+        self._waiting: deque[Handle] = deque()
+        self._active: list[_Sequence] = []
+        self._free_caches: list[KVCache] = []
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.counts = {"completed": 0, "cancelled": 0, "errors": 0, "steps": 0}
+
+    # --- submitting --------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> Handle:
+        """Queue a request; raises EngineBusy when `max_queue` requests already wait."""
+        ids = [int(i) for i in request.prompt_ids]
+        if not ids:
+            raise FolioError("the prompt is empty: give at least one token")
+        if any(not 0 <= i < self.vocab_size for i in ids):
+            raise FolioError(f"prompt has token ids outside the vocabulary of {self.vocab_size}")
+        if request.sampling.num_samples != 1:
+            raise FolioError("the engine generates one sample per request (num_samples 1)")
+        top = request.top_logprobs
+        if top is not None and (isinstance(top, bool) or not 0 <= top <= MAX_TOP_LOGPROBS):
+            raise FolioError(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}]")
+        handle = Handle(self, replace(request, prompt_ids=ids[-self.block_size :]))
+        with self._lock:
+            if self._stopping:
+                raise FolioError("the engine is shutting down")
+            if len(self._waiting) >= self.max_queue:
+                raise EngineBusy(
+                    f"server busy: {len(self._waiting)} requests are already waiting; retry shortly"
+                )
+            self._waiting.append(handle)
+            self._lock.notify_all()
+        return handle
+
+    def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
+        """Submit and yield the request's events until its last one.
+
+        Without a background thread the steps run here, in the caller's thread.
+        Closing the iterator early (or Ctrl-C while it runs) cancels the request.
+        """
+        events: queue.SimpleQueue[TokenEvent] = queue.SimpleQueue()
+        outer = request.listener
+
+        def listen(event: TokenEvent) -> None:
+            events.put(event)
+            if outer is not None:
+                outer(event)
+
+        handle = self.submit(replace(request, listener=listen))
+        finished = False
+        try:
+            while not finished:
+                if self._thread is None:
+                    while events.empty():
+                        if not self.step() and events.empty():
+                            raise RuntimeError("the engine has nothing to run for this request")
+                event = events.get()
+                finished = event.finish_reason is not None
+                yield event
+        finally:
+            if not finished:
+                handle.cancel()
+                if self._thread is None:
+                    self._reap()
+
+    def stats(self) -> dict[str, int]:
+        """Requests active and waiting, and totals since start."""
+        with self._lock:
+            return {"active": len(self._active), "waiting": len(self._waiting), **self.counts}
+
+    # --- the decode loop ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the decode loop in a background thread until `close()`."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="folio-engine", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the loop; requests still running or waiting end as 'cancelled'."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        for handle in list(self._waiting):
+            handle.cancel()
+        for seq in self._active:
+            seq.handle.cancel()
+        self._reap()
+
+    def _wake_up(self) -> None:
+        with self._lock:
+            self._lock.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self._waiting and not self._active:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+            try:
+                self.step()
+            except Exception as e:  # a bug must not kill the server: end the batch, go on
+                traceback.print_exc(file=sys.stderr)
+                self._fail_all(f"internal error in the decode loop ({type(e).__name__})")
+
+    def step(self) -> bool:
+        """Admit, drop the finished, run one forward for every active sequence.
+
+        Returns False when there was nothing to do.
+        """
+        self._reap()
+        self._admit()
+        if not self._active:
+            return False
+        self.counts["steps"] += 1
+        with torch.no_grad():
+            fresh = [s for s in self._active if self._needs_prefill(s)]
+            rows = [(s, self._prefill(s)) for s in fresh]
+            rest = [s for s in self._active if s not in fresh]
+            if rest:
+                logits = self._decode(rest)  # (B, V)
+                rows += list(zip(rest, logits, strict=True))
+            for seq, row in rows:
+                self._advance(seq, row)
+        self._reap()
+        return True
+
+    def _admit(self) -> None:
+        with self._lock:
+            while self._waiting and len(self._active) < self.max_batch:
+                handle = self._waiting.popleft()
+                if handle.cancelled:
+                    self._finish_quietly(handle, "cancelled", 0)
+                    continue
+                if handle.request.sampling.max_new_tokens == 0:
+                    self.counts["completed"] += 1
+                    self._tell(handle, TokenEvent(None, finish_reason="length"))
+                    continue
+                self._active.append(self._new_sequence(handle))
+
+    def _new_sequence(self, handle: Handle) -> _Sequence:
+        request = handle.request
+        generator = torch.Generator(device=self.device)
+        if request.sampling.seed is None:
+            generator.seed()  # fresh entropy, never the global RNG
+        else:
+            generator.manual_seed(request.sampling.seed)
+        cache = None
+        if self.supports_cache:
+            if self._free_caches:
+                cache = self._free_caches.pop()
+                cache.reset()
+            else:
+                cache = self.model.new_kv_cache(1)
+        return _Sequence(handle, list(request.prompt_ids), 0, cache, generator)
+
+    def _reap(self) -> None:
+        """Drop finished and cancelled sequences, returning their caches to the pool."""
+        with self._lock:
+            keep = []
+            for seq in self._active:
+                if seq.handle.cancelled and not seq.finished:
+                    self._finish_quietly(seq.handle, "cancelled", seq.generated)
+                    seq.finished = True
+                if seq.finished:
+                    if seq.cache is not None:
+                        self._free_caches.append(seq.cache)
+                else:
+                    keep.append(seq)
+            self._active = keep
+            if self._stopping and self._thread is None:
+                while self._waiting:
+                    self._finish_quietly(self._waiting.popleft(), "cancelled", 0)
+
+    def _needs_prefill(self, seq: _Sequence) -> bool:
+        n = len(seq.tokens)
+        if n - seq.start > self.block_size:  # slide: keep the last tokens, prefill again
+            seq.start = n - self.context_keep
+            if seq.cache is not None:
+                seq.cache.reset()
+        # The cache holds tokens[start : start + cache.length]; one missing token is a decode.
+        return seq.cache is None or seq.cache.length != n - seq.start - 1
+
+    def _prefill(self, seq: _Sequence) -> torch.Tensor:
+        """The next-token logits (V,) of one sequence from its whole window."""
+        window = torch.tensor([seq.tokens[seq.start :]], device=self.device)  # (1, T)
+        if seq.cache is not None:
+            seq.cache.reset()
+        logits, _ = self.model(window, cache=seq.cache, last_only=True)
+        return logits[0, -1].float()  # (1, T, V) -> (V,)
+
+    def _decode(self, seqs: list[_Sequence]) -> torch.Tensor:
+        """One token for each sequence, in one batched forward: (B, V) logits."""
+        idx = torch.tensor([[s.tokens[-1]] for s in seqs], device=self.device)  # (B, 1)
+        batch = CacheBatch([s.cache for s in seqs])
+        logits, _ = self.model(idx, cache=batch, last_only=True)  # (B, 1, V)
+        return logits[:, -1].float()  # (B, V)
+
+    def _advance(self, seq: _Sequence, logits: torch.Tensor) -> None:
+        request = seq.handle.request
+        cfg = request.sampling
+        if not torch.isfinite(logits).all():
+            self.counts["errors"] += 1
+            self._emit(
+                seq,
+                TokenEvent(
+                    None,
+                    finish_reason="error",
+                    error="the model produced non-finite logits (NaN or inf); "
+                    "the weights may be corrupt",
+                    completion_tokens=seq.generated,
+                ),
+            )
+            return
+        token = int(choose_tokens(logits[None], cfg, seq.generator)[0])
+        seq.generated += 1
+        event = TokenEvent(token, completion_tokens=seq.generated)
+        if request.top_logprobs is not None:
+            logprobs = F.log_softmax(logits, dim=-1)  # (V,)
+            event.logprob = float(logprobs[token])
+            if request.top_logprobs > 0:
+                values, ids = torch.topk(logprobs, min(request.top_logprobs, self.vocab_size))
+                event.top_logprobs = list(zip(ids.tolist(), values.tolist(), strict=True))
+        if token in request.stop_ids:
+            event.token_id, event.finish_reason = None, "stop"
+        elif seq.generated >= cfg.max_new_tokens:
+            event.finish_reason = "length"
+        else:
+            seq.tokens.append(token)
+        self._emit(seq, event)
+
+    def _emit(self, seq: _Sequence, event: TokenEvent) -> None:
+        if event.finish_reason is not None:
+            if event.finish_reason != "error":
+                self.counts["completed"] += 1
+            seq.finished = True  # reaped after this step
+        self._tell(seq.handle, event)
+
+    def _finish_quietly(self, handle: Handle, reason: str, generated: int) -> None:
+        if reason == "cancelled":
+            self.counts["cancelled"] += 1
+        self._tell(handle, TokenEvent(None, finish_reason=reason, completion_tokens=generated))
+
+    @staticmethod
+    def _tell(handle: Handle, event: TokenEvent) -> None:
+        listener = handle.request.listener
+        if listener is None:
+            return
+        try:
+            listener(event)
+        except Exception:  # a listener's bug ends only its own request
+            traceback.print_exc(file=sys.stderr)
+            handle._cancelled.set()
+
+    def _fail_all(self, message: str) -> None:
+        with self._lock:
+            active, self._active = self._active, []
+        for seq in active:
+            self.counts["errors"] += 1
+            self._tell(
+                seq.handle,
+                TokenEvent(
+                    None, finish_reason="error", error=message, completion_tokens=seq.generated
+                ),
+            )
+            if seq.cache is not None:
+                self._free_caches.append(seq.cache)

@@ -1,0 +1,119 @@
+"""Helpers for the serving tests: tiny random-weight checkpoints and a server subprocess.
+
+Servers bind 127.0.0.1 on a free port (`--port 0`, the port read back from the
+server's first line) and are always stopped when the `with` block ends.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from folio.checkpoint import clean_state_dict, save_checkpoint
+from folio.models import GPT, GPTConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll: Speak, speak.\n"
+
+
+def random_gpt(vocab_size: int, block_size: int = 16, seed: int = 0, **kw) -> GPT:
+    """The house tiny model, weights wide enough that greedy text does not repeat at once."""
+    torch.manual_seed(seed)
+    config = GPTConfig(
+        vocab_size=vocab_size,
+        n_layer=kw.pop("n_layer", 2),
+        n_head=kw.pop("n_head", 4),
+        n_embd=kw.pop("n_embd", 32),
+        block_size=block_size,
+        **kw,
+    )
+    model = GPT(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def save_run(run_dir: Path, model: GPT, tokenizer) -> Path:
+    """A run directory holding `model` as its latest checkpoint."""
+    save_checkpoint(Path(run_dir), clean_state_dict(model), model.config, tokenizer, {"step": 0})
+    return Path(run_dir)
+
+
+def folio_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("FOLIO_API_KEY", None)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+class Server:
+    """`folio serve` in a subprocess on 127.0.0.1 and a free port; stopped on exit."""
+
+    def __init__(self, *args: str, timeout: float = 90.0) -> None:
+        self.args, self.timeout = [str(a) for a in args], timeout
+        self.lines: list[str] = []
+
+    def __enter__(self) -> Server:
+        cmd = [sys.executable, "-m", "folio", "serve", "--port", "0", "--threads", "1", *self.args]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=folio_env(),
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + self.timeout
+        self.url = None
+        while self.url is None:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.proc.wait(5)
+                raise RuntimeError(f"server exited ({self.proc.returncode}): {''.join(self.lines)}")
+            self.lines.append(line)
+            m = re.search(r"serving on (http://\S+:\d+)", line)
+            if m:
+                self.url = m.group(1)
+            if time.monotonic() > deadline:
+                self.__exit__(None, None, None)
+                raise RuntimeError("server did not start in time")
+        # Keep draining the log so the server never blocks on a full pipe.
+        self._drain = threading.Thread(target=self._read_rest, daemon=True)
+        self._drain.start()
+        return self
+
+    def _read_rest(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def get(self, path: str, **kw) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=30, **kw)
+
+    def post(self, path: str, **kw) -> httpx.Response:
+        return httpx.post(self.url + path, timeout=60, **kw)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)

@@ -1,0 +1,185 @@
+"""Tests for `folio chat` and its session: modes, history dropping, commands and Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from serving import ROOT, TEXT, folio_env, random_gpt, save_run
+
+from folio.commands.chat import _command
+from folio.errors import FolioError
+from folio.sample import Sampler, SamplingConfig
+from folio.sample.engine import Engine
+from folio.serve.prompt import stop_ids_for
+from folio.serve.session import ChatSession, ChatSettings
+from folio.tokenizers import CharTokenizer
+from folio.tokenizers.chat import render_prompt, with_chat_tokens
+
+CHAT_SEED, CHAT_BLOCK = 6, 64  # random weights whose greedy reply ends with <|end|> early
+
+
+@pytest.fixture(scope="module")
+def tok() -> CharTokenizer:
+    return CharTokenizer.from_text(TEXT)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return random_gpt(tok.vocab_size, 16)
+
+
+def session(model, tokenizer, **kw) -> ChatSession:
+    return ChatSession(Engine(model, max_batch=1), tokenizer, ChatSettings(**kw))
+
+
+def greedy(model, tokenizer, ids: list[int], n: int) -> list[int]:
+    cfg = SamplingConfig(max_new_tokens=n, temperature=0)
+    return [int(t) for t in Sampler(model, tokenizer).generate_ids(ids, cfg)]
+
+
+def test_a_base_model_continues_the_conversation_text(model, tok):
+    s = session(model, tok, max_new_tokens=3, temperature=0)
+    first = "".join(s.reply("First"))
+    assert first == tok.decode(greedy(model, tok, tok.encode("First"), 3))
+    second = "".join(s.reply("All"))
+    context = tok.encode("First\n" + first + "\nAll")  # messages joined by newlines
+    assert len(context) <= s.budget and s.dropped == 0
+    assert second == tok.decode(greedy(model, tok, context, 3))
+    assert [m["role"] for m in s.history] == ["user", "assistant"] * 2
+
+
+def test_the_oldest_turns_are_dropped_when_the_history_outgrows_the_context(model, tok):
+    s = session(model, tok, max_new_tokens=4, temperature=0)
+    assert s.budget == 16 - 4
+    for word in ("First", "hear", "me", "speak"):
+        "".join(s.reply(word))
+    assert s.dropped >= 2 and s.dropped % 2 == 0  # whole turns: a user message and its reply
+    assert s.history[-2] == {"role": "user", "content": "speak"}
+    assert s.history[0]["role"] == "user"
+    kept = "\n".join(m["content"] for m in s.history[:-1])
+    assert len(tok.encode(kept + "\n" + "speak")) <= s.budget + len(s.history[-1]["content"])
+
+
+def test_a_message_longer_than_the_context_is_refused_and_not_kept(model, tok):
+    s = session(model, tok, max_new_tokens=4)
+    with pytest.raises(FolioError, match="last message alone"):
+        "".join(s.reply("First Citizen: hear me speak"))
+    assert s.history == []
+
+
+def test_a_chat_model_uses_the_template_and_stops_at_end(tmp_path):
+    ctok = with_chat_tokens(CharTokenizer.from_text(TEXT))
+    m = random_gpt(ctok.vocab_size, CHAT_BLOCK, seed=CHAT_SEED)
+    s = session(m, ctok, max_new_tokens=40, temperature=0, system="Be fair")
+    assert s.chat
+    reply = "".join(s.reply("Speak"))
+    messages = [{"role": "system", "content": "Be fair"}, {"role": "user", "content": "Speak"}]
+    want = greedy(m, ctok, render_prompt(ctok, messages), 40)
+    end = next(i for i, t in enumerate(want) if t in stop_ids_for(ctok))
+    assert reply == ctok.decode(want[:end]) and "<|" not in reply
+    assert s.history == [
+        {"role": "user", "content": "Speak"},
+        {"role": "assistant", "content": reply},
+    ]
+
+
+def test_commands_change_the_settings(model, tok, capsys):
+    s = session(model, tok, temperature=0.8, top_k=40)
+    "".join(s.reply("First"))
+    assert _command(s, "/temperature 0.3") and s.settings.temperature == 0.3
+    assert _command(s, "/temperature hot") and s.settings.temperature == 0.3
+    assert _command(s, "/top_k 0") and s.settings.top_k is None
+    assert _command(s, "/top_k 5") and s.settings.top_k == 5
+    assert _command(s, "/reset") and s.history == []
+    assert _command(s, "/what")
+    assert not _command(s, "/quit")
+    out = capsys.readouterr().out
+    assert "temperature must be" in out and "unknown command" in out
+
+
+# --- the command in a terminal-like subprocess ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, model, tok):
+    return save_run(tmp_path_factory.mktemp("chat") / "tiny", model, tok)
+
+
+class Chat:
+    """`folio chat` with pipes; output collected by a thread."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "folio", "chat", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=folio_env(),
+        )
+        self.out = b""
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while chunk := os.read(self.proc.stdout.fileno(), 4096):
+            self.out += chunk
+
+    def send(self, line: str) -> None:
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def wait_for(self, text: str, after: int = 0, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while (i := self.out.find(text.encode(), after)) < 0:
+            assert time.monotonic() < deadline, f"no {text!r} in {self.out[-500:]!r}"
+            assert self.proc.poll() is None or text.encode() in self.out, self.out.decode()
+            time.sleep(0.02)
+        return i + len(text)
+
+    def close(self) -> int:
+        try:
+            return self.proc.wait(30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.reader.join(5)
+
+
+def test_chat_command_streams_replies_and_takes_commands(run_dir):
+    chat = Chat("--checkpoint", str(run_dir), "--max-new-tokens", "6", "--temperature", "0")
+    try:
+        for line in ("First", "/temperature 0.5", "/top_k 0", "/reset", "/quit"):
+            chat.send(line)
+        assert chat.close() == 0
+    finally:
+        chat.close()
+    out = chat.out.decode()
+    assert "in continuation" in out and out.count("model> ") == 1
+    assert "(temperature 0.5)" in out and "(top_k off)" in out and "(conversation forgotten)" in out
+
+
+def test_ctrl_c_stops_the_reply_and_the_chat_goes_on(run_dir):
+    chat = Chat("--checkpoint", str(run_dir), "--max-new-tokens", "1000000")
+    try:
+        chat.wait_for("you> ")
+        chat.send("First")
+        start = chat.wait_for("model> ")
+        deadline = time.monotonic() + 30
+        while len(chat.out) < start + 50:  # the reply is streaming
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        chat.proc.send_signal(signal.SIGINT)
+        stopped = chat.wait_for("[stopped]", start)
+        chat.wait_for("you> ", stopped)  # back at the prompt, not out of the program
+        chat.send("/quit")
+        assert chat.close() == 0
+    finally:
+        chat.close()
+    assert "Traceback" not in chat.out.decode(errors="replace")

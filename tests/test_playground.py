@@ -1,0 +1,95 @@
+"""The playground page in a real browser: Debian's chromium driven by Selenium and chromium-driver.
+
+Nothing downloads a browser: `make install` installs chromium and
+chromium-driver with apt-get when they are missing (as root, as in CI). The
+test skips only where neither is possible (not root and chromium missing),
+and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from serving import TEXT, Server, random_gpt, save_run
+
+from folio.tokenizers import CharTokenizer
+
+CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def _browser_or_skip():
+    missing = [p for p in (CHROMIUM, DRIVER) if not (os.path.exists(p) or shutil.which(p))]
+    if missing:
+        if os.geteuid() == 0:
+            pytest.fail(
+                f"{', '.join(missing)} missing although running as root: `make install` "
+                "installs chromium and chromium-driver (apt-get)"
+            )
+        pytest.skip(
+            f"{', '.join(missing)} missing and not root: apt-get install chromium chromium-driver"
+        )
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,900",
+    ):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
+
+
+def test_playground_streams_a_reply_colours_tokens_and_shows_attention(tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    tok = CharTokenizer.from_text(TEXT)
+    run = save_run(tmp_path / "tiny", random_gpt(tok.vocab_size, 16), tok)
+    with Server(f"--checkpoint=tiny={run}") as server:
+        browser = _browser_or_skip()
+        try:
+            browser.get(server.url + "/")
+            wait = WebDriverWait(browser, 30)
+            wait.until(lambda b: b.find_element(By.ID, "status").text == "ready")
+            assert browser.find_element(By.ID, "mode").get_attribute("value") == "completion"
+            max_tokens = browser.find_element(By.ID, "max_tokens")
+            max_tokens.clear()
+            max_tokens.send_keys("400")
+            # Watch the page as it changes: the input disabled, tokens arriving in batches.
+            browser.execute_script(
+                """
+                window.seen = {disabled: false, batches: 0};
+                new MutationObserver(() => {
+                  if (document.getElementById('prompt').disabled) window.seen.disabled = true;
+                }).observe(document.getElementById('prompt'), {attributes: true});
+                new MutationObserver((records) => {
+                  if (records.some(r => [...r.addedNodes].some(n => n.className === 'tok')))
+                    window.seen.batches += 1;
+                }).observe(document.getElementById('transcript'), {childList: true, subtree: true});
+                """
+            )
+            browser.find_element(By.ID, "prompt").send_keys("First")
+            browser.find_element(By.ID, "send").click()
+            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#transcript .tok")) > 0)
+            wait.until(lambda b: b.find_element(By.ID, "prompt").is_enabled())  # re-enabled
+            seen = browser.execute_script("return window.seen")
+            assert seen["disabled"] and seen["batches"] > 1  # streamed, not all at once
+            tokens = browser.find_elements(By.CSS_SELECTOR, "#transcript .tok")
+            assert len(tokens) == 400
+            probs = [float(t.get_attribute("data-p")) for t in tokens]
+            colours = {t.value_of_css_property("background-color") for t in tokens}
+            assert all(0 < p <= 1 for p in probs) and len(colours) > 3
+            assert "length" in browser.find_element(By.ID, "status").text
+            # The attention panel shows the wei matrix of the text.
+            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#attn-tokens span")) == 16)
+            errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+            assert errors == []
+        finally:
+            browser.quit()
