@@ -27,6 +27,7 @@ COMMANDS = (
     "chat",
     "serve",
     "tasks",
+    "rl",
     "bench",
     "ladder",
     "export",
