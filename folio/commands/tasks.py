@@ -15,7 +15,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `list` and `make` subcommands of `folio tasks`."""
     parser.formatter_class = DefaultsOnceFormatter
     sub = parser.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
-    pl = sub.add_parser("list", help="the tasks Folio can make, with their prompts")
+    pl = sub.add_parser(
+        "list",
+        help="the tasks Folio can make, with their prompts",
+        formatter_class=DefaultsOnceFormatter,
+    )
     pl.add_argument("--json", action="store_true", help="print one JSON list")
     pm = sub.add_parser(
         "make",
