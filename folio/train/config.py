@@ -265,9 +265,10 @@ def _split_key(key: str) -> tuple[str, str]:
     return section, name
 
 
-STAGE_SECTIONS = ("rl",)
-"""Preset tables that a later stage reads into its own config (`folio rl` reads [rl], with
-`stage_config`); the run config ignores them and their `--rl.FIELD` overrides."""
+STAGE_SECTIONS = ("rl", "prefs")
+"""Preset tables that a later stage reads into its own config with `stage_config` (`folio rl`
+reads [rl]; `folio reward` and `folio dpo` read [prefs]); the run config ignores them and
+their `--SECTION.FIELD` overrides."""
 
 
 def build_run_config(preset: str, overrides: list[tuple[str, Any]]) -> RunConfig:
