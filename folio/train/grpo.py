@@ -51,7 +51,7 @@ from folio.tokenizers.chat import end_of_turn_id, has_chat_template, render_prom
 from folio.train.config import RunConfig
 from folio.train.rl_config import RLConfig
 from folio.train.rl_math import group_advantages, k3_kl, masked_mean, policy_loss
-from folio.train.rollout import reply_logprobs, sample_rollout
+from folio.train.rollout import RolloutBuffer, reply_logprobs, sample_rollout
 from folio.train.trainer import Trainer, TrainResult
 
 Reward = Callable[[Example, str, bool], float]
@@ -107,8 +107,7 @@ class GRPOObjective:
         self.test_prompts = [render_prompt(tokenizer, ex.messages[:1]) for ex in test_examples]
         self.tokens_per_batch = cfg.minibatch_rows * reference.context_size
         self.policy: nn.Module | None = None
-        self.rollout: dict[str, torch.Tensor] | None = None
-        self.cursor = 0
+        self.buffer = RolloutBuffer(BATCH_KEYS, cfg.epochs, cfg.minibatches)
 
     def bind(self, model: nn.Module) -> None:
         """Take the policy the trainer trains (rollouts sample from it)."""
@@ -177,17 +176,7 @@ class GRPOObjective:
         used up (epochs passes, each over its own shuffle of the rows)."""
         if split != "train":
             return self.eval_batch(split, generator)
-        c = self.cfg
-        if self.rollout is None or self.cursor >= c.steps_per_rollout:
-            rollout = self._draw("train", generator)
-            order = torch.stack(
-                [torch.randperm(c.rollout_rows, generator=generator) for _ in range(c.epochs)]
-            ).view(c.steps_per_rollout, c.minibatch_rows)
-            self.rollout = {k: rollout[k] for k in BATCH_KEYS} | {"order": order}
-            self.cursor = 0
-        rows = self.rollout["order"][self.cursor]
-        self.cursor += 1
-        return tuple(self.rollout[k][rows] for k in BATCH_KEYS)
+        return self.buffer.next(lambda: self._draw("train", generator), generator)
 
     def eval_batch(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         """A fresh rollout on the split's prompts (train pool or held-out), all rows at once;
@@ -257,19 +246,10 @@ class GRPOObjective:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The rollout being learned from and the next minibatch's index (empty before the first)."""
-        if self.rollout is None:
-            return {}
-        return {**self.rollout, "cursor": torch.tensor([self.cursor])}
+        return self.buffer.state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if not state:
-            self.rollout, self.cursor = None, 0
-            return
-        missing = [k for k in (*BATCH_KEYS, "order", "cursor") if k not in state]
-        if missing:
-            raise FolioError(f"the checkpoint's rollout state lacks {', '.join(missing)}")
-        self.rollout = {k: state[k] for k in (*BATCH_KEYS, "order")}
-        self.cursor = int(state["cursor"][0])
+        self.buffer.load_state_dict(state)
 
 
 # ------------------------------------------------------------------ the stage

@@ -21,7 +21,7 @@ ratio. The loss recomputes them with the same temperature and top-k
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -135,3 +135,57 @@ def reply_logprobs(
     logits, _ = model(tokens[:, :-1])  # (B, T - 1, V)
     logprobs = token_logprobs(logits, tokens[:, 1:], temperature, top_k)  # (B, T - 1)
     return logprobs.masked_fill(mask == 0, 0.0)
+
+
+class RolloutBuffer:
+    """The rollout being learned from, served as minibatches: `epochs` passes over its rows, each
+    in its own shuffled order, `minibatches` steps a pass; then it asks for a new rollout.
+
+    The buffer is what an on-policy objective saves with a checkpoint (`state_dict`), so a run
+    resumed in the middle of a rollout continues it exactly.
+    """
+
+    def __init__(self, keys: Sequence[str], epochs: int, minibatches: int) -> None:
+        self.keys, self.epochs, self.minibatches = tuple(keys), epochs, minibatches
+        self.data: dict[str, torch.Tensor] | None = None
+        self.cursor = 0
+
+    @property
+    def steps(self) -> int:
+        """Minibatches served from one rollout."""
+        return self.epochs * self.minibatches
+
+    def next(
+        self, refill: Callable[[], dict[str, torch.Tensor]], generator: torch.Generator
+    ) -> tuple[torch.Tensor, ...]:
+        """The next minibatch (the tensors of `keys`, in order); `refill()` makes a new rollout
+        (its tensors' first dimension are rows) once the current one is used up."""
+        if self.data is None or self.cursor >= self.steps:
+            rollout = refill()
+            rows = len(rollout[self.keys[0]])
+            if rows % self.minibatches:
+                raise ValueError(f"{rows} rows do not split into {self.minibatches} minibatches")
+            order = torch.stack(
+                [torch.randperm(rows, generator=generator) for _ in range(self.epochs)]
+            ).view(self.steps, rows // self.minibatches)
+            self.data = {k: rollout[k] for k in self.keys} | {"order": order}
+            self.cursor = 0
+        rows = self.data["order"][self.cursor]
+        self.cursor += 1
+        return tuple(self.data[k][rows] for k in self.keys)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The rollout and the next minibatch's index (empty before the first rollout)."""
+        if self.data is None:
+            return {}
+        return {**self.data, "cursor": torch.tensor([self.cursor])}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if not state:
+            self.data, self.cursor = None, 0
+            return
+        missing = [k for k in (*self.keys, "order", "cursor") if k not in state]
+        if missing:
+            raise FolioError(f"the checkpoint's rollout state lacks {', '.join(missing)}")
+        self.data = {k: state[k] for k in (*self.keys, "order")}
+        self.cursor = int(state["cursor"][0])
