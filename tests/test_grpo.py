@@ -16,55 +16,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from rl_models import picker, tiny, tokenizer
 
 from folio.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
 from folio.cli import main
-from folio.data.conversations import Conversation, sft_rows
 from folio.data.tasks import Example
 from folio.errors import FolioError
-from folio.models import GPT, GPTConfig
+from folio.models import GPT
 from folio.tokenizers import CharTokenizer
 from folio.tokenizers.chat import END, with_chat_tokens
 from folio.train.config import build_run_config
 from folio.train.grpo import GRPOObjective
-from folio.train.losses import masked_lm_loss
 from folio.train.rl_config import RLConfig
 from folio.train.rollout import reply_logprobs, sample_rollout
 from folio.train.run_log import extra_metrics
 from folio.train.trainer import Trainer
-
-LETTERS = "abcd"
-
-
-def tokenizer() -> CharTokenizer:
-    return with_chat_tokens(CharTokenizer.from_text("Pick" + LETTERS + "0123456789+="))
-
-
-def tiny(tok: CharTokenizer, dropout: float = 0.0, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    cfg = GPTConfig(tok.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=dropout)
-    return GPT(cfg)
-
-
-def picker(tok: CharTokenizer, steps: int = 30) -> GPT:
-    """A model fine-tuned to answer "Pick" with any of the four letters, about equally."""
-    model = tiny(tok)
-    convos = [
-        Conversation(
-            [{"role": "user", "content": "Pick"}, {"role": "assistant", "content": c}], "x"
-        )
-        for c in LETTERS
-    ] * 4
-    x, y, mask = sft_rows(convos, tok, 16)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        logits, _ = model(x)
-        loss = masked_lm_loss(logits, y, mask)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model
-
 
 PICK_A = [Example("pick", "Pick", "a", 0)]
 """The rewarded task: the reply "a" is right (an unknown task name: exact match)."""
@@ -89,7 +55,7 @@ def trainer(model: GPT, tok: CharTokenizer, out: Path, iters: int, resume=False,
         "tiny",
         [("train.learning_rate", 1e-3), ("train.max_iters", iters), ("train.eval_iters", 1),
          ("train.eval_interval", kw.pop("eval_interval", iters)), ("train.weight_decay", 0.0),
-         ("train.eval_at_start", kw.pop("eval_at_start", True))],
+         ("train.eval_at_start", kw.pop("eval_at_start", True)), ("train.threads", 1)],
     )  # fmt: skip
     run = dataclasses.replace(run, model=model.config)
     return Trainer(
@@ -271,7 +237,7 @@ def test_folio_rl_bad_input_is_one_line(chat_run: Path, tmp_path: Path) -> None:
         (("--init-from", f"run:{chat_run}", "--tasks", "nope"), "unknown task"),
         (("--init-from", f"run:{chat_run}", "--set", "model.n_layer=3"), "model settings"),
         (("--init-from", f"run:{chat_run}", "--batch-size", 8), "rl.minibatches"),
-        (("--init-from", f"run:{chat_run}", "--rl.group_size", 1), "group_size must be"),
+        (("--init-from", f"run:{chat_run}", "--rl.group_size", 1), "group_size of at least 2"),
         (("--init-from", f"run:{chat_run}", "--rl.minibatches", 3), "must divide"),
         (("--init-from", f"run:{chat_run}", "--rl.bogus", 1), None),
     ]  # fmt: skip

@@ -1,4 +1,5 @@
-"""`folio rl`: RL on verifiable rewards from a chat checkpoint (folio/train/grpo.py)."""
+"""`folio rl`: RL from a chat checkpoint: GRPO on task rewards (folio/train/grpo.py), or PPO
+against a reward model (folio/train/ppo.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,19 @@ from folio.errors import FolioError
 from folio.train.config import add_config_flags, add_stage_flags, list_presets
 from folio.train.rl_config import RLConfig
 
-HELP = "RL on tasks with checkable answers (GRPO) from a chat model"
+HELP = "RL from a chat model: GRPO on task rewards, or PPO against a reward model"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `folio rl`."""
     parser.add_argument(
-        "--algo", choices=["grpo"], default="grpo",
-        help="grpo: group-relative advantages, reward = the task's checker",
+        "--algo", choices=["grpo", "ppo"], default="grpo",
+        help="grpo: group-relative advantages, reward = the task's checker (--tasks); ppo: a "
+        "value head and GAE, reward = the --reward-model's score minus a KL penalty",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reward-model", default=None, metavar="run:DIR",
+        help="ppo: the reward model (a `folio reward` run); its prompts are the gold rule's",
     )  # fmt: skip
     parser.add_argument(
         "--init-from", required=True, metavar="run:DIR",
@@ -28,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the frozen model of the KL penalty (default: the --init-from model)",
     )  # fmt: skip
     parser.add_argument(
-        "--tasks", required=True, help="comma-separated task names (folio tasks list)"
+        "--tasks", default=None, help="grpo: comma-separated task names (folio tasks list)"
     )
     parser.add_argument(
         "--corpus", default="shakespeare",
@@ -61,6 +67,7 @@ def run(args: argparse.Namespace) -> None:
     from folio.runtime import env_from_environ
     from folio.train.config import build_run_config, config_overrides, stage_config
     from folio.train.grpo import train_grpo
+    from folio.train.ppo import train_ppo
 
     overrides = config_overrides(args)
     for key, _ in overrides:
@@ -78,14 +85,24 @@ def run(args: argparse.Namespace) -> None:
         raise FolioError("folio rl runs in a single process; launch it without torchrun")
     run_config = build_run_config(args.preset, overrides)
     rl = stage_config(RLConfig, args.preset, "rl", overrides)
-    result = train_grpo(
-        run_config, rl, args.init_from, args.tasks, args.out,
+    common = dict(
         reference_from=args.reference, corpus=args.corpus, resume=args.resume,
         restart=args.restart, force=args.force, progress=not args.quiet,
         log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print,
     )  # fmt: skip
+    if args.algo == "grpo":
+        if args.tasks is None or args.reward_model is not None:
+            raise FolioError(
+                "--algo grpo takes --tasks (their checkers are the reward) and no --reward-model"
+            )
+        result = train_grpo(run_config, rl, args.init_from, args.tasks, args.out, **common)
+    else:
+        if args.reward_model is None or args.tasks is not None:
+            raise FolioError("--algo ppo takes --reward-model (its reward) and no --tasks")
+        result = train_ppo(run_config, rl, args.init_from, args.reward_model, args.out, **common)
     last = result.history[-1] if result.history else {}
-    figures = {k: last[k] for k in ("pass_at_1", "reward", "kl", "end_rate") if k in last}
+    keys = ("pass_at_1", "reward", "rm_score", "gold_score", "kl", "end_rate")
+    figures = {k: last[k] for k in keys if k in last}
     summary = {
         "run_dir": str(result.run_dir),
         "algo": args.algo,

@@ -11,11 +11,12 @@ from folio.models.config import (
     BigramConfig,
     GPTConfig,
     ModelConfig,
+    PolicyValueConfig,
     RewardModelConfig,
     model_config_from_dict,
 )
 from folio.models.gpt import GPT
-from folio.models.reward import RewardModel
+from folio.models.reward import PolicyValueModel, RewardModel
 
 
 def build_model(config: BigramConfig | GPTConfig) -> nn.Module:
@@ -24,6 +25,8 @@ def build_model(config: BigramConfig | GPTConfig) -> nn.Module:
         raise FolioError("model config: vocab_size is not set (it comes from the dataset)")
     if isinstance(config, BigramConfig):
         return BigramLanguageModel(config)
+    if isinstance(config, PolicyValueConfig):
+        return PolicyValueModel(config)
     if isinstance(config, RewardModelConfig):
         return RewardModel(config)
     return GPT(config)
@@ -45,6 +48,8 @@ __all__ = [
     "GPT",
     "GPTConfig",
     "ModelConfig",
+    "PolicyValueModel",
+    "PolicyValueConfig",
     "RewardModel",
     "RewardModelConfig",
     "BigramConfig",

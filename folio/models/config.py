@@ -172,10 +172,19 @@ class RewardModelConfig(GPTConfig):
     model_type = "reward"
 
 
+@dataclass
+class PolicyValueConfig(GPTConfig):
+    """PPO's model: a GPT (the policy) with a value head on the same transformer; the GPT's
+    fields. It samples and is evaluated like any GPT."""
+
+    model_type = "gpt-value"
+
+
 MODEL_CONFIGS: dict[str, type] = {
     "bigram": BigramConfig,
     "gpt": GPTConfig,
     "reward": RewardModelConfig,
+    "gpt-value": PolicyValueConfig,
 }
 
 

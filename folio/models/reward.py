@@ -1,4 +1,5 @@
-"""A reward model: the GPT with a scalar head, read at the reply's end-of-turn token.
+"""A reward model: the GPT with a scalar head, read at the reply's end-of-turn token; and
+PPO's policy with a value head, the same shape.
 
 Notation: B batch, T time, C channels (n_embd).
 
@@ -9,6 +10,11 @@ position's final hidden state to a number. The score of a reply is that
 number at its end-of-turn token: by then the model has read the prompt and
 the whole reply. The language-model head is kept (unused by the score) so
 the weights load from any chat checkpoint of the same shape.
+
+PPO's model (`PolicyValueModel`) has the same two heads used the other way
+round: the language-model head is the policy, and the scalar head estimates
+the value (the expected return) at every position of a reply, sharing the
+transformer with the policy.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from folio.models.config import RewardModelConfig
+from folio.models.config import PolicyValueConfig, RewardModelConfig
 from folio.models.gpt import GPT
 
 
@@ -36,3 +42,14 @@ class RewardModel(GPT):
     def score_at(self, idx: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
         """Each row's score at position end[b] (its end-of-turn token): (B,)."""
         return self.scores(idx).gather(1, end[:, None]).squeeze(1)
+
+
+class PolicyValueModel(RewardModel):
+    """PPO's model: the policy's logits from lm_head, its value estimates from the scalar head."""
+
+    def __init__(self, config: PolicyValueConfig) -> None:
+        super().__init__(config)
+
+    def values(self, idx: torch.Tensor) -> torch.Tensor:
+        """The value estimate at every position: (B, T) ids -> (B, T)."""
+        return self.scores(idx)

@@ -11,7 +11,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from folio.checkpoint import Checkpoint
 from folio.data.prefs import (
     FLIP,
     LINE_PROMPT,
@@ -24,49 +23,12 @@ from folio.data.prefs import (
 from folio.data.tasks import load_material
 from folio.errors import FolioError
 from folio.eval_tasks import generate_replies
-from folio.models import build_model
 from folio.models.config import RewardModelConfig
-from folio.tokenizers.chat import end_of_turn_id, has_chat_template, render_prompt
+from folio.tokenizers.chat import end_of_turn_id, render_prompt
 from folio.train.config import RunConfig
-from folio.train.grpo import load_initial
+from folio.train.policy import load_policy, policy_config, same_tokenizer, with_scalar_head
 from folio.train.preference import DPOObjective, PrefConfig, RewardObjective, pair_rows
 from folio.train.trainer import Trainer, TrainResult
-
-
-def load_policy(spec: str, what: str = "--init-from") -> Checkpoint:
-    """A chat language model (not a reward model) from run:DIR."""
-    ck = load_initial(spec, what)
-    if ck.model_config.model_type == "reward":
-        raise FolioError(
-            f"{ck.path}: this is a reward model; {what} wants a chat language model "
-            f"(a `folio sft` run)"
-        )
-    if not has_chat_template(ck.tokenizer):
-        raise FolioError(
-            f"{ck.path}: the checkpoint has no chat template (no <|user|>, <|assistant|>, "
-            f"<|end|> tokens); fine-tune it with `folio sft` first"
-        )
-    return ck
-
-
-def load_reward_model(spec: str, what: str = "--reward-model") -> Checkpoint:
-    """A reward model (`folio reward`'s run) from run:DIR."""
-    ck = load_initial(spec, what)
-    if ck.model_config.model_type != "reward":
-        raise FolioError(
-            f"{ck.path}: this is a {ck.model_config.model_type} language model, not a reward "
-            f"model; train one with `folio reward`"
-        )
-    return ck
-
-
-def same_tokenizer(a: Checkpoint, b: Checkpoint) -> None:
-    """Refuse two models whose token ids mean different things."""
-    if a.tokenizer.to_dict() != b.tokenizer.to_dict():
-        raise FolioError(
-            f"{b.path}: its tokenizer differs from {a.path}'s; the policy, its reference and "
-            f"the reward model must share one"
-        )
 
 
 def _rows(path: str | Path, tokenizer: Any, block_size: int):
@@ -88,18 +50,14 @@ def train_reward(
     starts at zero, so every reply first scores 0 (the loss starts at ln 2).
     """
     policy = load_policy(init_from)
-    config = RewardModelConfig(**policy.model_config.to_dict())
-    model = build_model(config)
-    missing, unexpected = model.load_state_dict(policy.model.state_dict(), strict=False)
-    if unexpected or not all(k.startswith("score_head.") for k in missing):
-        raise RuntimeError(f"reward model weights do not line up: {missing}, {unexpected}")
+    config, weights = with_scalar_head(policy, RewardModelConfig)
     rows, _ = _rows(data, policy.tokenizer, config.block_size)
     run = dataclasses.replace(run, model=config)
     objective = RewardObjective(rows, run.train.batch_size, cfg.center_coef)
     meta = {"stage": "reward", "init_from": init_from, "data": str(Path(data).resolve()),
             "prefs": cfg.to_dict()}  # fmt: skip
     trainer = Trainer(
-        run, objective, out_dir, policy.tokenizer, init_weights=model.state_dict(), meta=meta,
+        run, objective, out_dir, policy.tokenizer, init_weights=weights, meta=meta,
         **trainer_args,
     )  # fmt: skip
     return trainer.fit()
@@ -114,7 +72,7 @@ def train_dpo(
     policy = load_policy(init_from)
     ref = policy if reference_from is None else load_policy(reference_from, "--reference")
     same_tokenizer(policy, ref)
-    config = dataclasses.replace(policy.model_config, dropout=0.0)
+    config = policy_config(policy)
     rows, test = _rows(data, policy.tokenizer, config.block_size)
     prompts = list(dict.fromkeys(p.prompt[-1]["content"] for p in test))
     gold = [p for p in prompts if is_gold_prompt(p)][: cfg.gold_prompts]

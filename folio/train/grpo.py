@@ -35,7 +35,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from folio.checkpoint import Checkpoint, load_checkpoint
 from folio.data.tasks import (
     Example,
     check_reply,
@@ -47,8 +46,9 @@ from folio.data.tasks import (
 from folio.errors import FolioError
 from folio.eval_tasks import generate_replies
 from folio.fsutil import read_json
-from folio.tokenizers.chat import end_of_turn_id, has_chat_template, render_prompt
+from folio.tokenizers.chat import end_of_turn_id, render_prompt
 from folio.train.config import RunConfig
+from folio.train.policy import load_policy, policy_config, same_tokenizer
 from folio.train.rl_config import RLConfig
 from folio.train.rl_math import group_advantages, k3_kl, masked_mean, policy_loss
 from folio.train.rollout import RolloutBuffer, reply_logprobs, sample_rollout
@@ -98,6 +98,11 @@ class GRPOObjective:
     ) -> None:
         if not train_examples or not test_examples:
             raise FolioError("GRPO needs training and held-out prompts")
+        if cfg.group_size < 2:
+            raise FolioError(
+                f"rl config: GRPO needs group_size of at least 2 (a group's mean reward is each "
+                f"reply's baseline), got {cfg.group_size}"
+            )
         self.cfg, self.tokenizer = cfg, tokenizer
         self.reference = frozen(reference)
         self.end_id = end_of_turn_id(tokenizer)
@@ -108,6 +113,7 @@ class GRPOObjective:
         self.tokens_per_batch = cfg.minibatch_rows * reference.context_size
         self.policy: nn.Module | None = None
         self.buffer = RolloutBuffer(BATCH_KEYS, cfg.epochs, cfg.minibatches)
+        self.rollout_sums = torch.zeros(4)  # rewards, replies, zero-spread groups, groups
 
     def bind(self, model: nn.Module) -> None:
         """Take the policy the trainer trains (rollouts sample from it)."""
@@ -176,7 +182,16 @@ class GRPOObjective:
         used up (epochs passes, each over its own shuffle of the rows)."""
         if split != "train":
             return self.eval_batch(split, generator)
-        return self.buffer.next(lambda: self._draw("train", generator), generator)
+        return self.buffer.next(lambda: self._training_rollout(generator), generator)
+
+    def _training_rollout(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        rollout = self._draw("train", generator)
+        groups = rollout["rewards"].view(-1, self.cfg.group_size)
+        zero = float((groups.amax(dim=1) == groups.amin(dim=1)).sum())
+        self.rollout_sums += torch.tensor(
+            [float(groups.sum()), float(groups.numel()), zero, float(len(groups))]
+        )
+        return rollout
 
     def eval_batch(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         """A fresh rollout on the split's prompts (train pool or held-out), all rows at once;
@@ -203,7 +218,9 @@ class GRPOObjective:
         (mean), kl (k3 summed over a reply, mean over replies: KL(pi || pi_ref)
         per reply, in nats), reply_tokens (mean, END not counted) and
         zero_spread (the share of prompts whose G replies all got the same
-        reward, from which GRPO learns nothing).
+        reward, from which GRPO learns nothing). And train_reward and
+        train_zero_spread: the same two over the training rollouts since the
+        last eval.
         """
         c, examples = self.cfg, self.test_examples
         greedy = generate_replies(
@@ -240,38 +257,35 @@ class GRPOObjective:
             "reply_tokens": float((rollout["mask"].sum(dim=1) - ended).mean()),
             "zero_spread": float((groups.amax(dim=1) == groups.amin(dim=1)).float().mean()),
         }
+        rewards, replies, zero, n_groups = self.rollout_sums.tolist()
+        if replies:
+            out |= {"train_reward": rewards / replies, "train_zero_spread": zero / n_groups}
+        self.rollout_sums.zero_()
         return out
 
     # ------------------------------------------------------------- resume
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The rollout being learned from and the next minibatch's index (empty before the first)."""
-        return self.buffer.state_dict()
+        """The rollout being learned from, the next minibatch's index and the training rollouts'
+        statistics since the last eval (empty before the first rollout)."""
+        state = self.buffer.state_dict()
+        return state | {"rollout_sums": self.rollout_sums.clone()} if state else {}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.rollout_sums = state.pop("rollout_sums", torch.zeros(4)).clone()
         self.buffer.load_state_dict(state)
 
 
 # ------------------------------------------------------------------ the stage
 
 
-def load_initial(spec: str, what: str = "--init-from") -> Checkpoint:
-    """The checkpoint `run:DIR` names (a run directory's latest, or a checkpoint directory)."""
-    kind, sep, path = spec.partition(":")
-    if not sep or kind != "run" or not path:
-        raise FolioError(
-            f"{what} expects run:DIR (a Folio run or checkpoint directory), got {spec!r}"
-        )
-    return load_checkpoint(path, "latest")
-
-
-def _check_resume(out_dir: Path, meta: dict[str, Any]) -> None:
-    """A resumed run must keep its tasks, initial weights and RL settings."""
+def check_resume(out_dir: Path, meta: dict[str, Any]) -> None:
+    """A resumed run must keep what `meta` records: its models, prompts and RL settings."""
     path = out_dir / "run.json"
     if not path.exists():
         return
     saved = read_json(path, "run config")
-    for key in ("algo", "init_from", "reference", "tasks", "rl"):
+    for key in meta:
         if isinstance(saved, dict) and saved.get(key) != meta[key]:
             raise FolioError(
                 f"{path}: the run was started with another {key} ({saved.get(key)!r}); "
@@ -303,24 +317,15 @@ def train_grpo(
     on noise. The reference (default: the initial checkpoint) is frozen.
     """
     names = parse_task_names(tasks)
-    policy = load_initial(init_from)
+    policy = load_policy(init_from)
     tokenizer = policy.tokenizer
-    if not has_chat_template(tokenizer):
-        raise FolioError(
-            f"{policy.path}: the checkpoint has no chat template (no <|user|>, <|assistant|>, "
-            f"<|end|> tokens); fine-tune it with `folio sft` first"
-        )
-    ref = policy if reference_from is None else load_initial(reference_from, "--reference")
-    if ref.tokenizer.to_dict() != tokenizer.to_dict():
-        raise FolioError(
-            f"{ref.path}: the reference's tokenizer differs from the policy's ({policy.path}); "
-            f"both must come from the same chat model"
-        )
+    ref = policy if reference_from is None else load_policy(reference_from, "--reference")
+    same_tokenizer(policy, ref)
     needs_corpus = any(get_task(n).needs_corpus for n in names)
     material = load_material(corpus) if needs_corpus else None
     train_examples = make_examples(names, "train", rl.prompt_pool, rl.train_seed, material)
     test_examples = make_examples(names, "test", rl.eval_prompts, rl.test_seed, material)
-    model_config = dataclasses.replace(policy.model_config, dropout=0.0)
+    model_config = policy_config(policy)
     run = dataclasses.replace(
         run, model=model_config, train=dataclasses.replace(run.train, batch_size=rl.minibatch_rows)
     )
@@ -333,7 +338,7 @@ def train_grpo(
         "rl": rl.to_dict(),
     }
     if resume:
-        _check_resume(Path(out_dir), meta)
+        check_resume(Path(out_dir), meta)
     objective = GRPOObjective(rl, tokenizer, ref.model, train_examples, test_examples)
     trainer = Trainer(
         run, objective, out_dir, tokenizer,

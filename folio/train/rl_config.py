@@ -29,7 +29,7 @@ class RLConfig:
     prompts_per_rollout: int = 16
     """Prompts sampled per rollout (P)."""
     group_size: int = 8
-    """Replies sampled per prompt (G); GRPO's baseline is the mean reward of the group."""
+    """Replies sampled per prompt (G); GRPO's baseline is the mean reward of the group (G >= 2)."""
     minibatches: int = 2
     """Minibatches (optimizer steps) per pass over a rollout; must divide P * G."""
     epochs: int = 2
@@ -43,11 +43,21 @@ class RLConfig:
     clip_eps: float = 0.2
     """Clip the probability ratio to [1 - clip_eps, 1 + clip_eps] in the surrogate."""
     kl_coef: float = 0.04
-    """Weight of the k3 KL penalty to the frozen reference (the initial policy); 0: none."""
+    """Weight of the KL penalty to the frozen reference (the initial policy); 0: none. GRPO adds
+    kl_coef times the k3 estimate to the loss; PPO subtracts kl_coef times log(pi / pi_ref) from
+    each token's reward."""
     scale_by_std: bool = True
     """GRPO: divide each group's advantages by the standard deviation of its rewards."""
     no_end_penalty: float = 0.0
     """Subtracted from the reward of a reply that never produces the end-of-turn token."""
+    gamma: float = 1.0
+    """PPO: discount of later rewards in GAE (1: none; a reply is short)."""
+    gae_lambda: float = 0.95
+    """PPO: GAE's lambda, trading the value estimate's bias (0) for the returns' variance (1)."""
+    vf_coef: float = 0.1
+    """PPO: weight of the value loss beside the policy loss (they share the transformer)."""
+    value_clip: float = 0.2
+    """PPO: the value loss ignores moves of the value estimate beyond this from the rollout's."""
     train_seed: int = 1
     """Seed of the training prompts (the tasks' train split; `folio tasks make` uses 0)."""
     prompt_pool: int = 4096
@@ -74,11 +84,8 @@ class RLConfig:
         for name in ("prompt_pool", "eval_prompts"):
             if getattr(self, name) < 1:
                 raise FolioError(f"rl config: {name} must be positive, got {getattr(self, name)}")
-        if self.group_size < 2:
-            raise FolioError(
-                f"rl config: group_size must be at least 2 (a group's baseline needs several "
-                f"replies), got {self.group_size}"
-            )
+        if self.group_size < 1:
+            raise FolioError(f"rl config: group_size must be positive, got {self.group_size}")
         rows = self.prompts_per_rollout * self.group_size
         if rows % self.minibatches:
             raise FolioError(
@@ -91,11 +98,14 @@ class RLConfig:
             raise FolioError(f"rl config: top_k must be 0 (off) or positive, got {self.top_k}")
         if not 0 < self.clip_eps < 1:
             raise FolioError(f"rl config: clip_eps must be in (0, 1), got {self.clip_eps}")
-        for name in ("kl_coef", "no_end_penalty"):
+        for name in ("kl_coef", "no_end_penalty", "vf_coef", "value_clip"):
             if getattr(self, name) < 0:
                 raise FolioError(
                     f"rl config: {name} must not be negative, got {getattr(self, name)}"
                 )
+        for name in ("gamma", "gae_lambda"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise FolioError(f"rl config: {name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("train_seed", "test_seed"):
             if getattr(self, name) < 0:
                 raise FolioError(
