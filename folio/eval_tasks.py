@@ -49,7 +49,7 @@ from folio.data.conversations import Conversation, read_conversations
 from folio.data.tasks import check_reply
 from folio.errors import FolioError
 from folio.models.gpt import GPT
-from folio.sample.sampler import Sampler, SamplingConfig, choose_tokens
+from folio.sample.sampler import Sampler, SamplingConfig, choose_tokens, sampling_logprobs
 from folio.tokenizers.chat import ChatTokenizer, end_of_turn_id, has_chat_template, render_prompt
 
 UNTAGGED = "untagged"
@@ -76,6 +76,9 @@ class Reply:
     """The reply's tokens, END excluded."""
     ended: bool
     """Whether the reply ended with END within the token limit."""
+    logprobs: list[float] | None = None
+    """When asked for: log-probability of each reply token, END included when the reply
+    ended, under the distribution it was drawn from (`sampling_logprobs`)."""
 
 
 def task_items(conversations: Sequence[Conversation], tokenizer: ChatTokenizer) -> list[TaskItem]:
@@ -129,8 +132,13 @@ def _decode_batch(
     end_id: int,
     cfg: SamplingConfig,
     generator: torch.Generator,
+    with_logprobs: bool = False,
 ) -> list[Reply]:
-    """Decode rows of equal-length prompts (B, T0) together, each until END or the limit."""
+    """Decode rows of equal-length prompts (B, T0) together, each until END or the limit.
+
+    with_logprobs: also record each chosen token's log-probability under the
+    distribution it was drawn from (temperature and top-k applied).
+    """
     B, T0 = prompts.shape
     N = cfg.max_new_tokens
     cache = model.new_kv_cache(B, max_len=T0 + N) if model.supports_kv_cache else None
@@ -138,10 +146,14 @@ def _decode_batch(
     tokens[:, :T0] = prompts
     done = torch.zeros(B, dtype=torch.bool, device=prompts.device)
     length = torch.full((B,), N, dtype=torch.long, device=prompts.device)  # tokens before END
+    logprobs = torch.zeros(B, N, device=prompts.device) if with_logprobs else None  # (B, N)
     n = T0
     logits = _last_logits(model, tokens[:, :n], cache)  # prefill
     for step in range(N):
         next_ids = choose_tokens(logits, cfg, generator)  # (B,)
+        if logprobs is not None:
+            dist = sampling_logprobs(logits, cfg.temperature, cfg.top_k, cfg.top_p)  # (B, V)
+            logprobs[:, step] = dist.gather(-1, next_ids[:, None]).squeeze(-1)
         next_ids = next_ids.masked_fill(done, end_id)  # finished rows idle on END
         finishing = (next_ids == end_id) & ~done
         length[finishing] = step
@@ -154,9 +166,10 @@ def _decode_batch(
             model, tokens[:, n - 1 : n] if cache is not None else tokens[:, :n], cache
         )
     rows = tokens[:, T0:].tolist()
+    lps = logprobs.tolist() if logprobs is not None else [None] * B
     return [
-        Reply(row[:ln], ended)
-        for row, ln, ended in zip(rows, length.tolist(), done.tolist(), strict=True)
+        Reply(row[:ln], ended, lp[: ln + ended] if lp is not None else None)
+        for row, ln, ended, lp in zip(rows, length.tolist(), done.tolist(), lps, strict=True)
     ]
 
 
@@ -197,22 +210,35 @@ def generate_replies(
     seed: int = 0,
     batch_size: int = 256,
     dtype: torch.dtype | None = None,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    logprobs: bool = False,
 ) -> list[list[Reply]]:
     """num_samples replies to each prompt, decoded in batches of up to batch_size rows.
 
     Rows are grouped by prompt length (see the module docstring); the random
-    draws come from one generator seeded with `seed`, so a call is
-    reproducible. `dtype` (bfloat16, float16) runs the forward under autocast.
-    The model is put in eval mode for the call and restored after.
+    draws come from `generator` (on the model's device) if given, else from
+    one seeded with `seed`, so a call is reproducible. `dtype` (bfloat16,
+    float16) runs the forward under autocast. The model is put in eval mode
+    for the call and restored after. `logprobs` records each reply token's
+    log-probability under the sampling distribution (RL rollouts); it needs
+    temperature > 0 and prompts that fit the context with their replies.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise FolioError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if logprobs and temperature <= 0:
+        raise ValueError("log-probabilities of greedy replies are not defined (temperature 0)")
     cfg = SamplingConfig(
-        max_new_tokens=max_new_tokens, temperature=temperature, num_samples=num_samples, seed=seed
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        num_samples=num_samples,
+        seed=seed,
     )
     device = next(model.parameters()).device
     block = 1 if not isinstance(model, GPT) else model.config.block_size
-    generator = torch.Generator(device=device).manual_seed(seed)
+    if generator is None:
+        generator = torch.Generator(device=device).manual_seed(seed)
     out: list[list[Reply]] = [[] for _ in prompts]
     by_length: dict[int, list[int]] = defaultdict(list)
     alone = []
@@ -238,9 +264,11 @@ def generate_replies(
                 rows = [i for i in by_length[length] for _ in range(num_samples)]
                 for chunk in _chunks(rows, batch_size):
                     batch = torch.tensor([list(prompts[i]) for i in chunk], device=device)
-                    replies = _decode_batch(model, batch, end_id, cfg, generator)
+                    replies = _decode_batch(model, batch, end_id, cfg, generator, logprobs)
                     for i, reply in zip(chunk, replies, strict=True):
                         out[i].append(reply)
+            if alone and logprobs:
+                raise ValueError(f"prompt {alone[0]} and its reply do not fit the context")
             for n, i in enumerate(alone):
                 one = SamplingConfig(**{**cfg.__dict__, "seed": seed + 1 + n})
                 out[i] = _decode_alone(model, list(prompts[i]), end_id, one)

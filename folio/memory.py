@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from folio.errors import FolioError
-from folio.models.config import BigramConfig, GPTConfig
+from folio.models.config import BigramConfig, GPTConfig, RewardModelConfig
 
 BYTES_FP32 = 4
 STATE_BYTES_PER_PARAM = 16  # weights + gradients + AdamW exp_avg + exp_avg_sq, fp32 each
@@ -60,7 +60,8 @@ def count_parameters(config: BigramConfig | GPTConfig) -> int:
     per_layer = ln + attn + (ln + mlp if config.feed_forward else 0)
     embeddings = v * c + (config.block_size * c if config.pos_embedding else 0)
     head = 0 if config.tie_weights else c * v
-    return embeddings + config.n_layer * per_layer + ln + head
+    score_head = c + 1 if isinstance(config, RewardModelConfig) else 0  # a reward model's scalar
+    return embeddings + config.n_layer * per_layer + ln + head + score_head
 
 
 def estimate_training_memory(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from folio.commands import eval_tasks
+from folio.commands import eval_prefs, eval_tasks
 from folio.commands.common import DefaultsOnceFormatter, checkpoint_arguments, precision_arguments
 from folio.errors import FolioError
 
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="windows per batch (>= 1)")
     precision_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    modes = parser.add_subparsers(dest="eval_mode", metavar="[tasks]")
+    modes = parser.add_subparsers(dest="eval_mode", metavar="[tasks|prefs]")
     tasks = modes.add_parser(
         "tasks",
         help="pass@1, pass@k, end rate and reply length on tasks",
@@ -46,6 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     eval_tasks.add_arguments(tasks)
     tasks.set_defaults(func=eval_tasks.run)
+    prefs = modes.add_parser(
+        "prefs",
+        help="a reward model's pairwise accuracy on held-out preference pairs",
+        formatter_class=DefaultsOnceFormatter,
+    )
+    eval_prefs.add_arguments(prefs)
+    prefs.set_defaults(func=eval_prefs.run)
 
 
 def run(args: argparse.Namespace) -> None:

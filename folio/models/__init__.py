@@ -7,8 +7,15 @@ from torch import nn
 
 from folio.errors import FolioError
 from folio.models.bigram import BigramLanguageModel
-from folio.models.config import BigramConfig, GPTConfig, ModelConfig, model_config_from_dict
+from folio.models.config import (
+    BigramConfig,
+    GPTConfig,
+    ModelConfig,
+    RewardModelConfig,
+    model_config_from_dict,
+)
 from folio.models.gpt import GPT
+from folio.models.reward import RewardModel
 
 
 def build_model(config: BigramConfig | GPTConfig) -> nn.Module:
@@ -17,6 +24,8 @@ def build_model(config: BigramConfig | GPTConfig) -> nn.Module:
         raise FolioError("model config: vocab_size is not set (it comes from the dataset)")
     if isinstance(config, BigramConfig):
         return BigramLanguageModel(config)
+    if isinstance(config, RewardModelConfig):
+        return RewardModel(config)
     return GPT(config)
 
 
@@ -36,6 +45,8 @@ __all__ = [
     "GPT",
     "GPTConfig",
     "ModelConfig",
+    "RewardModel",
+    "RewardModelConfig",
     "BigramConfig",
     "BigramLanguageModel",
     "build_model",

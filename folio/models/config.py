@@ -165,7 +165,18 @@ class GPTConfig:
         return _from_dict(cls, d, "model config")
 
 
-MODEL_CONFIGS: dict[str, type] = {"bigram": BigramConfig, "gpt": GPTConfig}
+@dataclass
+class RewardModelConfig(GPTConfig):
+    """A GPT with a scalar head that scores replies (folio/models/reward.py); the GPT's fields."""
+
+    model_type = "reward"
+
+
+MODEL_CONFIGS: dict[str, type] = {
+    "bigram": BigramConfig,
+    "gpt": GPTConfig,
+    "reward": RewardModelConfig,
+}
 
 
 def model_config_from_dict(model_type: str, d: dict[str, Any]) -> BigramConfig | GPTConfig:

@@ -176,6 +176,20 @@ class GPT(nn.Module):
         continues sequence b from its own length. `last_only` computes logits
         for the final position only (B, 1, V), which is all that sampling needs.
         """
+        x = self.hidden_states(idx, cache=cache)  # (B, T, C)
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C)
+        logits = self.lm_head(x)  # (B, T, C) -> (B, T, V)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+        return logits, loss
+
+    def hidden_states(
+        self, idx: torch.Tensor, *, cache: KVCache | CacheBatch | None = None
+    ) -> torch.Tensor:
+        """The final LayerNorm's output (B, T, C): what lm_head reads (and a reward model's
+        scalar head). The cache works as in `forward`."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if self.config.pos_embedding and start + T > self.config.block_size:
@@ -192,14 +206,7 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache.layers[i] if cache is not None else None)
-        x = self.transformer.ln_f(x)
-        if last_only:
-            x = x[:, -1:, :]  # (B, 1, C)
-        logits = self.lm_head(x)  # (B, T, C) -> (B, T, V)
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
-        return logits, loss
+        return self.transformer.ln_f(x)
 
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor, layer: int) -> torch.Tensor:

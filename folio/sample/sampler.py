@@ -171,6 +171,24 @@ def choose_tokens(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
 
 
+def sampling_logprobs(
+    logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """Log-probabilities of the distribution `choose_tokens` draws from, for logits (..., V).
+
+    log p(v) = log_softmax(filter((logits - max) / temperature))[v], and -inf
+    outside the top-k / top-p set: the same steps, in the same order, as a
+    draw. RL scores its samples with it, so the loss sees exactly the
+    distribution the samples came from. Float32, differentiable; temperature > 0.
+    """
+    if temperature <= 0:
+        raise ValueError(f"sampling log-probabilities need a temperature > 0, got {temperature}")
+    V = logits.shape[-1]
+    flat = logits.reshape(-1, V).float()  # (N, V)
+    scaled = (flat - flat.amax(dim=-1, keepdim=True)) / temperature
+    return F.log_softmax(filter_logits(scaled, top_k, top_p), dim=-1).reshape(logits.shape)
+
+
 def _model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")

@@ -265,16 +265,24 @@ def _split_key(key: str) -> tuple[str, str]:
     return section, name
 
 
+STAGE_SECTIONS = ("rl", "prefs")
+"""Preset tables that a later stage reads into its own config with `stage_config` (`folio rl`
+reads [rl]; `folio reward` and `folio dpo` read [prefs]); the run config ignores them and
+their `--SECTION.FIELD` overrides."""
+
+
 def build_run_config(preset: str, overrides: list[tuple[str, Any]]) -> RunConfig:
     """A preset with `overrides` applied, every field validated (vocab_size may stay 0)."""
     d = load_preset_dict(preset)
-    unknown_sections = set(d) - {"model", "train", "description"}
+    unknown_sections = set(d) - {"model", "train", "description", *STAGE_SECTIONS}
     if unknown_sections:
         raise FolioError(
             f"preset {preset!r}: unknown section(s) {', '.join(sorted(unknown_sections))}"
         )
     tables = {"model": dict(d.get("model", {})), "train": dict(d.get("train", {}))}
     for key, value in overrides:
+        if key.partition(".")[0] in STAGE_SECTIONS:
+            continue
         section, name = _split_key(key)
         tables[section][name] = value
     model = tables["model"]
@@ -333,8 +341,11 @@ def _defaults(cls: type) -> dict[str, Any]:
     return {f.name: f.default for f in fields(cls) if f.default is not dataclasses.MISSING}
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """Add `--train.FIELD` and `--model.FIELD` for every field, plus SHORT_FLAGS and `--set`."""
+def add_config_flags(parser: argparse.ArgumentParser, model: bool = True) -> None:
+    """Add `--train.FIELD` and `--model.FIELD` for every field, plus SHORT_FLAGS and `--set`.
+
+    model=False leaves out the model's flags (a stage whose model comes from a checkpoint).
+    """
     group = parser.add_argument_group("training settings (override the preset)")
     train_docs, train_defaults = field_docs(TrainConfig), _defaults(TrainConfig)
     for name in TRAIN_FIELDS:
@@ -345,7 +356,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model settings (override the preset)")
     docs = {**field_docs(BigramConfig), **field_docs(GPTConfig)}
     docs["type"] = "'gpt' or 'bigram'."
-    for name in MODEL_FIELDS:
+    for name in MODEL_FIELDS if model else ():
         group.add_argument(
             f"--model.{name}", dest=f"cfg:model.{name}", metavar="V", default=argparse.SUPPRESS,
             help=docs.get(name, ""),
@@ -365,6 +376,32 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         "--set", action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS,
         help="override any field, e.g. train.learning_rate=3e-4 or model.n_layer=4 (repeatable)",
     )  # fmt: skip
+
+
+def add_stage_flags(parser: argparse.ArgumentParser, section: str, cls: type, title: str) -> None:
+    """Add `--SECTION.FIELD` for every field of the dataclass `cls`, help from its docstrings."""
+    group = parser.add_argument_group(title)
+    docs, defaults = field_docs(cls), _defaults(cls)
+    for f in fields(cls):
+        group.add_argument(
+            f"--{section}.{f.name}", dest=f"cfg:{section}.{f.name}", metavar="V",
+            default=argparse.SUPPRESS,
+            help=f"{docs.get(f.name, '')} (unless the preset says: {defaults[f.name]!r})",
+        )  # fmt: skip
+
+
+def stage_config(cls: type, preset: str, section: str, overrides: list[tuple[str, Any]]) -> Any:
+    """The preset's [section] table, with the `section.FIELD` overrides applied, as a `cls`."""
+    table = dict(load_preset_dict(preset).get(section, {}))
+    for key, value in overrides:
+        head, _, name = key.partition(".")
+        if head == section:
+            table[name] = value
+    known = [f.name for f in fields(cls)]
+    for key in table:
+        if key not in known:
+            raise unknown_key_error(f"{section} config", key, known)
+    return cls(**table)
 
 
 def config_overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:

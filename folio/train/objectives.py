@@ -15,6 +15,16 @@ object with:
 - optionally `metrics(model)`: more figures for each eval row (a held-out
   pass@1, a reward), computed with the model in eval mode, under no_grad.
 
+An on-policy stage (RL) samples its batches from the model being trained and
+learns from each sample for several steps; it may also have:
+
+- `bind(model)`: called once with the model being trained, before any batch;
+- `eval_batch(split, generator)`: the batches `evaluate` scores, when they
+  must not come from (and disturb) the training stream of `batch`;
+- `state_dict()` / `load_state_dict(tensors)`: CPU tensors saved with each
+  checkpoint and restored on resume (the rollout being learned from), so a
+  resumed run continues exactly.
+
 `LMObjective` is the video's next-token loss on random windows of a token
 stream; `MaskedLMObjective` is the same loss counted only where a mask is 1
 (SFT's "learn what the assistant says"); `MixedObjective` is the masked one

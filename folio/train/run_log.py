@@ -81,8 +81,27 @@ def nan_snapshot(out_dir: Path, model, model_config, tokenizer, step, x, y) -> N
     )
 
 
+EVAL_KEYS = frozenset({"step", "tokens", "train_loss", "val_loss", "eval", "time"})
+"""The fields every eval row has; any other number in it is a stage's own metric."""
+
+
+def extra_metrics(rows: list[dict[str, Any]]) -> list[str]:
+    """The names of the stage metrics (held-out pass@1, reward, KL...) the eval rows carry."""
+    names: dict[str, None] = {}
+    for r in rows:
+        if r.get("eval"):
+            for k, v in r.items():
+                if k not in EVAL_KEYS and isinstance(v, int | float) and not isinstance(v, bool):
+                    names[k] = None
+    return list(names)
+
+
 def plot_losses(out_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """Train and val loss against step and against tokens seen, as RUN_DIR/loss.png."""
+    """Train and val loss against step and against tokens seen, as RUN_DIR/loss.png.
+
+    When the eval rows carry a stage's own metrics (RL's pass@1, reward, KL,
+    ...), each gets a panel of its own against step, below the losses.
+    """
     try:
         import matplotlib
 
@@ -94,7 +113,10 @@ def plot_losses(out_dir: Path, rows: list[dict[str, Any]]) -> None:
     evals = [r for r in rows if r.get("eval")]
     if not steps and not evals:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    extra = extra_metrics(evals)
+    n_rows = 1 + (len(extra) + 1) // 2
+    fig, grid = plt.subplots(n_rows, 2, figsize=(11, 4 * n_rows), squeeze=False)
+    axes = grid[0]
     for ax, xkey, xlabel in ((axes[0], "step", "step"), (axes[1], "tokens", "tokens seen")):
         if steps:
             ax.plot(
@@ -118,6 +140,16 @@ def plot_losses(out_dir: Path, rows: list[dict[str, Any]]) -> None:
         ax.set_ylabel("loss (nats/token)")
         ax.grid(alpha=0.3)
         ax.legend()
+    panels = list(grid[1:].flat)
+    for ax, name in zip(panels, extra, strict=False):
+        have = [r for r in evals if isinstance(r.get(name), int | float)]
+        ax.plot([r["step"] for r in have], [r[name] for r in have], "o-", color="tab:green")
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    for ax in panels[len(extra) :]:
+        ax.axis("off")
     fig.tight_layout()
     tmp = out_dir / f".loss.png.tmp-{os.getpid()}"
     try:

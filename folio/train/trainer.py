@@ -89,9 +89,9 @@ class TrainResult:
 
 
 def _maybe_compile(
-    model: nn.Module, enabled: bool, objective: Objective, example: Batch, log
+    model: nn.Module, enabled: bool, objective: Objective, example: Batch | None, log
 ) -> nn.Module:
-    if not enabled:
+    if not enabled or example is None:
         return model
     device = example[0].device
     try:
@@ -160,6 +160,8 @@ class Trainer:
         # Seeds, then the model: its initialisation draws from the global generator.
         self.state = TrainState(seed_everything(tc.seed, self.denv.rank))
         self.model = self._build_model(init_weights)
+        if hasattr(objective, "bind"):  # an on-policy stage samples its batches from the model
+            objective.bind(self.model)
         self.optimizer = make_optimizer_for(self.model, tc, self.device.type)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
         self.lock = self._claim_run_dir(restart)
@@ -261,6 +263,11 @@ class Trainer:
         self.state.load_state_dict(
             ck.state, rng, seed=self.tc.seed, rank=self.denv.rank, device=self.device, where=ck.path
         )
+        if hasattr(self.objective, "load_state_dict"):  # e.g. RL's rollout being learned from
+            prefix = "objective."
+            self.objective.load_state_dict(
+                {k[len(prefix) :]: v for k, v in rng.items() if k.startswith(prefix)}
+            )
         if self.state.step >= self.tc.max_iters:
             val = ck.state.get("val_loss")
             shown = f" (val loss {val:.4f})" if isinstance(val, float) else ""
@@ -287,7 +294,10 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 **distributed.no_buffer_sync_kwargs(),  # buffers (the causal mask) never change
             )
-        example = self._to_device(self.objective.batch("train", torch.Generator().manual_seed(0)))
+        example = None
+        if self.tc.compile:  # drawn like an eval batch: the training stream stays untouched
+            draw = getattr(self.objective, "eval_batch", self.objective.batch)
+            example = self._to_device(draw("train", torch.Generator().manual_seed(0)))
         fwd = _maybe_compile(ddp or self.model, self.tc.compile, self.objective, example, self.log)
         return ddp, fwd
 
@@ -388,7 +398,7 @@ class Trainer:
         losses = estimate_objective(
             self.model,
             lambda batch: self.objective.loss(model, self._to_device(batch)),
-            self.objective.batch,
+            getattr(self.objective, "eval_batch", self.objective.batch),
             self.objective.splits,
             self.tc.eval_iters,
             self.tc.seed + 1,
@@ -409,6 +419,8 @@ class Trainer:
     def save(self, losses: dict[str, float], best: bool) -> None:
         """Checkpoint this step (latest; best too when `best`). Collectives first, then rank 0 writes."""
         plain, rng = self.state.state_dict(self.device)
+        if hasattr(self.objective, "state_dict"):
+            rng.update({f"objective.{k}": v for k, v in self.objective.state_dict().items()})
         weights = (
             clean_state_dict(distributed.full_state_dict(self.model))
             if self.tc.fsdp

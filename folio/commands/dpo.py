@@ -1,0 +1,34 @@
+"""`folio dpo`: Direct Preference Optimization of a chat model on preference pairs."""
+
+from __future__ import annotations
+
+import argparse
+
+from folio.commands.reward import add_preference_arguments, configs, report, trainer_args
+
+HELP = "DPO: tune a chat model on preference pairs against a frozen reference"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `folio dpo`."""
+    add_preference_arguments(parser, "dpo")
+    parser.add_argument(
+        "--beta", dest="cfg:prefs.beta", metavar="V", default=None,
+        help="= --prefs.beta V: the strength of the KL leash (the preset's: 0.1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reference", default=None, metavar="run:DIR",
+        help="the frozen reference (default: the --init-from model)",
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train with DPO, then print the held-out margin, accuracy and gold score."""
+    from folio.train.dpo import train_dpo
+
+    run_config, cfg = configs(args)
+    result = train_dpo(
+        run_config, cfg, args.init_from, args.data, args.out, reference_from=args.reference,
+        **trainer_args(args),
+    )  # fmt: skip
+    report(args, result, ("margin", "accuracy", "gold_score", "chosen_logprob", "rejected_logprob"))

@@ -1,0 +1,101 @@
+"""`folio rl`: RL on verifiable rewards from a chat checkpoint (folio/train/grpo.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from folio.errors import FolioError
+from folio.train.config import add_config_flags, add_stage_flags, list_presets
+from folio.train.rl_config import RLConfig
+
+HELP = "RL on tasks with checkable answers (GRPO) from a chat model"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `folio rl`."""
+    parser.add_argument(
+        "--algo", choices=["grpo"], default="grpo",
+        help="grpo: group-relative advantages, reward = the task's checker",
+    )  # fmt: skip
+    parser.add_argument(
+        "--init-from", required=True, metavar="run:DIR",
+        help="the chat model to start from (a `folio sft` run); its shape and tokenizer are kept",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reference", default=None, metavar="run:DIR",
+        help="the frozen model of the KL penalty (default: the --init-from model)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tasks", required=True, help="comma-separated task names (folio tasks list)"
+    )
+    parser.add_argument(
+        "--corpus", default="shakespeare",
+        help="where the words and lines of the tasks come from (as `folio tasks make --corpus`)",
+    )  # fmt: skip
+    parser.add_argument("--out", required=True, help="run directory (checkpoints, metrics, plot)")
+    parser.add_argument(
+        "--preset", default="rl",
+        help=f"preset with [train] and [rl] tables ({', '.join(list_presets())}) or a TOML file",
+    )  # fmt: skip
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
+    )
+    parser.add_argument(
+        "--restart", action="store_true",
+        help="start over in a run directory that already holds a run, moving the old one aside",
+    )  # fmt: skip
+    parser.add_argument(
+        "--force", action="store_true",
+        help="train even when the memory estimate exceeds the memory available",
+    )  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_stage_flags(parser, "rl", RLConfig, "RL settings (override the preset's [rl] table)")
+    add_config_flags(parser, model=False)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train with RL, then print the result and the last held-out figures."""
+    from folio.runtime import env_from_environ
+    from folio.train.config import build_run_config, config_overrides, stage_config
+    from folio.train.grpo import train_grpo
+
+    overrides = config_overrides(args)
+    for key, _ in overrides:
+        if key.startswith("model."):
+            raise FolioError(
+                f"{key}: the model of `folio rl` is the --init-from checkpoint's (with dropout "
+                f"off); model settings do not apply"
+            )
+        if key in ("train.batch_size", "batch_size"):
+            raise FolioError(
+                f"{key}: a minibatch of `folio rl` is rl.prompts_per_rollout x rl.group_size / "
+                f"rl.minibatches replies; set those instead"
+            )
+    if env_from_environ().enabled:
+        raise FolioError("folio rl runs in a single process; launch it without torchrun")
+    run_config = build_run_config(args.preset, overrides)
+    rl = stage_config(RLConfig, args.preset, "rl", overrides)
+    result = train_grpo(
+        run_config, rl, args.init_from, args.tasks, args.out,
+        reference_from=args.reference, corpus=args.corpus, resume=args.resume,
+        restart=args.restart, force=args.force, progress=not args.quiet,
+        log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print,
+    )  # fmt: skip
+    last = result.history[-1] if result.history else {}
+    figures = {k: last[k] for k in ("pass_at_1", "reward", "kl", "end_rate") if k in last}
+    summary = {
+        "run_dir": str(result.run_dir),
+        "algo": args.algo,
+        "step": result.step,
+        **figures,
+        "seconds": round(result.seconds, 2),
+        "stopped": result.stopped,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in figures.items())
+        print(f"done: step {result.step}, {shown}, {result.seconds:.1f} s -> {result.run_dir}")

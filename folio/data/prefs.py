@@ -1,0 +1,248 @@
+"""Preference pairs: which of two replies to a prompt is better, for a reward model and DPO.
+
+A pair is one JSONL line in the common form
+
+    {"prompt": [messages], "chosen": "...", "rejected": "..."}
+
+where the messages are the chat format's (folio/tokenizers/chat.py) and end
+with the user's turn, and chosen and rejected are two assistant replies to it.
+Users may write pairs by hand; every line is checked on reading and a bad
+one is one FolioError naming its file and line. A preference directory holds
+train.jsonl and test.jsonl (the held-out pairs that measure a reward model).
+
+With no people to rank replies, `folio prefs make` ranks them by a hidden
+gold rule and flips a share of the labels to simulate disagreeing labellers.
+The rule (`gold_score`): to the prompt "Write a line for {SPEAKER} about
+{word}", a good reply contains the word, is 20 to 60 characters long, and
+ends with the end-of-turn token; the score is the share of the three met.
+The reward model never sees the rule, so the gold score of a policy trained
+against the reward model shows whether it learned the rule or its loopholes.
+
+Prompts are drawn like the tasks' (folio/data/tasks.py): each has its own
+seed, and a prompt's split is a function of its text, so train and test
+never share one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from folio.data.tasks import MAX_DRAWS, Material, prompt_split
+from folio.errors import FolioError
+from folio.fsutil import (
+    atomic_write_json,
+    atomic_write_text,
+    check_replaceable_dir,
+    replace_dir,
+    scratch_dir,
+)
+from folio.tokenizers.chat import validate_conversation
+
+PREFS_FORMAT = "folio-prefs"
+PREFS_FILES = ("train.jsonl", "test.jsonl")
+FLIP = 0.1
+"""Default share of labels flipped (chosen and rejected swapped) by `folio prefs make`."""
+LINE_PROMPT = "Write a line for {speaker} about {word}"
+LINE_LENGTHS = (20, 60)
+"""A good line is this many characters long, both ends included."""
+_PROMPT_RE = re.compile(r"Write a line for (.+) about (\S+)")
+_SEED_SPLIT = {"train": 0, "test": 1}
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two replies to one prompt, the first preferred."""
+
+    prompt: list[dict]
+    """The conversation so far, ending with the user's turn."""
+    chosen: str
+    rejected: str
+    where: str = ""
+    """"FILE:LINE" (for error messages), or "" for a pair made in memory."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+
+
+def check_pair(obj: Any, where: str) -> Pair:
+    """One pair from its JSON form; a FolioError naming `where` for anything wrong."""
+    if not isinstance(obj, dict) or not {"prompt", "chosen", "rejected"} <= set(obj):
+        raise FolioError(f'{where}: expected an object with "prompt", "chosen" and "rejected"')
+    messages = validate_conversation({"messages": obj["prompt"]}, where, needs_reply=False)
+    if messages[-1]["role"] != "user":
+        raise FolioError(f"{where}: the prompt must end with the user's turn")
+    for key in ("chosen", "rejected"):
+        if not isinstance(obj[key], str):
+            raise FolioError(f'{where}: "{key}" must be a string (the reply)')
+    if obj["chosen"] == obj["rejected"]:
+        raise FolioError(f"{where}: chosen and rejected are the same reply; a pair needs two")
+    return Pair(messages, obj["chosen"], obj["rejected"], where)
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    """The pairs of one JSONL file, each line checked; blank lines are skipped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise FolioError(f"{path}:{line}: not UTF-8 text") from None
+    except OSError as e:
+        raise FolioError(f"{path}: cannot read it ({e.strerror or e})") from None
+    pairs = []
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise FolioError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        pairs.append(check_pair(obj, where))
+    if not pairs:
+        raise FolioError(f"{path}: holds no pairs (the file is empty or blank)")
+    return pairs
+
+
+def read_pref_dir(path: str | Path) -> tuple[list[Pair], list[Pair]]:
+    """(train, test) pairs of a preference directory; both files are required."""
+    d = Path(path)
+    if d.is_file():
+        raise FolioError(
+            f"{path}: a preference file with no held-out split; give a directory holding "
+            f"train.jsonl and test.jsonl (the test pairs measure the model)"
+        )
+    if not d.is_dir():
+        raise FolioError(f"{path}: no such directory")
+    for name in PREFS_FILES:
+        if not (d / name).is_file():
+            raise FolioError(
+                f"{path}: no {name}; a preference directory holds train.jsonl and test.jsonl "
+                f"(the held-out pairs)"
+            )
+    return read_pairs(d / "train.jsonl"), read_pairs(d / "test.jsonl")
+
+
+# ------------------------------------------------------------- the gold rule
+
+
+def line_prompt(rng: random.Random, material: Material) -> str:
+    """A prompt of the gold rule: a speaker and a word of the corpus."""
+    return LINE_PROMPT.format(
+        speaker=rng.choice(material.speakers), word=rng.choice(material.words)
+    )
+
+
+def line_prompts(split: str, n: int, seed: int, material: Material) -> list[str]:
+    """n distinct prompts of one split, each drawn from its own seed (as the tasks' are)."""
+    if split not in _SEED_SPLIT:
+        raise ValueError(f"split must be train or test, got {split!r}")
+    out: list[str] = []
+    used: set[str] = set()
+    for i in range(n):
+        rng = random.Random(((seed << 32 | i) << 1) | _SEED_SPLIT[split])
+        for _ in range(MAX_DRAWS):
+            prompt = line_prompt(rng, material)
+            if prompt not in used and prompt_split(prompt) == split:
+                break
+        else:
+            raise FolioError(f"found only {len(used)} distinct {split} prompts; ask for fewer")
+        used.add(prompt)
+        out.append(prompt)
+    return out
+
+
+def is_gold_prompt(prompt: str) -> bool:
+    """Whether the gold rule applies to a prompt (it has the form LINE_PROMPT)."""
+    return _PROMPT_RE.fullmatch(prompt.strip()) is not None
+
+
+def gold_score(prompt: str, reply: str, ended: bool = True) -> float:
+    """The hidden rule's score of a reply: the share of its three tests passed (0 to 1).
+
+    For "Write a line for {SPEAKER} about {word}": the reply contains the word,
+    is 20 to 60 characters long (stripped), and ended with the end-of-turn
+    token. A prompt of another form scores 0.
+    """
+    m = _PROMPT_RE.fullmatch(prompt.strip())
+    if m is None:
+        return 0.0
+    text = reply.strip()
+    lo, hi = LINE_LENGTHS
+    tests = (m.group(2).lower() in text.lower(), lo <= len(text) <= hi, ended)
+    return sum(tests) / len(tests)
+
+
+def rank_replies(
+    prompt: str, replies: Sequence[tuple[str, bool]], flip: float, rng: random.Random
+) -> tuple[str, str] | None:
+    """(chosen, rejected): the replies with the best and worst gold scores, swapped with
+    probability `flip`; None when every reply scores the same (or two texts are equal)."""
+    scored = sorted(replies, key=lambda r: gold_score(prompt, *r))
+    worst, best = scored[0], scored[-1]
+    if gold_score(prompt, *worst) == gold_score(prompt, *best) or worst[0] == best[0]:
+        return None
+    chosen, rejected = best[0], worst[0]
+    if rng.random() < flip:
+        chosen, rejected = rejected, chosen
+    return chosen, rejected
+
+
+def make_pairs(
+    prompts: Sequence[str],
+    sample: Callable[[Sequence[str]], list[list[tuple[str, bool]]]],
+    flip: float,
+    seed: int,
+) -> list[Pair]:
+    """Pairs from sampled replies: `sample(prompts)` gives (text, ended) replies per prompt."""
+    rng = random.Random(seed)
+    pairs = []
+    for prompt, replies in zip(prompts, sample(prompts), strict=True):
+        ranked = rank_replies(prompt, replies, flip, rng)
+        if ranked is not None:
+            messages = [{"role": "user", "content": prompt}]
+            pairs.append(Pair(messages, *ranked))
+    return pairs
+
+
+def _is_prefs_dir(path: Path) -> bool:
+    try:
+        names = {p.name for p in path.iterdir()}
+        meta = json.loads((path / "prefs.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return names <= {*PREFS_FILES, "prefs.json"} and meta.get("format") == PREFS_FORMAT
+
+
+def write_pref_dir(
+    out_dir: str | Path, train: list[Pair], test: list[Pair], manifest: dict[str, Any]
+) -> Path:
+    """Write train.jsonl, test.jsonl and prefs.json, built aside and renamed into place.
+
+    A new or empty directory, or an earlier preference directory, may be
+    written; a directory holding anything else is refused.
+    """
+    out = check_replaceable_dir(out_dir, _is_prefs_dir, "a Folio preference directory")
+    if not train or not test:
+        raise FolioError(
+            f"no {'training' if not train else 'held-out'} pairs: every sampled reply scored the "
+            f"same; sample more replies per prompt (--replies) or more prompts"
+        )
+
+    def jsonl(pairs: list[Pair]) -> str:
+        return "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs)
+
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    with scratch_dir(tmp, f"cannot write preferences to {out_dir}: {{why}}"):
+        atomic_write_text(tmp / "train.jsonl", jsonl(train))
+        atomic_write_text(tmp / "test.jsonl", jsonl(test))
+        atomic_write_json(tmp / "prefs.json", {"format": PREFS_FORMAT, **manifest})
+        replace_dir(tmp, out)
+    return out

@@ -1,0 +1,343 @@
+"""GRPO: RL on verifiable rewards, with each prompt's group of replies as its own baseline.
+
+Group Relative Policy Optimization, Shao et al. (2024), "DeepSeekMath". For
+each prompt, sample G replies from the current policy, score each with the
+task's checker (1 right, 0 wrong), and make the replies that beat their
+group's mean more likely and the others less:
+
+    A_i    = (r_i - mean_group(r)) / (std_group(r) + eps)       (std optional)
+    rho_t  = pi_theta(y_t) / pi_old(y_t)                          per reply token
+    loss   = -mean_t min(rho_t A_i, clip(rho_t, 1 - eps, 1 + eps) A_i)
+             + beta * mean_t k3(pi_theta, pi_ref)_t
+
+No value model is needed: the group is the baseline. pi_old is the policy that
+sampled the rollout; each rollout is learned from for `epochs` passes of
+`minibatches` steps (rl_config.py), so rho moves away from 1 after the first
+step and the clip keeps each update near the sampling policy. pi_ref is a
+frozen copy of the initial (SFT) model; the k3 penalty keeps the policy near
+it. All log-probs are taken at the sampling temperature and top-k.
+
+The stage is an objective of the one `Trainer`: `batch("train", generator)`
+serves the minibatches of the current rollout and samples a new rollout
+(with `generator`, so a resumed run samples the same) when they are used up;
+the rollout being learned from is saved with each checkpoint
+(`state_dict`). Training prompts come from the tasks' train split, held-out
+prompts from their test split (folio/data/tasks.py keeps the two disjoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from folio.checkpoint import Checkpoint, load_checkpoint
+from folio.data.tasks import (
+    Example,
+    check_reply,
+    get_task,
+    load_material,
+    make_examples,
+    parse_task_names,
+)
+from folio.errors import FolioError
+from folio.eval_tasks import generate_replies
+from folio.fsutil import read_json
+from folio.tokenizers.chat import end_of_turn_id, has_chat_template, render_prompt
+from folio.train.config import RunConfig
+from folio.train.rl_config import RLConfig
+from folio.train.rl_math import group_advantages, k3_kl, masked_mean, policy_loss
+from folio.train.rollout import RolloutBuffer, reply_logprobs, sample_rollout
+from folio.train.trainer import Trainer, TrainResult
+
+Reward = Callable[[Example, str, bool], float]
+"""reward(example, reply text, whether the reply ended) -> a number."""
+
+BATCH_KEYS = ("tokens", "mask", "old_logprobs", "ref_logprobs", "advantages")
+"""A GRPO batch, in this order: (B, T) tokens, then (B, T-1) mask, old and reference
+log-probs, then (B,) advantages."""
+
+METRICS_SEED = 0
+"""Seed of the sampled replies the metrics score: the same draws at every eval."""
+
+
+def task_reward(no_end_penalty: float = 0.0) -> Reward:
+    """The task's checker as a reward: 1 for a right reply, 0 otherwise, minus the penalty
+    for a reply that never ended."""
+
+    def reward(example: Example, text: str, ended: bool) -> float:
+        right = float(check_reply(example.task, text, example.answer))
+        return right - (0.0 if ended else no_end_penalty)
+
+    return reward
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    """`model` as a fixed reference: no gradients, eval mode (no dropout), never stepped."""
+    model.requires_grad_(False)
+    return model.eval()
+
+
+class GRPOObjective:
+    """GRPO on task prompts (see the module docstring), for the one `Trainer`."""
+
+    splits = ("train", "val")
+
+    def __init__(
+        self,
+        cfg: RLConfig,
+        tokenizer: Any,
+        reference: nn.Module,
+        train_examples: Sequence[Example],
+        test_examples: Sequence[Example],
+        reward: Reward | None = None,
+    ) -> None:
+        if not train_examples or not test_examples:
+            raise FolioError("GRPO needs training and held-out prompts")
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.reference = frozen(reference)
+        self.end_id = end_of_turn_id(tokenizer)
+        self.reward = reward or task_reward(cfg.no_end_penalty)
+        self.train_examples, self.test_examples = list(train_examples), list(test_examples)
+        self.train_prompts = [render_prompt(tokenizer, ex.messages[:1]) for ex in train_examples]
+        self.test_prompts = [render_prompt(tokenizer, ex.messages[:1]) for ex in test_examples]
+        self.tokens_per_batch = cfg.minibatch_rows * reference.context_size
+        self.policy: nn.Module | None = None
+        self.buffer = RolloutBuffer(BATCH_KEYS, cfg.epochs, cfg.minibatches)
+
+    def bind(self, model: nn.Module) -> None:
+        """Take the policy the trainer trains (rollouts sample from it)."""
+        self.policy = model
+        self.reference.to(next(model.parameters()).device)
+
+    # ------------------------------------------------------------ rollouts
+
+    def _score(self, examples: Sequence[Example], replies: list[list[int]], ended: torch.Tensor):
+        G = self.cfg.group_size
+        return torch.tensor(
+            [
+                self.reward(examples[i // G], self.tokenizer.decode(ids), bool(e))
+                for i, (ids, e) in enumerate(zip(replies, ended.tolist(), strict=True))
+            ]
+        )
+
+    def sample(
+        self, model: nn.Module, examples: Sequence[Example], prompts: Sequence[list[int]],
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:  # fmt: skip
+        """A rollout of G replies per prompt, scored, with GRPO's advantages and the
+        reference's log-probs: BATCH_KEYS plus (B,) `rewards` and `ended`, on the CPU."""
+        c = self.cfg
+        ro = sample_rollout(
+            model, prompts, c.group_size, self.end_id, max_new_tokens=c.max_new_tokens,
+            temperature=c.temperature, top_k=c.sampling_top_k, generator=generator,
+            pad_id=self.end_id,
+        )  # fmt: skip
+        rewards = self._score(examples, ro.replies, ro.ended)
+        device = next(self.reference.parameters()).device
+        with torch.no_grad():
+            ref_logprobs = reply_logprobs(
+                self.reference, ro.tokens.to(device), ro.mask.to(device),
+                c.temperature, c.sampling_top_k,
+            ).cpu()  # fmt: skip
+        return {
+            "tokens": ro.tokens,
+            "mask": ro.mask,
+            "old_logprobs": ro.logprobs,
+            "ref_logprobs": ref_logprobs,
+            "advantages": group_advantages(rewards, c.group_size, c.scale_by_std),
+            "rewards": rewards,
+            "ended": ro.ended,
+        }
+
+    def _draw(self, split: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """A rollout on prompts_per_rollout prompts drawn from the split's pool."""
+        if self.policy is None:
+            raise RuntimeError("GRPOObjective.bind(model) must come before any batch")
+        examples, prompts = (
+            (self.train_examples, self.train_prompts)
+            if split == "train"
+            else (self.test_examples, self.test_prompts)
+        )
+        picks = torch.randint(len(examples), (self.cfg.prompts_per_rollout,), generator=generator)
+        chosen = picks.tolist()
+        return self.sample(
+            self.policy, [examples[i] for i in chosen], [prompts[i] for i in chosen], generator
+        )
+
+    # ------------------------------------------------------ the objective
+
+    def batch(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Training: the next minibatch of the current rollout, sampling a new one when it is
+        used up (epochs passes, each over its own shuffle of the rows)."""
+        if split != "train":
+            return self.eval_batch(split, generator)
+        return self.buffer.next(lambda: self._draw("train", generator), generator)
+
+    def eval_batch(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """A fresh rollout on the split's prompts (train pool or held-out), all rows at once;
+        the training rollout is left alone."""
+        rollout = self._draw(split, generator)
+        return tuple(rollout[k] for k in BATCH_KEYS)
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The clipped surrogate plus kl_coef times the mean k3 KL to the reference."""
+        tokens, mask, old_logprobs, ref_logprobs, advantages = batch
+        c = self.cfg
+        logprobs = reply_logprobs(model, tokens, mask, c.temperature, c.sampling_top_k)
+        loss = policy_loss(logprobs, old_logprobs, advantages[:, None], mask, c.clip_eps)
+        if c.kl_coef:
+            loss = loss + c.kl_coef * masked_mean(k3_kl(logprobs, ref_logprobs), mask)
+        return loss
+
+    @torch.no_grad()
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        """Held-out figures, on the same prompts (and sampling seed) at every eval.
+
+        pass_at_1 (and per task when there are several): the greedy reply is
+        right; end_rate: it ended. On G sampled replies per prompt: reward
+        (mean), kl (k3 summed over a reply, mean over replies: KL(pi || pi_ref)
+        per reply, in nats), reply_tokens (mean, END not counted) and
+        zero_spread (the share of prompts whose G replies all got the same
+        reward, from which GRPO learns nothing).
+        """
+        c, examples = self.cfg, self.test_examples
+        greedy = generate_replies(
+            model, self.test_prompts, self.end_id, max_new_tokens=c.max_new_tokens,
+            temperature=0.0,
+        )  # fmt: skip
+        right = [
+            check_reply(ex.task, self.tokenizer.decode(r[0].ids), ex.answer)
+            for ex, r in zip(examples, greedy, strict=True)
+        ]
+        out = {
+            "pass_at_1": sum(right) / len(right),
+            "end_rate": sum(r[0].ended for r in greedy) / len(greedy),
+        }
+        tasks = list(dict.fromkeys(ex.task for ex in examples))
+        if len(tasks) > 1:
+            for name in tasks:
+                mine = [ok for ok, ex in zip(right, examples, strict=True) if ex.task == name]
+                out[f"pass_at_1_{name}"] = sum(mine) / len(mine)
+        rollout = self.sample(
+            model, examples, self.test_prompts, torch.Generator().manual_seed(METRICS_SEED)
+        )
+        device = next(model.parameters()).device
+        mask = rollout["mask"].to(device)
+        logprobs = reply_logprobs(
+            model, rollout["tokens"].to(device), mask, c.temperature, c.sampling_top_k
+        )
+        kl = (k3_kl(logprobs, rollout["ref_logprobs"].to(device)) * mask).sum(dim=1)  # (B,)
+        groups = rollout["rewards"].view(-1, c.group_size)
+        ended = rollout["ended"].float()
+        out |= {
+            "reward": float(rollout["rewards"].mean()),
+            "kl": float(kl.mean()),
+            "reply_tokens": float((rollout["mask"].sum(dim=1) - ended).mean()),
+            "zero_spread": float((groups.amax(dim=1) == groups.amin(dim=1)).float().mean()),
+        }
+        return out
+
+    # ------------------------------------------------------------- resume
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The rollout being learned from and the next minibatch's index (empty before the first)."""
+        return self.buffer.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.buffer.load_state_dict(state)
+
+
+# ------------------------------------------------------------------ the stage
+
+
+def load_initial(spec: str, what: str = "--init-from") -> Checkpoint:
+    """The checkpoint `run:DIR` names (a run directory's latest, or a checkpoint directory)."""
+    kind, sep, path = spec.partition(":")
+    if not sep or kind != "run" or not path:
+        raise FolioError(
+            f"{what} expects run:DIR (a Folio run or checkpoint directory), got {spec!r}"
+        )
+    return load_checkpoint(path, "latest")
+
+
+def _check_resume(out_dir: Path, meta: dict[str, Any]) -> None:
+    """A resumed run must keep its tasks, initial weights and RL settings."""
+    path = out_dir / "run.json"
+    if not path.exists():
+        return
+    saved = read_json(path, "run config")
+    for key in ("algo", "init_from", "reference", "tasks", "rl"):
+        if isinstance(saved, dict) and saved.get(key) != meta[key]:
+            raise FolioError(
+                f"{path}: the run was started with another {key} ({saved.get(key)!r}); "
+                f"resume it with the same flags"
+            )
+
+
+def train_grpo(
+    run: RunConfig,
+    rl: RLConfig,
+    init_from: str,
+    tasks: str | Sequence[str],
+    out_dir: str | Path,
+    *,
+    reference_from: str | None = None,
+    corpus: str = "shakespeare",
+    resume: bool = False,
+    restart: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    log=print,
+) -> TrainResult:
+    """GRPO from the chat checkpoint `init_from` (run:DIR) on `tasks`, writing the run to out_dir.
+
+    The model's shape comes from the checkpoint, with dropout off: the ratio
+    compares the policy that sampled a reply with the one being updated, and
+    under dropout every forward pass would be another random sub-network, so
+    the ratio would differ from 1 before any update and the clip would fire
+    on noise. The reference (default: the initial checkpoint) is frozen.
+    """
+    names = parse_task_names(tasks)
+    policy = load_initial(init_from)
+    tokenizer = policy.tokenizer
+    if not has_chat_template(tokenizer):
+        raise FolioError(
+            f"{policy.path}: the checkpoint has no chat template (no <|user|>, <|assistant|>, "
+            f"<|end|> tokens); fine-tune it with `folio sft` first"
+        )
+    ref = policy if reference_from is None else load_initial(reference_from, "--reference")
+    if ref.tokenizer.to_dict() != tokenizer.to_dict():
+        raise FolioError(
+            f"{ref.path}: the reference's tokenizer differs from the policy's ({policy.path}); "
+            f"both must come from the same chat model"
+        )
+    needs_corpus = any(get_task(n).needs_corpus for n in names)
+    material = load_material(corpus) if needs_corpus else None
+    train_examples = make_examples(names, "train", rl.prompt_pool, rl.train_seed, material)
+    test_examples = make_examples(names, "test", rl.eval_prompts, rl.test_seed, material)
+    model_config = dataclasses.replace(policy.model_config, dropout=0.0)
+    run = dataclasses.replace(
+        run, model=model_config, train=dataclasses.replace(run.train, batch_size=rl.minibatch_rows)
+    )
+    meta = {
+        "algo": "grpo",
+        "init_from": init_from,
+        "reference": reference_from or init_from,
+        "tasks": names,
+        "corpus": corpus if needs_corpus else None,
+        "rl": rl.to_dict(),
+    }
+    if resume:
+        _check_resume(Path(out_dir), meta)
+    objective = GRPOObjective(rl, tokenizer, ref.model, train_examples, test_examples)
+    trainer = Trainer(
+        run, objective, out_dir, tokenizer,
+        init_weights=policy.model.state_dict(), meta=meta,
+        resume=resume, restart=restart, force=force, progress=progress, log=log,
+    )  # fmt: skip
+    return trainer.fit()

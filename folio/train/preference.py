@@ -1,0 +1,261 @@
+"""Learning from preference pairs: a Bradley-Terry reward model, and DPO.
+
+Notation: N pairs, B pairs per batch, T positions.
+
+Both stages read pairs (folio/data/prefs.py) rendered as two rows each:
+
+    chosen   = prompt (ending with <|assistant|>), chosen reply, END, padding
+    rejected = prompt, rejected reply, END, padding
+
+- The reward model (`RewardObjective`) scores each row at its END token and
+  learns P(chosen preferred) = sigma(r_chosen - r_rejected) (Bradley-Terry,
+  as in Ouyang et al. 2022), optionally with a centring term. Its figure is
+  the held-out pairwise accuracy: the share of test pairs it orders as the
+  labellers did (at most 1 minus the share of flipped labels, on average).
+- DPO (`DPOObjective`, Rafailov et al. 2023) skips the reward model: the
+  policy's own log-ratio to a frozen reference is the reward,
+  beta * (log pi(y) - log pi_ref(y)), summed over the reply's tokens, and the
+  same Bradley-Terry loss is applied to it. The reference's log-probs never
+  change, so they are computed once, before training.
+
+Both are objectives of the one `Trainer`. A pair too long for the model's
+context is refused, as SFT refuses a long conversation: cutting it would
+drop the end of the reply, which is what the score reads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from folio.data.prefs import Pair, gold_score
+from folio.errors import FolioError
+from folio.eval_tasks import generate_replies
+from folio.tokenizers.chat import end_of_turn_id, render_prompt
+from folio.train.rl_math import bradley_terry_loss, dpo_loss, sequence_logprobs
+from folio.train.rollout import reply_logprobs
+
+GOLD_SEED = 0
+"""Seed of the replies the gold score samples: the same draws at every eval."""
+
+
+@dataclass
+class PrefConfig:
+    """Settings of the preference stages (`folio reward`, `folio dpo`)."""
+
+    beta: float = 0.1
+    """DPO: the strength of the implicit KL leash (the reward is beta * log-ratio)."""
+    center_coef: float = 0.0
+    """Reward model: weight of the centring term mean((r_chosen + r_rejected)^2); 0: none."""
+    gold_prompts: int = 64
+    """DPO: held-out prompts whose sampled replies the gold rule scores at every eval."""
+    max_new_tokens: int = 64
+    """DPO: reply length limit of those samples."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise FolioError(f"prefs config: {f.name} must be a positive integer, got {v!r}")
+            if f.type == "float":
+                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                    raise FolioError(f"prefs config: {f.name} must be a finite number, got {v!r}")
+                setattr(self, f.name, float(v))
+        if self.beta <= 0:
+            raise FolioError(f"prefs config: beta must be positive, got {self.beta}")
+        if self.center_coef < 0:
+            raise FolioError(
+                f"prefs config: center_coef must not be negative, got {self.center_coef}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PairRows:
+    """N pairs as padded rows: the chosen rows, then the rejected rows (2N, T)."""
+
+    tokens: torch.Tensor
+    """(2N, T) int64: prompt, reply, END, padding; rows [0, N) chosen, [N, 2N) rejected."""
+    mask: torch.Tensor
+    """(2N, T - 1) float32: 1 where the target tokens[:, t + 1] is a reply token (END included)."""
+    end: torch.Tensor
+    """(2N,) int64: the position of each row's END token (where a reward model reads)."""
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0] // 2
+
+    def rows(self, pairs: torch.Tensor) -> torch.Tensor:
+        """Row indices of some pairs: their chosen rows, then their rejected rows."""
+        return torch.cat([pairs, pairs + len(self)])
+
+
+def pair_rows(pairs: Sequence[Pair], tokenizer: Any, block_size: int) -> PairRows:
+    """Render pairs for a model of context `block_size`; a FolioError names a pair that does not
+    fit or holds text outside the vocabulary."""
+    end_id = end_of_turn_id(tokenizer)
+    rendered: list[tuple[list[int], int]] = []
+    for side in ("chosen", "rejected"):
+        for p in pairs:
+            try:
+                prompt = render_prompt(tokenizer, p.prompt)
+                ids = prompt + tokenizer.encode(getattr(p, side)) + [end_id]
+            except FolioError as e:
+                raise FolioError(f"{p.where or 'a pair'}: {e}") from None
+            if len(ids) > block_size:
+                raise FolioError(
+                    f"{p.where or 'a pair'}: the prompt and {side} reply are {len(ids)} tokens, "
+                    f"longer than the model's context of {block_size}; shorten them"
+                )
+            rendered.append((ids, len(prompt)))
+    T = max(len(ids) for ids, _ in rendered)
+    tokens = torch.full((len(rendered), T), end_id, dtype=torch.long)
+    mask = torch.zeros(len(rendered), T - 1)
+    end = torch.zeros(len(rendered), dtype=torch.long)
+    for i, (ids, n_prompt) in enumerate(rendered):
+        tokens[i, : len(ids)] = torch.tensor(ids)
+        mask[i, n_prompt - 1 : len(ids) - 1] = 1.0
+        end[i] = len(ids) - 1
+    return PairRows(tokens, mask, end)
+
+
+def _batches(n: int, size: int) -> list[torch.Tensor]:
+    return [torch.arange(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+class RewardObjective:
+    """Bradley-Terry on preference pairs, scores read at the END token (a `RewardModel`)."""
+
+    splits = ("train", "val")
+
+    def __init__(self, data: dict[str, PairRows], batch_size: int, center_coef: float = 0.0):
+        self.data, self.batch_size, self.center_coef = data, batch_size, center_coef
+        self.tokens_per_batch = 2 * batch_size * data["train"].tokens.shape[1]
+
+    def batch(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        d = self.data[split]
+        rows = d.rows(torch.randint(len(d), (self.batch_size,), generator=generator))
+        return d.tokens[rows], d.end[rows]
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        tokens, end = batch
+        chosen, rejected = model.score_at(tokens, end).chunk(2)
+        return bradley_terry_loss(chosen, rejected, self.center_coef)
+
+    @torch.no_grad()
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        """Held-out pairwise accuracy and mean margin r_chosen - r_rejected on every test pair."""
+        return pairwise_accuracy(model, self.data["val"], self.batch_size)
+
+
+@torch.no_grad()
+def pairwise_accuracy(model: nn.Module, data: PairRows, batch_size: int = 64) -> dict[str, float]:
+    """{"accuracy", "margin"}: the share of pairs a reward model orders as labelled, and the mean
+    score difference."""
+    device = next(model.parameters()).device
+    margins = []
+    for pairs in _batches(len(data), batch_size):
+        rows = data.rows(pairs)
+        chosen, rejected = model.score_at(
+            data.tokens[rows].to(device), data.end[rows].to(device)
+        ).chunk(2)
+        margins.append((chosen - rejected).float().cpu())
+    m = torch.cat(margins)
+    return {"accuracy": float((m > 0).float().mean()), "margin": float(m.mean())}
+
+
+@torch.no_grad()
+def sequence_logprobs_of(model: nn.Module, data: PairRows, batch_size: int = 64) -> torch.Tensor:
+    """log pi(reply) of every row (2N,), summed over reply tokens, at temperature 1."""
+    device = next(model.parameters()).device
+    out = []
+    for rows in _batches(data.tokens.shape[0], batch_size):
+        mask = data.mask[rows].to(device)
+        lp = reply_logprobs(model, data.tokens[rows].to(device), mask, 1.0, None)
+        out.append(sequence_logprobs(lp, mask).float().cpu())
+    return torch.cat(out)
+
+
+class DPOObjective:
+    """DPO on preference pairs against a frozen reference (see the module docstring)."""
+
+    splits = ("train", "val")
+
+    def __init__(
+        self,
+        data: dict[str, PairRows],
+        reference: nn.Module,
+        batch_size: int,
+        cfg: PrefConfig,
+        tokenizer: Any,
+        gold_prompts: Sequence[str],
+    ) -> None:
+        self.data, self.batch_size, self.cfg, self.tokenizer = data, batch_size, cfg, tokenizer
+        reference.requires_grad_(False)
+        reference.eval()
+        # The reference never changes: its log-probs are computed once, here.
+        self.ref_logprobs = {s: sequence_logprobs_of(reference, d) for s, d in data.items()}
+        self.gold_prompts = list(gold_prompts)
+        self.tokens_per_batch = 2 * batch_size * data["train"].tokens.shape[1]
+
+    def batch(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        d = self.data[split]
+        rows = d.rows(torch.randint(len(d), (self.batch_size,), generator=generator))
+        return d.tokens[rows], d.mask[rows], self.ref_logprobs[split][rows]
+
+    def _logratios(self, model: nn.Module, batch: tuple[torch.Tensor, ...]):
+        tokens, mask, ref = batch
+        lp = sequence_logprobs(reply_logprobs(model, tokens, mask, 1.0, None), mask)  # (2B,)
+        return lp.chunk(2), ref.to(lp.dtype).chunk(2)
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        (chosen, rejected), (ref_chosen, ref_rejected) = self._logratios(model, batch)
+        loss, _, _ = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.cfg.beta)
+        return loss
+
+    @torch.no_grad()
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        """On every held-out pair: the implicit reward margin, pairwise accuracy, and the chosen
+        and rejected log-probs; and the gold score of sampled replies to held-out prompts."""
+        d, ref = self.data["val"], self.ref_logprobs["val"]
+        lp = sequence_logprobs_of(model, d)
+        chosen, rejected = lp.chunk(2)
+        ref_chosen, ref_rejected = ref.chunk(2)
+        _, margin, accuracy = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.cfg.beta)
+        out = {
+            "margin": float(margin),
+            "accuracy": float(accuracy),
+            "chosen_logprob": float(chosen.mean()),
+            "rejected_logprob": float(rejected.mean()),
+        }
+        if self.gold_prompts:  # hand-written pairs may have no prompt the gold rule applies to
+            out["gold_score"] = gold_of(
+                model, self.tokenizer, self.gold_prompts, self.cfg.max_new_tokens
+            )
+        return out
+
+
+@torch.no_grad()
+def gold_of(
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, samples: int = 4
+) -> float:
+    """The mean gold score of `samples` replies per prompt, sampled at temperature 1 with a
+    fixed seed (the same draws at every call)."""
+    end_id = end_of_turn_id(tokenizer)
+    ids = [render_prompt(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+    replies = generate_replies(
+        model, ids, end_id, max_new_tokens=max_new_tokens, temperature=1.0,
+        num_samples=samples, seed=GOLD_SEED,
+    )  # fmt: skip
+    scores = [
+        gold_score(p, tokenizer.decode(r.ids), r.ended)
+        for p, group in zip(prompts, replies, strict=True)
+        for r in group
+    ]
+    return sum(scores) / len(scores)
