@@ -22,6 +22,7 @@ from folio.errors import FolioError
 COMMANDS = (
     "prepare",
     "train",
+    "sft",
     "eval",
     "sample",
     "chat",

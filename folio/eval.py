@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from folio.checkpoint import load_checkpoint, run_dataset
-from folio.data.batches import Dataset, get_batch, sequential_batches
+from folio.data.batches import Dataset, get_batch, remapped, sequential_batches
 from folio.errors import FolioError
 from folio.runtime import autocast
-from folio.tokenizers import check_same_tokenizer
+from folio.tokenizers.extend import token_id_map
 
 
 def check_eval_limits(batch_size: object, max_batches: object = None) -> None:
@@ -156,21 +156,26 @@ def evaluate_checkpoint(
 
     Returns, per split: loss, perplexity, bits per char (char) or per token
     (BPE), bits per byte when the whole split was read, and tokens counted.
+    A checkpoint whose tokenizer extends the dataset's (a fine-tuned model with
+    added characters or chat tokens) reads the dataset through an id map.
     """
     device = device or torch.device("cpu")
     ck = load_checkpoint(checkpoint, which, device)
     data = data if data is not None else run_dataset(checkpoint)
     ds = Dataset.open(data)
-    check_same_tokenizer(
-        ck.tokenizer,
-        ds.tokenizer,
-        f"{ck.path}: the checkpoint's tokenizer does not match the dataset {data}",
-    )
+    lut = None
+    if ck.tokenizer.to_dict() != ds.tokenizer.to_dict():
+        try:
+            lut = token_id_map(ds.tokenizer, ck.tokenizer)
+        except FolioError:
+            raise FolioError(
+                f"{ck.path}: the checkpoint's tokenizer does not match the dataset {data}"
+            ) from None
     out: dict[str, Any] = {"checkpoint": str(ck.path), "step": ck.state.get("step")}
     per_token = "bits_per_char" if ck.tokenizer.kind == "char" else "bits_per_token"
     for split in splits:
         r = evaluate_split(
-            ck.model, ds.tokens(split), ck.model_config.block_size, device,
+            ck.model, remapped(ds.tokens(split), lut), ck.model_config.block_size, device,
             lambda: autocast(device, dtype), n_bytes=ds.meta.get(f"{split}_bytes"),
             batch_size=batch_size, max_batches=max_batches,
         )  # fmt: skip

@@ -38,9 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--init-from",
         default=None,
-        metavar="hf:DIR",
-        help="start from a local Hugging Face GPT-2 directory's weights; the model's shape "
-        "comes from DIR and the preset's [model] section is ignored except dropout",
+        metavar="hf:DIR|run:DIR",
+        help="start from a local Hugging Face GPT-2 directory's weights, or a Folio run's "
+        "(its latest checkpoint) or checkpoint's, its vocabulary extended for the dataset; "
+        "the model's shape comes from DIR and the preset's [model] section is ignored except "
+        "dropout",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -50,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     """Train, then print the result (rank 0 only under torchrun)."""
     from folio.train.config import build_run_config, config_overrides
+    from folio.train.init import check_model_overrides
     from folio.train.pretrain import train
 
     if args.preset is None:
@@ -57,7 +60,9 @@ def run(args: argparse.Namespace) -> None:
             f"--preset is required: one of {', '.join(list_presets())}, or a TOML file "
             "(bigram is the video's first model)"
         )
-    run = build_run_config(args.preset, config_overrides(args))
+    overrides = config_overrides(args)
+    check_model_overrides(overrides, args.init_from)
+    run = build_run_config(args.preset, overrides)
     result = train(
         run,
         args.data,

@@ -113,6 +113,29 @@ class Dataset:
                 )
 
 
+class RemappedTokens:
+    """A token array read through an id map (`folio.tokenizers.extend.token_id_map`).
+
+    Slices come back in the model's ids. It is enough of an array for
+    `get_batch` and `sequential_batches` (len and slicing), and the memmap
+    underneath is still read a window at a time, so memory stays flat.
+    """
+
+    def __init__(self, tokens: np.ndarray, lut: np.ndarray) -> None:
+        self.tokens, self.lut = tokens, lut
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        return self.lut[self.tokens[key]]
+
+
+def remapped(tokens: np.ndarray, lut: np.ndarray | None) -> np.ndarray | RemappedTokens:
+    """`tokens` as they are (no map) or read through `lut`."""
+    return tokens if lut is None else RemappedTokens(tokens, lut)
+
+
 def get_batch(
     data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,8 +51,7 @@ from torch import nn
 from folio.errors import FolioError
 from folio.memory import check_sampling_memory
 from folio.runtime import TORCH_DTYPES
-
-_HOLD_UNFINISHED = 4  # tokens a piece may wait for the rest of a multi-token character
+from folio.tokenizers.stream import TextStream, TokenBytes
 
 
 class Tokenizer(Protocol):
@@ -188,60 +187,6 @@ def sampling_logprobs(
     flat = logits.reshape(-1, V).float()  # (N, V)
     scaled = (flat - flat.amax(dim=-1, keepdim=True)) / temperature
     return F.log_softmax(filter_logits(scaled, top_k, top_p), dim=-1).reshape(logits.shape)
-
-
-class _TextStream:
-    """The text of one sample, released piece by piece without ever showing a stop string.
-
-    Text that could still be the start of a stop string (the longest suffix that
-    is a prefix of one) is held back until the next tokens settle it. A token
-    whose text is an unfinished multi-byte character (U+FFFD) waits for the
-    next few tokens, so byte-level tokenizers stream cleanly too.
-    """
-
-    def __init__(self, tokenizer: Tokenizer, stop: list[str]) -> None:
-        self.tokenizer, self.stop = tokenizer, stop
-        self.text, self.released, self.pending, self.done = "", 0, [], False
-
-    def feed(self, token_id: int) -> str:
-        if self.done:
-            return ""
-        self.pending.append(token_id)
-        piece = self.tokenizer.decode(self.pending)
-        if piece.endswith("\ufffd") and len(self.pending) < _HOLD_UNFINISHED:
-            return ""
-        self.pending = []
-        self.text += piece
-        return self._release(final=False)
-
-    def finish(self) -> str:
-        """Release everything held back (generation ended without a stop string)."""
-        if self.done:
-            return ""
-        if self.pending:
-            self.text += self.tokenizer.decode(self.pending)
-            self.pending = []
-        return self._release(final=True)
-
-    def _release(self, final: bool) -> str:
-        # A stop string can only start at or after `released`: anything earlier
-        # was neither a stop string nor the beginning of one.
-        hits = [i for s in self.stop if (i := self.text.find(s, self.released)) >= 0]
-        if hits:
-            end, self.done = min(hits), True
-            self.text = self.text[:end]
-        else:
-            end = len(self.text) - (0 if final else self._undecided())
-        piece, self.released = self.text[self.released : end], end
-        return piece
-
-    def _undecided(self) -> int:
-        """Length of the longest unreleased suffix that begins some stop string."""
-        tail = self.text[self.released :]
-        for n in range(min(len(tail), max((len(s) for s in self.stop), default=0)), 0, -1):
-            if any(s.startswith(tail[-n:]) for s in self.stop):
-                return n
-        return 0
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -445,10 +390,11 @@ class Sampler:
         cfg = cfg if cfg is not None else SamplingConfig()
         tokenizer = self._tokenizer()
         ids = self.generate_ids(tokenizer.encode(prompt), cfg)
-        return self._stream(ids, [_TextStream(tokenizer, cfg.stop) for _ in range(cfg.num_samples)])
+        pieces = TokenBytes(tokenizer)  # each token's bytes, looked up once per call
+        return self._stream(ids, [TextStream(pieces, cfg.stop) for _ in range(cfg.num_samples)])
 
     @staticmethod
-    def _stream(steps: Iterator[torch.Tensor], texts: list[_TextStream]) -> Iterator[list[str]]:
+    def _stream(steps: Iterator[torch.Tensor], texts: list[TextStream]) -> Iterator[list[str]]:
         try:
             for next_ids in steps:
                 pieces = [t.feed(i) for t, i in zip(texts, next_ids.tolist(), strict=True)]

@@ -253,6 +253,8 @@ def _attention_tokens(served: ServedModel, ids: list[int]) -> list[str]:
     return [utf8.decode(served.token_bytes(i)) for i in ids]
 
 
+# The routes are closures over this app's models, engine and limits, so they are
+# defined inside create_app; each route below is its own function.
 def create_app(
     models: list[ServedModel],
     *,

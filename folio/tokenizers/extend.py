@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
+
 from folio.errors import FolioError
 from folio.tokenizers.bpe import BPETokenizer
 from folio.tokenizers.char import CharTokenizer
@@ -66,3 +68,28 @@ def extend_for_text(tokenizer: AnyTokenizer, texts: Iterable[str]) -> AnyTokeniz
     if not missing:
         return tokenizer
     return tokenizer.with_tokens(chars=sorted(missing))
+
+
+def token_id_map(source: AnyTokenizer, target: AnyTokenizer) -> np.ndarray | None:
+    """lut[i] = the target's id for the source's token i; None when every id is the same.
+
+    Reads a dataset tokenized with `source` in the ids of a model trained with
+    `target`. Character tokenizers are matched character by character (and
+    special token by special token), so a vocabulary sorted differently maps
+    too; a BPE target must extend the source, since other merges would cut the
+    same text into other tokens. A FolioError when the target cannot read a
+    source token.
+    """
+    if source.kind != target.kind:
+        raise FolioError(f"a {target.kind} tokenizer cannot read {source.kind} token ids")
+    if isinstance(source, BPETokenizer):
+        added_tokens(source, target)  # refuses anything but an extension
+        return None
+    theirs, ours = vocabulary(source), vocabulary(target)
+    lost = [t for t in theirs if t not in ours]
+    if lost:
+        raise FolioError(f"the tokenizer lacks {len(lost)} of the data's tokens, e.g. {lost[0]!r}")
+    lut = np.empty(source.vocab_size, dtype=np.int64)
+    for token, i in theirs.items():
+        lut[i] = ours[token]
+    return None if np.array_equal(lut, np.arange(source.vocab_size)) else lut

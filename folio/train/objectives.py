@@ -27,7 +27,9 @@ learns from each sample for several steps; it may also have:
 
 `LMObjective` is the video's next-token loss on random windows of a token
 stream; `MaskedLMObjective` is the same loss counted only where a mask is 1
-(SFT's "learn what the assistant says").
+(SFT's "learn what the assistant says"); `MixedObjective` is the masked one
+with some rows of every training batch taken from pretraining text instead
+(mask 1 everywhere), so a fine-tuned model keeps what it knew.
 """
 
 from __future__ import annotations
@@ -97,3 +99,61 @@ class MaskedLMObjective:
         x, y, mask = batch
         logits, _ = model(x)  # (B, T, V)
         return masked_lm_loss(logits, y, mask)
+
+
+class MixedObjective(MaskedLMObjective):
+    """`MaskedLMObjective` whose training batches mix in windows of plain text.
+
+    Of each training batch's `batch_size` rows, `n_text = round(fraction *
+    batch_size)` (at least 1 when fraction > 0) are random windows of
+    `text["train"]` with a mask of ones: next-token prediction at every
+    position, as in pretraining. The loss is `masked_lm_loss` over the whole
+    batch, so every supervised token weighs the same: a text row supervises
+    all T positions, a conversation row only its assistant tokens.
+
+    The "val" split is the masked rows alone (held-out conversations), the
+    figure fine-tuning is judged by; `metrics` adds `text_val_loss`, the loss
+    on `eval_batches` fixed windows of `text["val"]`, which shows whether the
+    model keeps its pretraining text. With `text` None (or fraction 0) this is
+    `MaskedLMObjective`.
+    """
+
+    def __init__(
+        self,
+        rows: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        batch_size: int,
+        text: dict[str, np.ndarray] | None = None,
+        fraction: float = 0.0,
+        eval_batches: int = 8,
+    ) -> None:
+        super().__init__(rows, batch_size)
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"the text fraction must be in [0, 1), got {fraction}")
+        self.text, self.block_size = text, rows["train"][0].shape[1]
+        self.n_text = 0 if text is None or fraction == 0 else max(1, round(fraction * batch_size))
+        self.n_text = min(self.n_text, batch_size - 1)  # at least one conversation row
+        self.eval_batches = eval_batches
+
+    def batch(self, split: str, generator: torch.Generator) -> Batch:
+        n_rows = self.batch_size - (self.n_text if split == "train" else 0)
+        x, y, mask = self.rows[split]
+        ix = torch.randint(len(x), (n_rows,), generator=generator)  # (B - n_text,)
+        x, y, mask = x[ix], y[ix], mask[ix]
+        if n_rows == self.batch_size:
+            return x, y, mask
+        tx, ty = get_batch(self.text["train"], self.n_text, self.block_size, generator)  # type: ignore[index]
+        ones = torch.ones_like(ty)  # (n_text, T): every next token is learned
+        return torch.cat([x, tx]), torch.cat([y, ty]), torch.cat([mask, ones])  # (B, T) each
+
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        """`text_val_loss`: next-token loss on fixed windows of the text's val split."""
+        if self.text is None or self.n_text == 0:
+            return {}
+        device = next(model.parameters()).device
+        generator = torch.Generator().manual_seed(0)  # the same windows at every eval
+        total = 0.0
+        for _ in range(self.eval_batches):
+            x, y = get_batch(self.text["val"], self.batch_size, self.block_size, generator)
+            _, loss = model(x.to(device), y.to(device))
+            total += float(loss)
+        return {"text_val_loss": total / self.eval_batches}

@@ -115,7 +115,9 @@ class Trainer:
 
     `run` must be resolved (its vocab_size set). `init_weights` start the model
     from pretrained weights; `meta` is recorded in run.json beside the config
-    (the dataset, where the weights came from). A fresh run refuses a non-empty
+    (the dataset, where the weights came from); `init` (folio/train/init.py:
+    the base a fine-tune started from) is recorded in every checkpoint's
+    state.json too. A fresh run refuses a non-empty
     `out_dir` unless `restart`, which moves it aside; `resume` continues the
     run's latest checkpoint.
     """
@@ -129,6 +131,7 @@ class Trainer:
         *,
         init_weights: dict[str, torch.Tensor] | None = None,
         meta: dict[str, Any] | None = None,
+        init: dict[str, Any] | None = None,
         resume: bool = False,
         restart: bool = False,
         force: bool = False,
@@ -138,6 +141,7 @@ class Trainer:
         tc = self.tc = run.train
         self.run, self.objective, self.tokenizer = run, objective, tokenizer
         self.out_dir, self.resumed = Path(out_dir), resume
+        self.init = init
         self._check_flags(resume, restart)
         # Runtime: device, the torchrun group (one GPU per process), precision.
         self.device = pick_device(tc.device)
@@ -429,6 +433,7 @@ class Trainer:
             "val_loss": losses["val"],
             "train_loss": losses["train"],
             "world_size": self.denv.world_size,
+            **({"init": self.init} if self.init else {}),
         }
         save_checkpoint(
             self.out_dir, weights, self.run.model, self.tokenizer, state,
