@@ -25,6 +25,7 @@ from folio.models.config import GPTConfig, PolicyValueConfig, RewardModelConfig
 from folio.tokenizers import CharTokenizer
 from folio.tokenizers.chat import END, with_chat_tokens
 from folio.train.config import build_run_config
+from folio.train.init import Base
 from folio.train.policy import with_scalar_head
 from folio.train.ppo import PPOObjective, end_positions
 from folio.train.preference import RewardObjective, pair_rows
@@ -56,13 +57,9 @@ def reward_model(tok: CharTokenizer, steps: int = 40):
 def policy_value(tok: CharTokenizer, steps: int = 30):
     """(config, weights) of the picker with a zero value head, as `folio rl --algo ppo` starts."""
 
-    class Ck:  # what with_scalar_head reads of a checkpoint
-        path = "picker"
-
-    ck = Ck()
     model = picker(tok, steps)
-    ck.model, ck.model_config = model, model.config
-    return with_scalar_head(ck, PolicyValueConfig, dropout=0.0), model
+    base = Base(model, model.config, tok, {"from": "run:picker", "checkpoint": "picker"})
+    return with_scalar_head(base, PolicyValueConfig, dropout=0.0), model
 
 
 def objective(tok, sft, rm, **kw) -> PPOObjective:

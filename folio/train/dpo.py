@@ -26,7 +26,13 @@ from folio.eval_tasks import generate_replies
 from folio.models.config import RewardModelConfig
 from folio.tokenizers.chat import end_of_turn_id, render_prompt
 from folio.train.config import RunConfig
-from folio.train.policy import load_policy, policy_config, same_tokenizer, with_scalar_head
+from folio.train.policy import (
+    load_policy,
+    policy_config,
+    same_tokenizer,
+    where,
+    with_scalar_head,
+)
 from folio.train.preference import DPOObjective, PrefConfig, RewardObjective, pair_rows
 from folio.train.trainer import Trainer, TrainResult
 
@@ -57,7 +63,7 @@ def train_reward(
     meta = {"stage": "reward", "init_from": init_from, "data": str(Path(data).resolve()),
             "prefs": cfg.to_dict()}  # fmt: skip
     trainer = Trainer(
-        run, objective, out_dir, policy.tokenizer, init_weights=weights, meta=meta,
+        run, objective, out_dir, policy.tokenizer, init_weights=weights, meta=meta, init=policy.source,
         **trainer_args,
     )  # fmt: skip
     return trainer.fit()
@@ -82,7 +88,7 @@ def train_dpo(
             "data": str(Path(data).resolve()), "prefs": cfg.to_dict()}  # fmt: skip
     trainer = Trainer(
         run, objective, out_dir, policy.tokenizer, init_weights=policy.model.state_dict(),
-        meta=meta, **trainer_args,
+        meta=meta, init=policy.source, **trainer_args,
     )  # fmt: skip
     return trainer.fit()
 
@@ -130,7 +136,7 @@ def make_preferences(
     train = make_pairs(line_prompts("train", n, seed, material), sample, flip, seed)
     test = make_pairs(line_prompts("test", n_test, seed, material), sample, flip, seed + 1)
     manifest = {
-        "checkpoint": str(policy.path), "replies": replies, "flip": flip, "seed": seed,
+        "checkpoint": where(policy), "replies": replies, "flip": flip, "seed": seed,
         "corpus": material.corpus, "prompts": {"train": n, "test": n_test},
         "pairs": {"train": len(train), "test": len(test)}, "max_new_tokens": max_new_tokens,
         "temperature": temperature, "rule": LINE_PROMPT,

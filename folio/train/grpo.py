@@ -342,7 +342,7 @@ def train_grpo(
     objective = GRPOObjective(rl, tokenizer, ref.model, train_examples, test_examples)
     trainer = Trainer(
         run, objective, out_dir, tokenizer,
-        init_weights=policy.model.state_dict(), meta=meta,
+        init_weights=policy.model.state_dict(), meta=meta, init=policy.source,
         resume=resume, restart=restart, force=force, progress=progress, log=log,
     )  # fmt: skip
     return trainer.fit()

@@ -11,74 +11,79 @@ from __future__ import annotations
 
 import dataclasses
 
-from folio.checkpoint import Checkpoint, load_checkpoint
 from folio.errors import FolioError
 from folio.models import build_model
 from folio.models.config import GPTConfig
 from folio.tokenizers.chat import has_chat_template
+from folio.train.init import RUN_PREFIX, Base, load_base
 
 POLICY_TYPES = ("gpt", "gpt-value")
 """Model types that generate replies (a PPO run's model carries a value head too)."""
 
 
-def load_initial(spec: str, what: str = "--init-from") -> Checkpoint:
-    """The checkpoint `run:DIR` names (a run directory's latest, or a checkpoint directory)."""
-    kind, sep, path = spec.partition(":")
-    if not sep or kind != "run" or not path:
+def where(model: Base) -> str:
+    """The checkpoint directory a model was loaded from, for messages."""
+    return model.source["checkpoint"]
+
+
+def load_initial(spec: str, what: str = "--init-from") -> Base:
+    """The model `run:DIR` names (a run directory's latest checkpoint, or a checkpoint
+    directory), through the loader every fine-tune uses (folio/train/init.py)."""
+    if not spec.startswith(RUN_PREFIX) or not spec[len(RUN_PREFIX) :]:
         raise FolioError(
             f"{what} expects run:DIR (a Folio run or checkpoint directory), got {spec!r}"
         )
-    return load_checkpoint(path, "latest")
+    return load_base(spec)
 
 
-def load_policy(spec: str, what: str = "--init-from") -> Checkpoint:
+def load_policy(spec: str, what: str = "--init-from") -> Base:
     """A chat language model (not a reward model) from run:DIR."""
     ck = load_initial(spec, what)
-    if ck.model_config.model_type not in POLICY_TYPES:
-        role = "a reward model" if ck.model_config.model_type == "reward" else "not a GPT"
+    if ck.config.model_type not in POLICY_TYPES:
+        role = "a reward model" if ck.config.model_type == "reward" else "not a GPT"
         raise FolioError(
-            f"{ck.path}: this is {role}; {what} wants a chat language model (a `folio sft` run)"
+            f"{where(ck)}: this is {role}; {what} wants a chat language model (a `folio sft` run)"
         )
     if not has_chat_template(ck.tokenizer):
         raise FolioError(
-            f"{ck.path}: the checkpoint has no chat template (no <|user|>, <|assistant|>, "
+            f"{where(ck)}: the checkpoint has no chat template (no <|user|>, <|assistant|>, "
             f"<|end|> tokens); fine-tune it with `folio sft` first"
         )
     return ck
 
 
-def load_reward_model(spec: str, what: str = "--reward-model") -> Checkpoint:
+def load_reward_model(spec: str, what: str = "--reward-model") -> Base:
     """A reward model (`folio reward`'s run) from run:DIR."""
     ck = load_initial(spec, what)
-    if ck.model_config.model_type != "reward":
+    if ck.config.model_type != "reward":
         raise FolioError(
-            f"{ck.path}: this is a language model ({ck.model_config.model_type}), not a reward "
+            f"{where(ck)}: this is a language model ({ck.config.model_type}), not a reward "
             f"model; train one with `folio reward`"
         )
     return ck
 
 
-def same_tokenizer(a: Checkpoint, b: Checkpoint) -> None:
+def same_tokenizer(a: Base, b: Base) -> None:
     """Refuse two models whose token ids mean different things."""
     if a.tokenizer.to_dict() != b.tokenizer.to_dict():
         raise FolioError(
-            f"{b.path}: its tokenizer differs from {a.path}'s; the policy, its reference and "
+            f"{where(b)}: its tokenizer differs from {where(a)}'s; the policy, its reference and "
             f"the reward model must share one"
         )
 
 
-def with_scalar_head(ck: Checkpoint, config_class: type, **changes) -> tuple[GPTConfig, dict]:
+def with_scalar_head(ck: Base, config_class: type, **changes) -> tuple[GPTConfig, dict]:
     """(config, weights) of a model with a scalar head on `ck`'s transformer: its weights, and
     the head as a fresh model of `config_class` initialises it (zeros: every score starts at 0)."""
-    fields = {**ck.model_config.to_dict(), **changes}
+    fields = {**ck.config.to_dict(), **changes}
     config = config_class(**fields)
     model = build_model(config)
     missing, unexpected = model.load_state_dict(ck.model.state_dict(), strict=False)
     if unexpected or not all(k.startswith("score_head.") for k in missing):
-        raise FolioError(f"{ck.path}: its weights do not fit a {config.model_type} model")
+        raise FolioError(f"{where(ck)}: its weights do not fit a {config.model_type} model")
     return config, model.state_dict()
 
 
-def policy_config(ck: Checkpoint) -> GPTConfig:
+def policy_config(ck: Base) -> GPTConfig:
     """The policy's config with dropout off (RL and DPO rescore what they sampled)."""
-    return dataclasses.replace(ck.model_config, dropout=0.0)
+    return dataclasses.replace(ck.config, dropout=0.0)

@@ -265,7 +265,7 @@ def train_ppo(
     ref = policy if reference_from is None else load_policy(reference_from, "--reference")
     same_tokenizer(policy, ref)
     same_tokenizer(policy, reward)
-    if isinstance(policy.model_config, PolicyValueConfig):
+    if isinstance(policy.config, PolicyValueConfig):
         config, weights = policy_config(policy), policy.model.state_dict()
     else:
         config, weights = with_scalar_head(policy, PolicyValueConfig, dropout=0.0)
@@ -290,7 +290,7 @@ def train_ppo(
         rl, policy.tokenizer, ref.model, reward.model, train_prompts, test_prompts
     )
     trainer = Trainer(
-        run, objective, out_dir, policy.tokenizer, init_weights=weights, meta=meta,
+        run, objective, out_dir, policy.tokenizer, init_weights=weights, meta=meta, init=policy.source,
         resume=resume, restart=restart, force=force, progress=progress, log=log,
     )  # fmt: skip
     return trainer.fit()
