@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(FOLIO) prepare shakespeare --out data/shakespeare
-	$(FOLIO) train --data data/shakespeare --preset demo --out runs/demo
+	$(FOLIO) train --data data/shakespeare --preset demo --out runs/demo --restart  # a second demo keeps the first as runs/demo.old-N
 	$(FOLIO) sample --checkpoint runs/demo --prompt "ROMEO:" --max-new-tokens 400 --seed 1
 
 test: install
