@@ -363,6 +363,10 @@ def export_hf(model: GPT, out_dir: str | Path, tokenizer: Tokenizer | None = Non
     """
     if not isinstance(model, GPT):
         raise FolioError("only GPT models export to GPT-2 (the bigram model has no equivalent)")
+    if model.config.model_type == "reward":
+        raise FolioError(
+            "a reward model has no GPT-2 equivalent (GPT2LMHeadModel has no scalar head)"
+        )
     hf_config = hf_config_from_folio(model.config, tokenizer)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

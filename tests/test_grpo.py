@@ -239,6 +239,8 @@ def test_folio_rl_bad_input_is_one_line(chat_run: Path, tmp_path: Path) -> None:
         (("--init-from", f"run:{chat_run}", "--batch-size", 8), "rl.minibatches"),
         (("--init-from", f"run:{chat_run}", "--rl.group_size", 1), "group_size of at least 2"),
         (("--init-from", f"run:{chat_run}", "--rl.minibatches", 3), "must divide"),
+        (("--init-from", f"run:{chat_run}", "--set", "rl.group_sise=4"), "did you mean 'group_size'"),
+        (("--init-from", f"run:{chat_run}", "--rl.temperature", 0), "temperature must be positive"),
         (("--init-from", f"run:{chat_run}", "--rl.bogus", 1), None),
     ]  # fmt: skip
     for args, message in cases:
