@@ -35,6 +35,7 @@ COMMANDS = (
     "bench",
     "ladder",
     "export",
+    "recipe",
 )
 """In the order `folio --help` lists them; `folio NAME` runs folio/commands/NAME.py."""
 

@@ -22,7 +22,7 @@ LAYERS = {
     "errors": 0, "fsutil": 0,
     "tokenizers": 1, "models": 1, "runtime": 1, "memory": 1,
     "data": 2, "checkpoint": 2, "eval": 2, "sample": 2, "hf": 2,
-    "train": 3, "eval_tasks": 3, "ladder": 3, "bench": 3, "serve": 3,
+    "train": 3, "eval_tasks": 3, "ladder": 3, "recipe": 3, "bench": 3, "serve": 3,
     "commands": 4, "cli": 4, "__main__": 4, "__init__": 4,
 }  # fmt: skip
 

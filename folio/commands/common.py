@@ -22,6 +22,17 @@ class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (argparse prints the one-line error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def checkpoint_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
     """--checkpoint and --which."""
     p.add_argument("--checkpoint", required=required, help="run directory or checkpoint directory")

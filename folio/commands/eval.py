@@ -1,12 +1,13 @@
 """`folio eval`: a checkpoint's loss, perplexity and bits per character/byte on a dataset
-(folio/eval.py); `folio eval tasks` scores replies to task prompts (folio/commands/eval_tasks.py)."""
+(folio/eval.py); `folio eval tasks` scores replies to task prompts (folio/commands/eval_tasks.py),
+`folio eval prefs` a reward model's pairwise accuracy, `folio eval gold` a chat model's gold score."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from folio.commands import eval_prefs, eval_tasks
+from folio.commands import eval_gold, eval_prefs, eval_tasks
 from folio.commands.common import DefaultsOnceFormatter, checkpoint_arguments, precision_arguments
 from folio.errors import FolioError
 
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="windows per batch (>= 1)")
     precision_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    modes = parser.add_subparsers(dest="eval_mode", metavar="[tasks|prefs]")
+    modes = parser.add_subparsers(dest="eval_mode", metavar="[tasks|prefs|gold]")
     tasks = modes.add_parser(
         "tasks",
         help="pass@1, pass@k, end rate and reply length on tasks",
@@ -53,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     eval_prefs.add_arguments(prefs)
     prefs.set_defaults(func=eval_prefs.run)
+    gold = modes.add_parser(
+        "gold",
+        help="a chat model's gold-rule score on held-out prompts, and its KL to a reference",
+        formatter_class=DefaultsOnceFormatter,
+    )
+    eval_gold.add_arguments(gold)
+    gold.set_defaults(func=eval_gold.run)
 
 
 def run(args: argparse.Namespace) -> None:

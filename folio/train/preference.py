@@ -33,10 +33,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from folio.data.prefs import Pair, gold_score
+from folio.data.prefs import Pair
 from folio.errors import FolioError
-from folio.eval_tasks import generate_replies
 from folio.tokenizers.chat import end_of_turn_id, render_prompt
+from folio.train.gold import gold_report
 from folio.train.rl_math import bradley_terry_loss, dpo_loss, sequence_logprobs
 from folio.train.rollout import reply_logprobs
 
@@ -199,6 +199,7 @@ class DPOObjective:
         self.data, self.batch_size, self.cfg, self.tokenizer = data, batch_size, cfg, tokenizer
         reference.requires_grad_(False)
         reference.eval()
+        self.reference = reference  # frozen: for the KL of the gold replies only
         # The reference never changes: its log-probs are computed once, here.
         self.ref_logprobs = {s: sequence_logprobs_of(reference, d) for s, d in data.items()}
         self.gold_prompts = list(gold_prompts)
@@ -222,7 +223,8 @@ class DPOObjective:
     @torch.no_grad()
     def metrics(self, model: nn.Module) -> dict[str, float]:
         """On every held-out pair: the implicit reward margin, pairwise accuracy, and the chosen
-        and rejected log-probs; and the gold score of sampled replies to held-out prompts."""
+        and rejected log-probs; and, on replies sampled to held-out prompts, the gold score, the
+        end rate and the KL to the reference (folio/train/gold.py, as `folio eval gold`)."""
         d, ref = self.data["val"], self.ref_logprobs["val"]
         lp = sequence_logprobs_of(model, d)
         chosen, rejected = lp.chunk(2)
@@ -235,27 +237,9 @@ class DPOObjective:
             "rejected_logprob": float(rejected.mean()),
         }
         if self.gold_prompts:  # hand-written pairs may have no prompt the gold rule applies to
-            out["gold_score"] = gold_of(
-                model, self.tokenizer, self.gold_prompts, self.cfg.max_new_tokens
-            )
+            gold = gold_report(
+                model, self.tokenizer, self.gold_prompts, reference=self.reference,
+                max_new_tokens=self.cfg.max_new_tokens, seed=GOLD_SEED,
+            )  # fmt: skip
+            out |= {k: gold[k] for k in ("gold_score", "kl", "end_rate")}
         return out
-
-
-@torch.no_grad()
-def gold_of(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, samples: int = 4
-) -> float:
-    """The mean gold score of `samples` replies per prompt, sampled at temperature 1 with a
-    fixed seed (the same draws at every call)."""
-    end_id = end_of_turn_id(tokenizer)
-    ids = [render_prompt(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
-    replies = generate_replies(
-        model, ids, end_id, max_new_tokens=max_new_tokens, temperature=1.0,
-        num_samples=samples, seed=GOLD_SEED,
-    )  # fmt: skip
-    scores = [
-        gold_score(p, tokenizer.decode(r.ids), r.ended)
-        for p, group in zip(prompts, replies, strict=True)
-        for r in group
-    ]
-    return sum(scores) / len(scores)

@@ -1,0 +1,63 @@
+"""`folio recipe assistant`: pretrain, SFT, GRPO, preference pairs, a reward model, PPO and DPO in
+one resumable command, with a table of held-out figures per stage (folio/recipe.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "the whole assistant pipeline (pretrain -> SFT -> GRPO -> reward model -> PPO, DPO)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `folio recipe`."""
+    from folio.commands.common import positive_int
+
+    parser.add_argument("recipe", choices=["assistant"], help="the recipe to run")
+    parser.add_argument(
+        "--out", required=True,
+        help="directory of every stage's run, data and log (new, empty, or an earlier recipe's "
+        "OUT: its finished steps are skipped)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--base", default=None, metavar="RUN",
+        help="start from this pretrained run instead of pretraining one (no Shakespeare is "
+        "mixed into SFT then)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scale", choices=["laptop", "tiny"], default="laptop",
+        help="laptop: the BENCHMARKS.md figures, about 20 minutes on 2 cores; tiny: seconds, "
+        "figures meaningless",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tokenizer", choices=["char", "bpe"], default="char",
+        help="the pretrained base's tokenizer (char, or a byte-level BPE of --bpe-vocab tokens)",
+    )  # fmt: skip
+    parser.add_argument("--bpe-vocab", type=positive_int, default=1024, help="BPE vocabulary size")
+    parser.add_argument("--json", action="store_true", help="print the table as one JSON object")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run every stage not yet done, then print the table (and keep it in OUT/table.*)."""
+    from pathlib import Path
+
+    from folio.errors import FolioError
+    from folio.fsutil import atomic_write_json, atomic_write_text
+    from folio.recipe import SCALES, Recipe, format_table
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FolioError(f"--out {out}: exists and is not a directory")
+    base = None
+    if args.base is not None:
+        base = Path(args.base)
+        if not (base / "latest.json").exists():
+            raise FolioError(f"--base {base}: not a Folio run directory (no latest.json)")
+        if args.tokenizer != "char":
+            raise FolioError("--tokenizer applies when the recipe pretrains; --base has its own")
+    recipe = Recipe(out, SCALES[args.scale], base, args.tokenizer, args.bpe_vocab)
+    table = recipe.run()
+    atomic_write_json(out / "table.json", table)
+    text = format_table(table)
+    atomic_write_text(out / "table.md", text + "\n")
+    print(json.dumps(table) if args.json else text)

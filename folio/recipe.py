@@ -1,0 +1,553 @@
+"""The whole assistant pipeline in one command: `folio recipe assistant`.
+
+The video's closing chapter, run end to end at laptop scale: pretrain a small
+base model (or reuse one), fine-tune it on conversations (SFT), raise its task
+score with RL on verifiable rewards (GRPO), make ranked preference pairs,
+train a reward model on them, optimise against it with PPO, and learn from the
+same pairs directly with DPO. Every stage is a `folio` command run as its own
+process (the same command a user would type; its output goes to
+OUT/logs/STAGE.log), and every stage is measured on held-out data:
+
+- task stages (base, SFT, GRPO, PPO, DPO): `folio eval tasks` on the test
+  conversations (greedy pass@1, pass@k at temperature 1, end-of-turn rate);
+- the reward model: `folio eval prefs`, pairwise accuracy on held-out pairs;
+- the chat models against the hidden gold rule (SFT, PPO, DPO): `folio eval
+  gold`, with the KL to the SFT model measured on the same replies; GRPO's
+  KL is its run's last held-out estimate (on task prompts).
+
+It is resumable: a finished step leaves OUT/stages/STEP.json and is skipped
+on a rerun; a training step that was stopped part-way resumes exactly with
+`--resume`. The scales are fixed recipes (`SCALES`): `laptop` (the figures in
+BENCHMARKS.md, minutes on 2 cores) and `tiny` (seconds: what the tests run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from folio.errors import FolioError
+from folio.fsutil import atomic_write_json
+
+TABLE_KEYS = (
+    "pass_at_1", "pass_at_8", "end_rate", "rm_accuracy", "gold_score", "kl", "seconds",
+)  # fmt: skip
+"""The figures of a stage's row, in the table's order (None where one does not apply)."""
+
+STAGES = ("base", "sft", "grpo", "reward", "ppo", "dpo")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The flags of every step at one scale: what `folio recipe assistant --scale` picks."""
+
+    description: str
+    base: tuple[str, ...]
+    """`folio train` flags of the base model (a --base run skips it)."""
+    tasks: tuple[str, ...]
+    """`folio tasks make` flags (tasks, counts, seed)."""
+    sft: tuple[str, ...]
+    grpo: tuple[str, ...]
+    prefs: tuple[str, ...]
+    """`folio prefs make` flags."""
+    reward: tuple[str, ...]
+    ppo: tuple[str, ...]
+    dpo: tuple[str, ...]
+    eval_tasks: tuple[str, ...]
+    """`folio eval tasks` flags (k, reply limit, seed)."""
+    gold: tuple[str, ...]
+    """`folio eval gold` flags (prompts, samples per prompt, seed)."""
+    flip: float = 0.1
+    """The share of preference labels flipped (so the reward model's ceiling is 1 - flip)."""
+    grpo_tasks: str = "reverse,add,count,speaker"
+
+
+SCALES: dict[str, Scale] = {
+    "laptop": Scale(
+        description="a 1.3M-parameter character model; about 20 minutes on 2 CPU cores",
+        base=(
+            "--preset",
+            "demo",
+            "--model.n_embd",
+            "160",
+            "--batch-size",
+            "16",
+            "--max-iters",
+            "800",
+            "--set",
+            "train.max_time=0",
+            "--eval-interval",
+            "200",
+            "--dtype",
+            "float32",
+        ),  # fmt: skip
+        tasks=(
+            "--tasks",
+            "reverse,add,count,speaker",
+            "--n",
+            "2000",
+            "--n-test",
+            "500",
+            "--seed",
+            "0",
+        ),  # fmt: skip
+        sft=("--preset", "sft", "--dtype", "float32", "--mix-fraction", "0.1"),
+        grpo=("--max-iters", "200"),
+        prefs=("--n", "600", "--n-test", "200", "--replies", "4", "--seed", "0"),
+        reward=(),
+        ppo=("--max-iters", "200"),
+        dpo=(),
+        eval_tasks=("--k", "8", "--max-new-tokens", "32", "--seed", "0"),
+        gold=("--n", "200", "--samples", "4", "--seed", "0"),
+    ),
+    "tiny": Scale(
+        description="a model of a few thousand parameters and a few steps per stage: seconds, "
+        "for tests (its figures mean nothing)",
+        base=(
+            "--preset",
+            "tiny",
+            "--model.block_size",
+            "64",
+            "--max-iters",
+            "4",
+            "--eval-interval",
+            "4",
+            "--set",
+            "train.eval_iters=1",
+            "--set",
+            "train.max_time=0",
+            "--dtype",
+            "float32",
+        ),  # fmt: skip
+        tasks=("--tasks", "reverse,add", "--n", "12", "--n-test", "4", "--seed", "0"),
+        sft=(
+            "--preset",
+            "sft",
+            "--dtype",
+            "float32",
+            "--max-iters",
+            "3",
+            "--batch-size",
+            "4",
+            "--train.eval_interval",
+            "3",
+            "--train.eval_iters",
+            "1",
+            "--eval-prompts",
+            "2",
+        ),  # fmt: skip
+        grpo=(
+            "--max-iters",
+            "2",
+            "--train.eval_interval",
+            "2",
+            "--rl.prompts_per_rollout",
+            "2",
+            "--rl.group_size",
+            "2",
+            "--rl.minibatches",
+            "1",
+            "--rl.epochs",
+            "1",
+            "--rl.max_new_tokens",
+            "4",
+            "--rl.eval_prompts",
+            "2",
+            "--rl.prompt_pool",
+            "8",
+        ),  # fmt: skip
+        prefs=(
+            "--n",
+            "6",
+            "--n-test",
+            "4",
+            "--replies",
+            "3",
+            "--seed",
+            "0",
+            "--max-new-tokens",
+            "8",
+        ),  # fmt: skip
+        reward=(
+            "--max-iters",
+            "2",
+            "--batch-size",
+            "2",
+            "--train.eval_interval",
+            "2",
+            "--train.eval_iters",
+            "1",
+        ),  # fmt: skip
+        ppo=(
+            "--max-iters",
+            "2",
+            "--train.eval_interval",
+            "2",
+            "--rl.prompts_per_rollout",
+            "2",
+            "--rl.group_size",
+            "2",
+            "--rl.minibatches",
+            "1",
+            "--rl.epochs",
+            "1",
+            "--rl.max_new_tokens",
+            "4",
+            "--rl.eval_prompts",
+            "2",
+            "--rl.prompt_pool",
+            "8",
+        ),  # fmt: skip
+        dpo=(
+            "--max-iters",
+            "2",
+            "--batch-size",
+            "2",
+            "--train.eval_interval",
+            "2",
+            "--train.eval_iters",
+            "1",
+            "--prefs.gold_prompts",
+            "2",
+            "--prefs.max_new_tokens",
+            "4",
+        ),  # fmt: skip
+        eval_tasks=("--k", "2", "--max-new-tokens", "6", "--seed", "0"),
+        gold=("--n", "3", "--samples", "2", "--seed", "0", "--max-new-tokens", "6"),
+        grpo_tasks="reverse,add",
+    ),
+}
+
+
+@dataclass
+class Step:
+    """One `folio` command of the recipe. A training step writes a run directory (`run`)."""
+
+    name: str
+    args: list[str]
+    run: Path | None = None
+    stage: str = ""
+    """The table row whose time this step adds to."""
+    json: bool = True
+    """Whether the command takes --json (its last stdout line is the step's result)."""
+
+
+@dataclass
+class Recipe:
+    """The steps of `folio recipe assistant` in OUT, and their records."""
+
+    out: Path
+    scale: Scale
+    base: Path | None = None
+    """An existing base run to start from instead of pretraining one."""
+    tokenizer: str = "char"
+    """The base's tokenizer when the recipe pretrains it: char, or a byte-level BPE."""
+    bpe_vocab: int = 1024
+    log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+
+    @property
+    def prepare(self) -> list[str]:
+        """`folio prepare` flags of the tokenizer."""
+        if self.tokenizer == "char":
+            return ["--tokenizer", "char"]
+        return ["--tokenizer", "bpe", "--vocab-size", str(self.bpe_vocab)]
+
+    def steps(self) -> list[Step]:
+        """Every step in order; a later step reads what an earlier one wrote."""
+        o, s = self.out, self.scale
+        base = self.base or o / "base"
+        test = o / "tasks" / "test.jsonl"
+        sft = f"run:{o / 'sft'}"
+        out: list[Step] = []
+        if self.base is None:
+            out += [
+                Step(
+                    "data",
+                    ["prepare", "shakespeare", "--out", str(o / "data"), *self.prepare],
+                    stage="base",
+                    json=False,
+                ),  # fmt: skip
+                Step("base", ["train", "--data", str(o / "data"), *s.base], o / "base", "base"),
+            ]
+        out += [
+            Step("tasks", ["tasks", "make", *s.tasks, "--out", str(o / "tasks")], stage="sft"),
+            Step(
+                "eval-base",
+                [
+                    "eval",
+                    "tasks",
+                    "--checkpoint",
+                    str(base),
+                    "--data",
+                    str(test),
+                    "--extend-vocab",
+                    *s.eval_tasks,
+                ],
+                stage="base",
+            ),  # fmt: skip
+        ]
+        mix = ["--mix-data", str(o / "data")] if self.base is None else []
+        out.append(
+            Step(
+                "sft",
+                ["sft", "--init-from", f"run:{base}", "--data", str(o / "tasks"), *mix, *s.sft],
+                o / "sft",
+                "sft",
+            )  # fmt: skip
+        )
+        out.append(self._eval_tasks("sft", test))
+        out.append(self._gold("sft"))
+        out.append(
+            Step(
+                "grpo",
+                ["rl", "--algo", "grpo", "--init-from", sft, "--tasks", s.grpo_tasks, *s.grpo],
+                o / "grpo",
+                "grpo",
+            )  # fmt: skip
+        )
+        out.append(self._eval_tasks("grpo", test))
+        flip = ["--flip", str(s.flip)]
+        out += [
+            Step(
+                "prefs",
+                ["prefs", "make", "--checkpoint", sft, *s.prefs, *flip, "--out", str(o / "prefs")],
+                stage="reward",
+            ),  # fmt: skip
+            Step(
+                "reward",
+                ["reward", "--init-from", sft, "--data", str(o / "prefs"), *s.reward],
+                o / "reward",
+                "reward",
+            ),  # fmt: skip
+            Step(
+                "eval-reward",
+                ["eval", "prefs", "--checkpoint", str(o / "reward"), "--data", str(o / "prefs")],
+                stage="reward",
+            ),  # fmt: skip
+            Step(
+                "ppo",
+                [
+                    "rl",
+                    "--algo",
+                    "ppo",
+                    "--init-from",
+                    sft,
+                    "--reward-model",
+                    f"run:{o / 'reward'}",
+                    *s.ppo,
+                ],
+                o / "ppo",
+                "ppo",
+            ),  # fmt: skip
+            self._eval_tasks("ppo", test),
+            self._gold("ppo"),
+            Step(
+                "dpo",
+                ["dpo", "--init-from", sft, "--data", str(o / "prefs"), *s.dpo],
+                o / "dpo",
+                "dpo",
+            ),  # fmt: skip
+            self._eval_tasks("dpo", test),
+            self._gold("dpo"),
+        ]
+        return out
+
+    def _eval_tasks(self, stage: str, test: Path) -> Step:
+        args = ["eval", "tasks", "--checkpoint", str(self.out / stage), "--data", str(test)]
+        return Step(f"eval-{stage}", [*args, *self.scale.eval_tasks], stage=stage)
+
+    def _gold(self, stage: str) -> Step:
+        args = ["eval", "gold", "--checkpoint", str(self.out / stage),
+                "--reference", f"run:{self.out / 'sft'}", *self.scale.gold]  # fmt: skip
+        return Step(f"gold-{stage}", args, stage=stage)
+
+    # ------------------------------------------------------------------ running
+
+    def record_path(self, step: Step) -> Path:
+        """Where a finished step's record is kept (its presence means: done)."""
+        return self.out / "stages" / f"{step.name}.json"
+
+    def command(self, step: Step) -> list[str]:
+        """The step's argv after `folio`: --json always, --quiet and --out for training, and
+        --resume when its run directory holds a checkpoint already (a stopped run)."""
+        args = [*step.args, "--json"] if step.json else list(step.args)
+        if step.run is not None:
+            args += ["--quiet", "--out", str(step.run)]
+            if (step.run / "latest.json").exists():
+                args.append("--resume")
+        return args
+
+    def run_step(self, step: Step) -> dict[str, Any]:
+        """Run one step unless its record exists; return the record."""
+        path = self.record_path(step)
+        if path.exists():
+            return json.loads(path.read_text(encoding="utf-8"))
+        if step.run is not None and _finished(step.run):
+            # stopped after the run finished but before its record was written
+            result: dict[str, Any] = {"recovered": True}
+            seconds = 0.0
+        else:
+            argv = self.command(step)
+            self.log(f"[{time.strftime('%H:%M:%S')}] {step.name}: folio {' '.join(argv)}")
+            start = time.perf_counter()
+            result = _run_folio(argv, self.out / "logs" / f"{step.name}.log", step.json)
+            seconds = time.perf_counter() - start
+        record = {"step": step.name, "stage": step.stage, "command": "folio " + " ".join(
+            step.args), "seconds": round(seconds, 1), "result": result}  # fmt: skip
+        if step.run is not None:
+            record["last_eval"] = _last_eval(step.run)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, record)
+        return record
+
+    def run(self) -> dict[str, Any]:
+        """Every step (skipping the finished ones), then the table as one dict."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        _check_out(self.out)
+        records = {step.name: self.run_step(step) for step in self.steps()}
+        return self.table(records)
+
+    def table(self, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """{"stages": [one row per stage]} from the steps' records."""
+
+        def result(name: str) -> dict[str, Any]:
+            return records.get(name, {}).get("result", {})
+
+        rows = []
+        for stage in STAGES:
+            row: dict[str, Any] = {"stage": stage, "checkpoint": str(self._checkpoint(stage))}
+            row |= dict.fromkeys(TABLE_KEYS)
+            overall = result(f"eval-{stage}").get("overall")
+            if overall:
+                row["pass_at_1"] = overall["pass_at_1"]
+                row["pass_at_8"] = overall.get("pass_at_k")
+                row["end_rate"] = overall["end_rate"]
+            gold = result(f"gold-{stage}")
+            if gold:
+                row["gold_score"] = gold["gold_score"]
+                row["kl"] = gold.get("kl")
+            if stage == "grpo":
+                row["kl"] = records.get("grpo", {}).get("last_eval", {}).get("kl")
+            if stage == "reward":
+                row["rm_accuracy"] = result("eval-reward").get("accuracy")
+            row["seconds"] = round(
+                sum(r["seconds"] for r in records.values() if r["stage"] == stage), 1
+            )
+            rows.append(row)
+        return {
+            "stages": rows,
+            "flip": self.scale.flip,
+            "rm_ceiling": 1.0 - self.scale.flip,
+            "seconds": round(sum(r["seconds"] for r in records.values()), 1),
+        }
+
+    def _checkpoint(self, stage: str) -> Path:
+        if stage == "base" and self.base is not None:
+            return self.base
+        return self.out / stage
+
+
+def _finished(run: Path) -> bool:
+    """Whether a run directory's latest checkpoint is at its run's max_iters."""
+    try:
+        latest = json.loads((run / "latest.json").read_text(encoding="utf-8"))
+        config = json.loads((run / "run.json").read_text(encoding="utf-8"))
+        return int(latest["step"]) >= int(config["train"]["max_iters"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _last_eval(run: Path) -> dict[str, Any]:
+    """The last eval row of a run's metrics.jsonl ({} if none)."""
+    try:
+        lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("eval"):
+            return row
+    return {}
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an OUT that holds something other than a recipe's (nothing a user has is lost)."""
+    ours = {"data", "base", "tasks", "sft", "grpo", "prefs", "reward", "ppo", "dpo", "stages",
+            "logs", "table.json", "table.md"}  # fmt: skip
+    others = sorted(p.name for p in out.iterdir() if p.name not in ours)
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise FolioError(
+            f"{out}: holds files that are not a recipe's ({shown}); give an empty or new "
+            f"directory, or the OUT of an earlier `folio recipe assistant` to continue it"
+        )
+
+
+def _run_folio(argv: Sequence[str], log: Path, parse: bool = True) -> dict[str, Any]:
+    """Run `python -m folio ARGV`, its output to `log`; return its last stdout line as JSON
+    (or {} when `parse` is false)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w", encoding="utf-8") as f:
+        f.write(f"$ folio {' '.join(argv)}\n")
+        f.flush()
+        proc = subprocess.run(
+            [sys.executable, "-m", "folio", *argv],
+            stdout=subprocess.PIPE, stderr=f, text=True, env=_child_env(),
+        )  # fmt: skip
+        f.write(proc.stdout)
+    if proc.returncode != 0:
+        last = _last_error(log)
+        raise FolioError(f"{argv[0]} failed (exit {proc.returncode}): {last} (log: {log})")
+    lines = proc.stdout.strip().splitlines()
+    if not parse:
+        return {}
+    try:
+        return json.loads(lines[-1]) if lines else {}
+    except ValueError as e:
+        raise FolioError(f"{argv[0]} printed no JSON result (log: {log})") from e
+
+
+def _last_error(log: Path) -> str:
+    """The last non-empty line of a step's log (its one-line error)."""
+    lines = [s for s in log.read_text(encoding="utf-8", errors="replace").splitlines() if s.strip()]
+    return lines[-1].strip() if lines else "no output"
+
+
+def _child_env() -> dict[str, str]:
+    """The environment of a step: this process's, with this package importable first."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"}
+
+
+def format_table(table: dict[str, Any]) -> str:
+    """The table as Markdown: a row per stage, '-' where a figure does not apply."""
+    names = {"pass_at_1": "pass@1", "pass_at_8": "pass@8", "end_rate": "end rate",
+             "rm_accuracy": "RM accuracy", "gold_score": "gold score", "kl": "KL to SFT",
+             "seconds": "seconds"}  # fmt: skip
+    lines = [
+        "| stage | " + " | ".join(names[k] for k in TABLE_KEYS) + " |",
+        "|---" + "|---:" * len(TABLE_KEYS) + "|",
+    ]
+    for row in table["stages"]:
+        cells = []
+        for k in TABLE_KEYS:
+            v = row[k]
+            cells.append("-" if v is None else f"{v:.0f}" if k == "seconds" else f"{v:.3f}")
+        lines.append(f"| {row['stage']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        f"flip rate {table['flip']:.2f} (RM accuracy ceiling {table['rm_ceiling']:.2f}); "
+        f"{table['seconds']:.0f} s of steps in all"
+    )
+    return "\n".join(lines)
