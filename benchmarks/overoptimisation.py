@@ -1,44 +1,42 @@
-"""Over-optimisation, shown: a policy trained against a learned reward model, with and without
-its KL leash, and DPO, scored by the hidden rule the reward model only saw through labels.
+"""Over-optimisation, shown: PPO against a learned reward model with and without its KL leash,
+and DPO, all scored by the hidden rule the reward model only saw through (noisy) labels.
 
-From a chat model (an SFT run), each a `folio` command whose JSON result is
-kept in WORK/logs/NAME.json (a stage already done is skipped):
+It starts from a finished `folio recipe assistant` OUT: its SFT model, reward
+model, PPO run (the `rl` preset's KL coefficient) and DPO run. It adds one
+run, the same PPO with the KL coefficient near 0 (`--kl-free`, default
+0.001), for longer, so that the policy can chase the reward model's
+loopholes. Every eval of the runs logs, on held-out prompts, the reward
+model's score (the proxy; PPO only), the gold score and the KL to the SFT
+model (k3, nats per reply). The figure OUT/overoptimisation.png has two
+panels: proxy reward against gold score (PPO), and gold score against KL
+(PPO and DPO).
 
-1. `folio prefs make`: replies to "Write a line for {SPEAKER} about {word}"
-   ranked by the gold rule, 10% of the labels flipped;
-2. `folio reward`: the reward model, and its held-out pairwise accuracy;
-3. `folio rl --algo ppo` twice: KL coefficient near 0, and the preset's;
-4. `folio dpo` on the same pairs.
+    python benchmarks/overoptimisation.py --recipe runs/assistant [--iters 400]
 
-Every eval of the three runs logs, on held-out prompts, the reward model's
-score (PPO), the gold score and the KL to the SFT model. The figure
-(WORK/overoptimisation.png) has two panels: proxy reward against gold score,
-and gold score against KL, one curve per run. When the leash is off, the
-proxy keeps rising while the gold score stalls or falls.
-
-    python benchmarks/overoptimisation.py --sft RUN --work /tmp/folio-overopt
+Prints each run's first and last eval and writes OUT/overoptimisation.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grpo import cpu_name, folio  # noqa: E402  (the same stage runner)
-
-PPO = ["--max-iters", "300", "--train.eval_interval", "30", "--rl.max_new_tokens", "48"]
-RUNS = {"ppo_kl0": ["--rl.kl_coef", "0.001"], "ppo": ["--rl.kl_coef", "0.05"]}
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def eval_rows(run_dir: Path) -> list[dict]:
+    """The eval rows of a run's metrics.jsonl, in order."""
     rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines() if s]
     return [r for r in rows if r.get("eval")]
 
 
 def plot(curves: dict[str, list[dict]], out: Path) -> None:
+    """Two panels: proxy vs gold (runs with a proxy), gold vs KL (every run)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,52 +44,77 @@ def plot(curves: dict[str, list[dict]], out: Path) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
     for name, rows in curves.items():
-        kl = [r["kl"] for r in rows if "kl" in r]
-        gold = [r["gold_score"] for r in rows if "gold_score" in r]
+        rows = [r for r in rows if "gold_score" in r]
+        gold = [r["gold_score"] for r in rows]
         if rows and "rm_score" in rows[0]:
-            a.plot([r["rm_score"] for r in rows], gold, "o-", label=name)
-        if kl:
-            b.plot(kl, gold, "o-", label=name)
-    a.set_xlabel("proxy reward (reward model score, held-out prompts)")
-    a.set_ylabel("gold score (hidden rule)")
+            a.plot([r["rm_score"] for r in rows], gold, "o-", ms=3, label=name)
+            a.annotate("start", (rows[0]["rm_score"], gold[0]), fontsize=7)
+        if rows and "kl" in rows[0]:
+            b.plot([r["kl"] for r in rows], gold, "o-", ms=3, label=name)
+    a.set_xlabel("proxy reward: the reward model's score (held-out prompts)")
+    a.set_ylabel("gold score: the hidden rule")
+    a.set_title("PPO: proxy against gold")
     b.set_xlabel("KL to the SFT model (nats per reply)")
-    b.set_ylabel("gold score (hidden rule)")
+    b.set_ylabel("gold score: the hidden rule")
+    b.set_title("gold against KL")
     for ax in (a, b):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
     plt.close(fig)
+    os.replace(tmp, out)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sft", required=True, help="the chat model (a `folio sft` run)")
-    p.add_argument("--work", default="/tmp/folio-overopt", help="working directory")
+    p.add_argument("--recipe", required=True, type=Path, help="a finished recipe's OUT")
+    p.add_argument("--kl-free", default="0.001", help="the KL coefficient of the leash-off run")
+    p.add_argument("--iters", default="400", help="steps of the leash-off run")
     args = p.parse_args()
-    work, sft = Path(args.work), f"run:{args.sft}"
-    logs = work / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    folio(logs, "prefs", "prefs", "make", "--checkpoint", sft, "--out", work / "prefs", "--n",
-          600, "--n-test", 150, "--replies", 4, "--json")  # fmt: skip
-    rm = folio(logs, "reward", "reward", "--init-from", sft, "--data", work / "prefs", "--out",
-               work / "rm", "--quiet", "--json")  # fmt: skip
-    for name, flags in RUNS.items():
-        folio(logs, name, "rl", "--algo", "ppo", "--init-from", sft, "--reward-model",
-              f"run:{work / 'rm'}", *PPO, *flags, "--out", work / name, "--quiet", "--json")  # fmt: skip
-    folio(logs, "dpo", "dpo", "--init-from", sft, "--data", work / "prefs", "--out",
-          work / "dpo", "--quiet", "--json")  # fmt: skip
-    curves = {name: eval_rows(work / name) for name in (*RUNS, "dpo")}
-    plot(curves, work / "overoptimisation.png")
-    summary = {
-        "machine": cpu_name(),
-        "rm_accuracy": rm.get("accuracy"),
-        "runs": {n: {"first": rows[0], "last": rows[-1]} for n, rows in curves.items()},
-        "commands": {p.stem: json.loads(p.read_text())["command"] for p in logs.glob("*.json")},
+    out = args.recipe
+    for stage in ("sft", "reward", "ppo", "dpo"):
+        if not (out / stage / "latest.json").exists():
+            raise SystemExit(f"{out / stage}: missing; run `folio recipe assistant --out {out}`")
+    free = out / "ppo-kl0"
+    if not (free / "done.json").exists():
+        cmd = [sys.executable, "-m", "folio", "rl", "--algo", "ppo",
+               "--init-from", f"run:{out / 'sft'}", "--reward-model", f"run:{out / 'reward'}",
+               "--max-iters", args.iters, "--rl.kl_coef", args.kl_free, "--out", str(free),
+               "--quiet", "--json"]  # fmt: skip
+        if (free / "latest.json").exists():
+            cmd.append("--resume")
+        print(f"[{time.strftime('%H:%M:%S')}] folio {' '.join(cmd[3:])}", flush=True)
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        if proc.returncode != 0:
+            raise SystemExit(proc.stderr[-2000:])
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        result |= {"wall_seconds": round(time.perf_counter() - start, 1), "command": cmd[3:]}
+        (free / "done.json").write_text(json.dumps(result))
+    ppo_kl = json.loads((out / "ppo" / "run.json").read_text()).get("rl", {}).get("kl_coef")
+    curves = {
+        f"PPO, KL coef {args.kl_free}": eval_rows(free),
+        f"PPO, KL coef {ppo_kl if ppo_kl is not None else 'preset'}": eval_rows(out / "ppo"),
+        "DPO, beta 0.1": eval_rows(out / "dpo"),
     }
-    (work / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary["runs"], indent=1))
-    print(f"wrote {work / 'overoptimisation.png'}")
+    plot(curves, out / "overoptimisation.png")
+    keys = ("step", "rm_score", "gold_score", "kl", "end_rate", "reply_tokens")
+    summary = {
+        name: {
+            "first": {k: r[k] for k in keys if k in r} if (r := rows[0]) else {},
+            "last": {k: r[k] for k in keys if k in r} if (r := rows[-1]) else {},
+            "peak_gold": max(x["gold_score"] for x in rows),
+            "evals": [{k: x[k] for k in keys if k in x} for x in rows],
+        }
+        for name, rows in curves.items()
+    }
+    (out / "overoptimisation.json").write_text(json.dumps(summary, indent=1))
+    for name, s in summary.items():
+        print(name, "first", s["first"], "last", s["last"], "peak gold", s["peak_gold"])
+    print(f"wrote {out / 'overoptimisation.png'}")
 
 
 if __name__ == "__main__":

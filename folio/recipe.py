@@ -69,158 +69,57 @@ class Scale:
     grpo_tasks: str = "reverse,add,count,speaker"
 
 
+def _flags(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
 SCALES: dict[str, Scale] = {
     "laptop": Scale(
         description="a 1.3M-parameter character model; about 20 minutes on 2 CPU cores",
-        base=(
-            "--preset",
-            "demo",
-            "--model.n_embd",
-            "160",
-            "--batch-size",
-            "16",
-            "--max-iters",
-            "800",
-            "--set",
-            "train.max_time=0",
-            "--eval-interval",
-            "200",
-            "--dtype",
-            "float32",
-        ),  # fmt: skip
-        tasks=(
-            "--tasks",
-            "reverse,add,count,speaker",
-            "--n",
-            "2000",
-            "--n-test",
-            "500",
-            "--seed",
-            "0",
-        ),  # fmt: skip
-        sft=("--preset", "sft", "--dtype", "float32", "--mix-fraction", "0.1"),
-        grpo=("--max-iters", "200"),
-        prefs=("--n", "600", "--n-test", "200", "--replies", "4", "--seed", "0"),
+        base=_flags(
+            "--preset demo --model.n_embd 160 --batch-size 16 --max-iters 800 "
+            "--set train.max_time=0 --eval-interval 200 --dtype float32"
+        ),
+        tasks=_flags("--tasks reverse,add,count,speaker --n 2000 --n-test 500 --seed 0"),
+        sft=_flags("--preset sft --dtype float32 --mix-fraction 0.1"),
+        grpo=_flags("--max-iters 200"),
+        prefs=_flags("--n 600 --n-test 200 --replies 4 --seed 0"),
         reward=(),
-        ppo=("--max-iters", "200"),
+        ppo=_flags("--max-iters 200"),
         dpo=(),
-        eval_tasks=("--k", "8", "--max-new-tokens", "32", "--seed", "0"),
-        gold=("--n", "200", "--samples", "4", "--seed", "0"),
+        eval_tasks=_flags("--k 8 --max-new-tokens 32 --seed 0"),
+        gold=_flags("--n 200 --samples 4 --seed 0"),
     ),
     "tiny": Scale(
         description="a model of a few thousand parameters and a few steps per stage: seconds, "
         "for tests (its figures mean nothing)",
-        base=(
-            "--preset",
-            "tiny",
-            "--model.block_size",
-            "64",
-            "--max-iters",
-            "4",
-            "--eval-interval",
-            "4",
-            "--set",
-            "train.eval_iters=1",
-            "--set",
-            "train.max_time=0",
-            "--dtype",
-            "float32",
-        ),  # fmt: skip
-        tasks=("--tasks", "reverse,add", "--n", "12", "--n-test", "4", "--seed", "0"),
-        sft=(
-            "--preset",
-            "sft",
-            "--dtype",
-            "float32",
-            "--max-iters",
-            "3",
-            "--batch-size",
-            "4",
-            "--train.eval_interval",
-            "3",
-            "--train.eval_iters",
-            "1",
-            "--eval-prompts",
-            "2",
-        ),  # fmt: skip
-        grpo=(
-            "--max-iters",
-            "2",
-            "--train.eval_interval",
-            "2",
-            "--rl.prompts_per_rollout",
-            "2",
-            "--rl.group_size",
-            "2",
-            "--rl.minibatches",
-            "1",
-            "--rl.epochs",
-            "1",
-            "--rl.max_new_tokens",
-            "4",
-            "--rl.eval_prompts",
-            "2",
-            "--rl.prompt_pool",
-            "8",
-        ),  # fmt: skip
-        prefs=(
-            "--n",
-            "6",
-            "--n-test",
-            "4",
-            "--replies",
-            "3",
-            "--seed",
-            "0",
-            "--max-new-tokens",
-            "8",
-        ),  # fmt: skip
-        reward=(
-            "--max-iters",
-            "2",
-            "--batch-size",
-            "2",
-            "--train.eval_interval",
-            "2",
-            "--train.eval_iters",
-            "1",
-        ),  # fmt: skip
-        ppo=(
-            "--max-iters",
-            "2",
-            "--train.eval_interval",
-            "2",
-            "--rl.prompts_per_rollout",
-            "2",
-            "--rl.group_size",
-            "2",
-            "--rl.minibatches",
-            "1",
-            "--rl.epochs",
-            "1",
-            "--rl.max_new_tokens",
-            "4",
-            "--rl.eval_prompts",
-            "2",
-            "--rl.prompt_pool",
-            "8",
-        ),  # fmt: skip
-        dpo=(
-            "--max-iters",
-            "2",
-            "--batch-size",
-            "2",
-            "--train.eval_interval",
-            "2",
-            "--train.eval_iters",
-            "1",
-            "--prefs.gold_prompts",
-            "2",
-            "--prefs.max_new_tokens",
-            "4",
-        ),  # fmt: skip
-        eval_tasks=("--k", "2", "--max-new-tokens", "6", "--seed", "0"),
-        gold=("--n", "3", "--samples", "2", "--seed", "0", "--max-new-tokens", "6"),
+        base=_flags(
+            "--preset tiny --model.block_size 64 --max-iters 4 --eval-interval 4 "
+            "--set train.eval_iters=1 --set train.max_time=0 --dtype float32"
+        ),
+        tasks=_flags("--tasks reverse,add --n 12 --n-test 4 --seed 0"),
+        sft=_flags(
+            "--preset sft --dtype float32 --max-iters 3 --batch-size 4 "
+            "--train.eval_interval 3 --train.eval_iters 1 --eval-prompts 2"
+        ),
+        grpo=_flags(
+            "--max-iters 2 --train.eval_interval 2 --rl.prompts_per_rollout 2 --rl.group_size 2 "
+            "--rl.minibatches 1 --rl.epochs 1 --rl.max_new_tokens 4 --rl.eval_prompts 2 "
+            "--rl.prompt_pool 8"
+        ),
+        prefs=_flags("--n 6 --n-test 4 --replies 3 --seed 0 --max-new-tokens 8"),
+        reward=_flags("--max-iters 2 --batch-size 2 --train.eval_interval 2 --train.eval_iters 1"),
+        ppo=_flags(
+            "--max-iters 2 --train.eval_interval 2 --rl.prompts_per_rollout 2 --rl.group_size 2 "
+            "--rl.minibatches 1 --rl.epochs 1 --rl.max_new_tokens 4 --rl.eval_prompts 2 "
+            "--rl.prompt_pool 8"
+        ),
+        dpo=_flags(
+            "--max-iters 2 --batch-size 2 --train.eval_interval 2 --train.eval_iters 1 "
+            "--prefs.gold_prompts 2 --prefs.max_new_tokens 4"
+        ),
+        eval_tasks=_flags("--k 2 --max-new-tokens 6 --seed 0"),
+        gold=_flags("--n 3 --samples 2 --seed 0 --max-new-tokens 6"),
         grpo_tasks="reverse,add",
     ),
 }
@@ -262,101 +161,38 @@ class Recipe:
     def steps(self) -> list[Step]:
         """Every step in order; a later step reads what an earlier one wrote."""
         o, s = self.out, self.scale
-        base = self.base or o / "base"
-        test = o / "tasks" / "test.jsonl"
+        base = str(self.base or o / "base")
+        data, tasks, prefs = str(o / "data"), str(o / "tasks"), str(o / "prefs")
+        test = str(o / "tasks" / "test.jsonl")
         sft = f"run:{o / 'sft'}"
         out: list[Step] = []
         if self.base is None:
-            out += [
-                Step(
-                    "data",
-                    ["prepare", "shakespeare", "--out", str(o / "data"), *self.prepare],
-                    stage="base",
-                    json=False,
-                ),  # fmt: skip
-                Step("base", ["train", "--data", str(o / "data"), *s.base], o / "base", "base"),
-            ]
-        out += [
-            Step("tasks", ["tasks", "make", *s.tasks, "--out", str(o / "tasks")], stage="sft"),
-            Step(
-                "eval-base",
-                [
-                    "eval",
-                    "tasks",
-                    "--checkpoint",
-                    str(base),
-                    "--data",
-                    str(test),
-                    "--extend-vocab",
-                    *s.eval_tasks,
-                ],
-                stage="base",
-            ),  # fmt: skip
-        ]
-        mix = ["--mix-data", str(o / "data")] if self.base is None else []
-        out.append(
-            Step(
-                "sft",
-                ["sft", "--init-from", f"run:{base}", "--data", str(o / "tasks"), *mix, *s.sft],
-                o / "sft",
-                "sft",
-            )  # fmt: skip
-        )
-        out.append(self._eval_tasks("sft", test))
-        out.append(self._gold("sft"))
-        out.append(
-            Step(
-                "grpo",
-                ["rl", "--algo", "grpo", "--init-from", sft, "--tasks", s.grpo_tasks, *s.grpo],
-                o / "grpo",
-                "grpo",
-            )  # fmt: skip
-        )
-        out.append(self._eval_tasks("grpo", test))
-        flip = ["--flip", str(s.flip)]
-        out += [
-            Step(
-                "prefs",
-                ["prefs", "make", "--checkpoint", sft, *s.prefs, *flip, "--out", str(o / "prefs")],
-                stage="reward",
-            ),  # fmt: skip
-            Step(
-                "reward",
-                ["reward", "--init-from", sft, "--data", str(o / "prefs"), *s.reward],
-                o / "reward",
-                "reward",
-            ),  # fmt: skip
-            Step(
-                "eval-reward",
-                ["eval", "prefs", "--checkpoint", str(o / "reward"), "--data", str(o / "prefs")],
-                stage="reward",
-            ),  # fmt: skip
-            Step(
-                "ppo",
-                [
-                    "rl",
-                    "--algo",
-                    "ppo",
-                    "--init-from",
-                    sft,
-                    "--reward-model",
-                    f"run:{o / 'reward'}",
-                    *s.ppo,
-                ],
-                o / "ppo",
-                "ppo",
-            ),  # fmt: skip
-            self._eval_tasks("ppo", test),
-            self._gold("ppo"),
-            Step(
-                "dpo",
-                ["dpo", "--init-from", sft, "--data", str(o / "prefs"), *s.dpo],
-                o / "dpo",
-                "dpo",
-            ),  # fmt: skip
-            self._eval_tasks("dpo", test),
-            self._gold("dpo"),
-        ]
+            prepare = ["prepare", "shakespeare", "--out", data, *self.prepare]
+            out.append(Step("data", prepare, stage="base", json=False))
+            out.append(Step("base", ["train", "--data", data, *s.base], o / "base", "base"))
+        out.append(Step("tasks", ["tasks", "make", *s.tasks, "--out", tasks], stage="sft"))
+        eval_base = ["eval", "tasks", "--checkpoint", base, "--data", test, "--extend-vocab"]
+        out.append(Step("eval-base", [*eval_base, *s.eval_tasks], stage="base"))
+        # SFT keeps the base's Shakespeare by mixing some in (only a pretrained-here base's)
+        mix = ["--mix-data", data] if self.base is None else []
+        sft_args = ["sft", "--init-from", f"run:{base}", "--data", tasks, *mix, *s.sft]
+        out.append(Step("sft", sft_args, o / "sft", "sft"))
+        out += [self._eval_tasks("sft", test), self._gold("sft")]
+        grpo = ["rl", "--algo", "grpo", "--init-from", sft, "--tasks", s.grpo_tasks, *s.grpo]
+        out += [Step("grpo", grpo, o / "grpo", "grpo"), self._eval_tasks("grpo", test)]
+        # the preference stages: pairs ranked by the hidden rule, a reward model, PPO and DPO
+        make = ["prefs", "make", "--checkpoint", sft, *s.prefs, "--flip", str(s.flip)]
+        out.append(Step("prefs", [*make, "--out", prefs], stage="reward"))
+        reward = ["reward", "--init-from", sft, "--data", prefs, *s.reward]
+        out.append(Step("reward", reward, o / "reward", "reward"))
+        eval_rm = ["eval", "prefs", "--checkpoint", str(o / "reward"), "--data", prefs]
+        out.append(Step("eval-reward", eval_rm, stage="reward"))
+        ppo = ["rl", "--algo", "ppo", "--init-from", sft, "--reward-model", f"run:{o / 'reward'}"]
+        out.append(Step("ppo", [*ppo, *s.ppo], o / "ppo", "ppo"))
+        out += [self._eval_tasks("ppo", test), self._gold("ppo")]
+        dpo = ["dpo", "--init-from", sft, "--data", prefs, *s.dpo]
+        out.append(Step("dpo", dpo, o / "dpo", "dpo"))
+        out += [self._eval_tasks("dpo", test), self._gold("dpo")]
         return out
 
     def _eval_tasks(self, stage: str, test: Path) -> Step:
@@ -364,8 +200,8 @@ class Recipe:
         return Step(f"eval-{stage}", [*args, *self.scale.eval_tasks], stage=stage)
 
     def _gold(self, stage: str) -> Step:
-        args = ["eval", "gold", "--checkpoint", str(self.out / stage),
-                "--reference", f"run:{self.out / 'sft'}", *self.scale.gold]  # fmt: skip
+        args = ["eval", "gold", "--checkpoint", str(self.out / stage)]
+        args += ["--reference", f"run:{self.out / 'sft'}", *self.scale.gold]
         return Step(f"gold-{stage}", args, stage=stage)
 
     # ------------------------------------------------------------------ running
@@ -483,7 +319,8 @@ def _last_eval(run: Path) -> dict[str, Any]:
 def _check_out(out: Path) -> None:
     """Refuse an OUT that holds something other than a recipe's (nothing a user has is lost)."""
     ours = {"data", "base", "tasks", "sft", "grpo", "prefs", "reward", "ppo", "dpo", "stages",
-            "logs", "table.json", "table.md"}  # fmt: skip
+            "logs", "table.json", "table.md", "ppo-kl0", "overoptimisation.png",
+            "overoptimisation.json"}  # fmt: skip
     others = sorted(p.name for p in out.iterdir() if p.name not in ours)
     if others:
         shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")

@@ -41,7 +41,7 @@ def test_the_tiny_recipe_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path)
     for stage in ("sft", "ppo", "dpo"):  # measured against the gold rule, with KL to SFT
         assert 0.0 <= by[stage]["gold_score"] <= 1.0
         assert by[stage]["kl"] >= 0.0
-    assert by["sft"]["kl"] == 0.0  # the SFT model is the reference
+    assert by["sft"]["kl"] < 1e-4  # the SFT model is the reference
     assert by["grpo"]["kl"] is not None and by["grpo"]["gold_score"] is None
     assert 0.0 <= by["reward"]["rm_accuracy"] <= 1.0
     assert by["reward"]["pass_at_1"] is None and by["base"]["gold_score"] is None
