@@ -139,3 +139,15 @@ def test_a_prompt_needs_no_reply_and_a_model_without_chat_tokens_is_named() -> N
     assert msgs == [{"role": "user", "content": "hi"}]
     with pytest.raises(FolioError, match="not built for chat"):
         render_prompt(CharTokenizer.from_text("hi"), msgs)
+
+
+def test_a_reply_is_cut_at_the_first_turn_token() -> None:
+    from folio.tokenizers import CharTokenizer
+    from folio.tokenizers.chat import USER, cut_at_turn_token, with_chat_tokens
+
+    tok = with_chat_tokens(CharTokenizer.from_text("abc"))
+    user = tok.special_token_id(USER)
+    ids = tok.encode("ab")
+    assert cut_at_turn_token(tok, [*ids, user, *tok.encode("c")]) == (ids, True)
+    assert cut_at_turn_token(tok, ids) == (ids, False)
+    assert cut_at_turn_token(tok, [user]) == ([], True)

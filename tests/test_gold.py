@@ -17,7 +17,12 @@ from folio.data.prefs import gold_score
 from folio.models import GPT, GPTConfig, build_model
 from folio.models.reward import RewardModelConfig
 from folio.tokenizers import CharTokenizer
-from folio.tokenizers.chat import end_of_turn_id, render_prompt, with_chat_tokens
+from folio.tokenizers.chat import (
+    cut_at_turn_token,
+    end_of_turn_id,
+    render_prompt,
+    with_chat_tokens,
+)
 from folio.train.gold import gold_report
 from folio.train.rollout import reply_logprobs, sample_rollout
 
@@ -45,10 +50,13 @@ def test_the_report_scores_the_same_replies_and_kl_is_zero_against_itself() -> N
     ids = [render_prompt(tok, [{"role": "user", "content": p}]) for p in PROMPTS]
     ro = sample_rollout(m, ids, 3, end_of_turn_id(tok), max_new_tokens=8, temperature=1.0,
                         top_k=None, generator=torch.Generator().manual_seed(5))  # fmt: skip
-    scores = [gold_score(PROMPTS[i // 3], tok.decode(r), bool(e))
-              for i, (r, e) in enumerate(zip(ro.replies, ro.ended.tolist(), strict=True))]  # fmt: skip
+    scores, ends = [], []
+    for i, (r, e) in enumerate(zip(ro.replies, ro.ended.tolist(), strict=True)):
+        ids, cut = cut_at_turn_token(tok, r)  # a reply writing <|user|> has not ended
+        scores.append(gold_score(PROMPTS[i // 3], tok.decode(ids), e and not cut))
+        ends.append(e and not cut)
     assert a["gold_score"] == sum(scores) / 6
-    assert a["end_rate"] == sum(ro.ended.tolist()) / 6
+    assert a["end_rate"] == sum(ends) / 6
 
 
 def test_kl_to_another_reference_is_the_k3_sum_over_each_reply() -> None:

@@ -248,3 +248,33 @@ def test_folio_prefs_make_ranks_sampled_replies(tmp_path: Path) -> None:
     code, _, err = cli("prefs", "make", "--checkpoint", f"run:{tmp_path / 'sft'}", "--out", out,
                        "--replies", 1)  # fmt: skip
     assert code == 2 and "--replies" in err
+
+
+def test_prefs_make_cuts_a_reply_at_a_turn_token_and_counts_it_unended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply that writes <|user|> would otherwise put "<|user|>" into the pair file as text,
+    which the model's tokenizer cannot encode, and the reward model could not read."""
+    import folio.train.dpo as dpo
+    from folio.data.tasks import load_material
+    from folio.eval_tasks import Reply
+    from folio.tokenizers.chat import USER
+
+    m = load_material()
+    tok = with_chat_tokens(CharTokenizer.from_text(
+        "".join(m.speakers) + "".join(m.words) + "Write a line for about "))  # fmt: skip
+    cfg = GPTConfig(tok.vocab_size, block_size=96, n_layer=1, n_head=2, n_embd=16)
+    save_checkpoint(tmp_path / "sft", clean_state_dict(GPT(cfg)), cfg, tok, {"step": 1})
+    user = tok.special_token_id(USER)
+
+    def fake(model, ids, end_id, num_samples, **kw):  # one reply with a turn token, one without
+        a, b = tok.encode("about a line"), tok.encode("x")
+        return [[Reply([*a, user, *b], True), Reply(b, True)] for _ in ids]
+
+    monkeypatch.setattr(dpo, "generate_replies", fake)
+    code, _, err = cli("prefs", "make", "--checkpoint", f"run:{tmp_path / 'sft'}", "--out",
+                       tmp_path / "p", "--n", 4, "--n-test", 2, "--replies", 2)  # fmt: skip
+    assert code == 0, err
+    train, _ = read_pref_dir(tmp_path / "p")
+    assert train and all("<|" not in p.chosen + p.rejected for p in train)
+    assert {p.chosen for p in train} | {p.rejected for p in train} == {"about a line", "x"}

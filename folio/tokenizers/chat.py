@@ -80,6 +80,20 @@ def end_of_turn_id(tokenizer: ChatTokenizer) -> int:
     return _id(tokenizer, END)
 
 
+def cut_at_turn_token(tokenizer: ChatTokenizer, ids: list[int]) -> tuple[list[int], bool]:
+    """(a reply's ids up to its first chat token, whether one was cut off).
+
+    A reply ends at END; a model that instead writes another turn token
+    (<|user|>, say) has not answered properly, and decoding that token would
+    put its name into the reply's text, which no tokenizer encodes back to it.
+    """
+    turn_ids = {tokenizer.special_token_id(t) for t in CHAT_TOKENS} - {None}
+    for i, t in enumerate(ids):
+        if t in turn_ids:
+            return ids[:i], True
+    return list(ids), False
+
+
 def validate_conversation(obj: Any, where: str, *, needs_reply: bool = True) -> list[dict]:
     """The messages of one conversation, checked; a FolioError naming `where` otherwise.
 

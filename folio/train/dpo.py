@@ -22,9 +22,9 @@ from folio.data.prefs import (
 )
 from folio.data.tasks import load_material
 from folio.errors import FolioError
-from folio.eval_tasks import generate_replies
+from folio.eval_tasks import Reply, generate_replies
 from folio.models.config import RewardModelConfig
-from folio.tokenizers.chat import end_of_turn_id, render_prompt
+from folio.tokenizers.chat import cut_at_turn_token, end_of_turn_id, render_prompt
 from folio.train.config import RunConfig
 from folio.train.policy import (
     load_policy,
@@ -131,7 +131,12 @@ def make_preferences(
             model, ids, end_id, max_new_tokens=max_new_tokens, temperature=temperature,
             num_samples=replies, seed=seed,
         )  # fmt: skip
-        return [[(tok.decode(r.ids), r.ended) for r in group] for group in out]
+        return [[reply_text(r) for r in group] for group in out]
+
+    def reply_text(r: Reply) -> tuple[str, bool]:
+        # a reply that writes another turn token has not ended properly
+        ids, cut = cut_at_turn_token(tok, r.ids)
+        return tok.decode(ids), r.ended and not cut
 
     train = make_pairs(line_prompts("train", n, seed, material), sample, flip, seed)
     test = make_pairs(line_prompts("test", n_test, seed, material), sample, flip, seed + 1)

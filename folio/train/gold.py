@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from folio.data.prefs import gold_score
-from folio.tokenizers.chat import end_of_turn_id, render_prompt
+from folio.tokenizers.chat import cut_at_turn_token, end_of_turn_id, render_prompt
 from folio.train.rl_math import k3_kl
 from folio.train.rollout import reply_logprobs, sample_rollout
 
@@ -65,9 +65,10 @@ def gold_report(
                 top_k=None, generator=generator,
             )  # fmt: skip
             for i, (reply, done) in enumerate(zip(ro.replies, ro.ended.tolist(), strict=True)):
-                text = tokenizer.decode(reply)
-                gold.append(gold_score(texts[i // samples], text, bool(done)))
-                ended.append(bool(done))
+                ids, cut = cut_at_turn_token(tokenizer, reply)  # another turn token: not ended
+                text, done = tokenizer.decode(ids), bool(done) and not cut
+                gold.append(gold_score(texts[i // samples], text, done))
+                ended.append(done)
                 chars.append(len(text.strip()))
             if reference is not None:
                 device = next(reference.parameters()).device

@@ -38,7 +38,7 @@ from torch import nn
 from folio.data.prefs import gold_score, line_prompts
 from folio.data.tasks import load_material
 from folio.models.config import PolicyValueConfig
-from folio.tokenizers.chat import end_of_turn_id, render_prompt
+from folio.tokenizers.chat import cut_at_turn_token, end_of_turn_id, render_prompt
 from folio.train.config import RunConfig
 from folio.train.grpo import check_resume, frozen
 from folio.train.policy import (
@@ -211,10 +211,10 @@ class PPOObjective:
         """
         r = self.sample(model, self.test_prompts, torch.Generator().manual_seed(METRICS_SEED))
         G = self.cfg.group_size
-        texts = [self.tokenizer.decode(ids) for ids in r["replies"]]
-        gold = [
-            gold_score(self.test_texts[i // G], text, bool(e))
-            for i, (text, e) in enumerate(zip(texts, r["ended"].tolist(), strict=True))
+        cuts = [cut_at_turn_token(self.tokenizer, ids) for ids in r["replies"]]
+        gold = [  # a reply that writes another turn token has not ended properly
+            gold_score(self.test_texts[i // G], self.tokenizer.decode(ids), bool(e) and not cut)
+            for i, ((ids, cut), e) in enumerate(zip(cuts, r["ended"].tolist(), strict=True))
         ]
         out = {
             "rm_score": float(r["score"].mean()),
