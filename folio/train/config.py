@@ -26,6 +26,7 @@ import functools
 import inspect
 import math
 import tomllib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,11 @@ from folio.models.config import (
     unknown_key_error,
 )
 from folio.runtime import DTYPES
-from folio.train.optim import OPTIMIZERS, SCHEDULES
+
+OPTIMIZERS = ("adamw", "muon")
+"""What `train.optimizer` accepts (folio/train/optim.py builds them)."""
+SCHEDULES = ("constant", "cosine", "wsd")
+"""What `train.lr_schedule` accepts (folio/train/optim.py computes them)."""
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -411,3 +416,17 @@ def config_overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
         if dest.startswith("cfg:") and raw is not None:
             pairs.append((dest[4:], parse_value(raw)))
     return pairs
+
+
+def check_model_overrides(overrides: Iterable[tuple[str, Any]], init_from: str | None) -> None:
+    """Refuse a model setting other than dropout when the model comes from `init_from`."""
+    if init_from is None:
+        return
+    for key, _ in overrides:
+        section, _, name = key.rpartition(".")
+        section = section or ("train" if name in TRAIN_FIELDS else "model")
+        if section == "model" and name != "dropout":
+            raise FolioError(
+                f"model.{name}: the model's shape comes from --init-from {init_from}; of the "
+                f"model settings only model.dropout applies"
+            )
