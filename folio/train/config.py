@@ -105,6 +105,8 @@ class TrainConfig:
     """Stop (with a final eval and checkpoint) after this many seconds of training; 0 = no limit."""
     patience: int = 0
     """Stop after this many evals without a new best val loss; 0 = never."""
+    target_val_loss: float = 0.0
+    """Stop after an eval whose val loss estimate is at or below this (a speedrun's finish line); 0 = never."""
     save_checkpoints: bool = True
     """Write checkpoints (latest at every eval, best when val improves)."""
     fsdp: bool = False
@@ -138,7 +140,10 @@ class TrainConfig:
                 raise FolioError(
                     f"train config: {name} must not be negative, got {getattr(self, name)}"
                 )
-        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "max_time", "muon_lr"):
+        for name in (
+            "learning_rate", "min_lr", "weight_decay", "grad_clip", "max_time", "muon_lr",
+            "target_val_loss",
+        ):  # fmt: skip
             if getattr(self, name) < 0:
                 raise FolioError(
                     f"train config: {name} must not be negative, got {getattr(self, name)}"
