@@ -6,11 +6,37 @@ The Python API mirrors the CLI:
     model = GPT(GPTConfig(vocab_size=65))
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from folio.errors import FolioError
-from folio.models import GPT, BigramConfig, BigramLanguageModel, GPTConfig, build_model
-from folio.tokenizers import CharTokenizer
+
+if TYPE_CHECKING:
+    from folio.models import GPT, BigramConfig, BigramLanguageModel, GPTConfig, build_model
+    from folio.tokenizers import CharTokenizer
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "GPT": "folio.models",
+    "GPTConfig": "folio.models",
+    "BigramConfig": "folio.models",
+    "BigramLanguageModel": "folio.models",
+    "build_model": "folio.models",
+    "CharTokenizer": "folio.tokenizers",
+}
+"""The public API, imported on first use: `import folio.cli` must not pay for torch."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "GPT",

@@ -10,6 +10,10 @@ devices get fp16 with a gradient scaler; everything else stays fp32. On a CPU
 without those instructions bf16 is emulated and far slower than fp32, so auto
 must not pick it there. Master weights are always fp32; autocast only changes
 the precision of the matmuls.
+
+This module imports torch only inside the functions that need it (and
+TORCH_DTYPES on first use), so the CLI can parse its flags, print its help and
+refuse a bad argument without the second or so that importing torch costs.
 """
 
 from __future__ import annotations
@@ -23,15 +27,27 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any
 
 from folio.errors import FolioError
 
+if TYPE_CHECKING:
+    import torch
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 """What `--dtype` accepts; every name but auto is a torch dtype (`dtype_from_name`)."""
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def __getattr__(name: str) -> Any:
+    """TORCH_DTYPES, built (and torch imported) on first use."""
+    if name == "TORCH_DTYPES":
+        import torch
+
+        table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        globals()["TORCH_DTYPES"] = table
+        return table
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Dense bf16 tensor-core peaks (FLOP/s) of common GPUs, from their data sheets.
 GPU_PEAK_BF16 = {
@@ -50,6 +66,8 @@ GPU_PEAK_BF16 = {
 
 def pick_device(name: str = "auto") -> torch.device:
     """cuda, then mps, then cpu; or the device the user named."""
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -135,11 +153,15 @@ def physical_cores() -> int:
 
 def set_threads(threads: int, processes_here: int = 1) -> None:
     """CPU threads for PyTorch: `threads`, or (0) the physical cores shared among this machine's processes."""
+    import torch
+
     torch.set_num_threads(threads or max(1, physical_cores() // processes_here))
 
 
 def machine_name(device: torch.device) -> str:
     """The CPU model, or the GPU's name: what a benchmark record says it ran on."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return cpu_info().name
@@ -147,6 +169,8 @@ def machine_name(device: torch.device) -> str:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """The autocast dtype that `--dtype` means on this device (float32 = no autocast)."""
+    import torch
+
     if dtype not in DTYPES:
         raise FolioError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if dtype == "auto":
@@ -157,16 +181,20 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         return torch.float32
     if dtype == "float16" and device.type == "cpu":
         raise FolioError("--dtype float16 is for GPUs; on a CPU use bfloat16 or float32")
-    return TORCH_DTYPES[dtype]
+    return __getattr__("TORCH_DTYPES")[dtype]
 
 
 def autocast_dtype(dtype: torch.dtype) -> torch.dtype | None:
     """None for float32 (run as is), else the lower precision to compute in."""
+    import torch
+
     return None if dtype == torch.float32 else dtype
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
     """Mixed precision for the forward pass; a no-op in float32."""
+    import torch
+
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -174,6 +202,8 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 def _matmul_flops(dtype: torch.dtype, device: torch.device, budget_s: float = 0.5) -> float:
     """Measured FLOP/s of a square matmul, growing the size while a product stays quick."""
+    import torch
+
     best = 0.0
     n = 256
     g = torch.Generator().manual_seed(0)  # never the global RNG: measuring must not change a run
@@ -202,6 +232,8 @@ def _matmul_flops(dtype: torch.dtype, device: torch.device, budget_s: float = 0.
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     """The device's matmul peak for `dtype` (FLOP/s): a data-sheet table for known GPUs,
     else measured once and cached in ~/.cache/folio."""
+    import torch
+
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, peak in GPU_PEAK_BF16.items():
@@ -279,6 +311,9 @@ def init_distributed(device_type: str) -> DistEnv:
 
     A single process (no torchrun, or WORLD_SIZE=1) creates no group.
     """
+    import torch
+    import torch.distributed as dist
+
     env = env_from_environ()
     if not env.enabled or dist.is_initialized():
         return env
@@ -301,6 +336,8 @@ _owned_group = False
 
 def teardown_distributed() -> None:
     """Leave the process group init_distributed() created, after a last barrier so rank 0's files are complete."""
+    import torch.distributed as dist
+
     global _owned_group
     if _owned_group and dist.is_initialized():
         dist.barrier()
@@ -310,6 +347,8 @@ def teardown_distributed() -> None:
 
 def is_main() -> bool:
     """True on rank 0, and in a single process: the process that logs and writes files."""
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
     return env_from_environ().is_main
@@ -317,6 +356,8 @@ def is_main() -> bool:
 
 def device_for(device: torch.device, env: DistEnv) -> torch.device:
     """One GPU per process: cuda:LOCAL_RANK."""
+    import torch
+
     if env.enabled and device.type == "cuda":
         return torch.device("cuda", env.local_rank)
     return device

@@ -329,6 +329,7 @@ def test_trainer_with_gradient_accumulation_trains(dataset: Path, tmp_path: Path
         ("dtype", "float8", "dtype must be one of"),
         ("max_time", -5.0, "max_time must not be negative"),
         ("patience", -1, "patience must not be negative"),
+        ("target_val_loss", -1.0, "target_val_loss must not be negative"),
         ("optimizer", "sgd", "optimizer must be one of"),
         ("muon_lr", -0.02, "muon_lr must not be negative"),
         ("muon_momentum", 1.0, "muon_momentum must be in"),

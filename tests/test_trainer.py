@@ -705,6 +705,23 @@ def test_patience_stops_a_run_that_no_longer_improves(dataset: Path, tmp_path: P
     assert best["step"] == 5 and (tmp_path / "run" / best["checkpoint"]).is_dir()
 
 
+def test_target_val_loss_stops_at_the_first_eval_that_reaches_it(
+    dataset: Path, tmp_path: Path
+) -> None:
+    first = _train(dataset, tmp_path / "free", ("train.max_iters", 15), ("train.eval_interval", 5))
+    vals = [row["val_loss"] for row in first.history if row["step"] > 0]
+    assert vals[0] > vals[-1]  # it learns, so a target between the two is met at a later eval
+    target = (vals[0] + vals[-1]) / 2
+    result = _train(
+        dataset, tmp_path / "run", ("train.max_iters", 15), ("train.eval_interval", 5),
+        ("train.target_val_loss", target),
+    )  # fmt: skip
+    reached = next(r["step"] for r in first.history if r["step"] > 0 and r["val_loss"] <= target)
+    assert result.stopped == "target" and result.step == reached < 15
+    assert result.val_loss <= target
+    assert _latest_step(tmp_path / "run") == reached
+
+
 def test_max_time_stops_with_a_checkpoint(dataset: Path, tmp_path: Path) -> None:
     result = _train(dataset, tmp_path / "run", ("train.max_time", 1e-9), ("train.max_iters", 40))
     assert result.stopped == "max_time" and result.step == 1

@@ -152,37 +152,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags of `folio bench sample`."""
-    p.add_argument(
-        "--batch-sizes", type=int, nargs="+", default=[1, 8], help="batch sizes to measure"
-    )
-    p.add_argument("--new-tokens", type=int, default=500, help="new tokens per timed run")
-    p.add_argument(
-        "--uncached-tokens",
-        type=int,
-        default=200,
-        help="new tokens of uncached runs",
-    )
-    p.add_argument(
-        "--dtypes",
-        nargs="+",
-        default=["float32", "bfloat16"],
-        choices=list(TORCH_DTYPES),
-        help="precisions to measure",
-    )
-    p.add_argument(
-        "--low-precision-tokens",
-        type=int,
-        default=50,
-        help="new tokens of non-float32 runs on a CPU; 0 = no cap",
-    )
-    p.add_argument("--repeats", type=int, default=1, help="timed runs per figure, best kept")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or mps")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-
-
 def run(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)

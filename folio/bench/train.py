@@ -207,27 +207,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="video", help="preset whose model is measured")
-    p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per mode")
-    p.add_argument(
-        "--warmup", type=int, default=1, help="untimed steps first (compilation happens here)"
-    )
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile modes")
-    p.add_argument(
-        "--bf16",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="measure bf16 modes (default: only where bf16 is fast)",
-    )
-    p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
-    p.add_argument(
-        "--threads", type=int, default=None, help="CPU threads (default: physical cores)"
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-
 def run_train(args: argparse.Namespace) -> None:
     set_threads(args.threads or 0)
     result = bench_train(

@@ -1,14 +1,71 @@
-"""`folio bench train` and `folio bench sample`: speed, measured side by side (folio/bench/)."""
+"""`folio bench train` and `folio bench sample`: speed, measured side by side (folio/bench/).
+
+The flags live here and the measuring code in folio/bench/, which is imported
+only once a benchmark runs: `folio bench --help` needs no torch.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from folio.bench import sample as bench_sample
-from folio.bench import train as bench_train
 from folio.commands.common import DefaultsOnceFormatter
+from folio.runtime import DTYPES
 
 HELP = "measure training or sampling speed"
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `folio bench train`."""
+    p.add_argument("--preset", default="video", help="preset whose model is measured")
+    p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per mode")
+    p.add_argument(
+        "--warmup", type=int, default=1, help="untimed steps first (compilation happens here)"
+    )
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile modes")
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure bf16 modes (default: only where bf16 is fast)",
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: physical cores)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_sample_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `folio bench sample`."""
+    p.add_argument("--preset", default="video", help="preset whose model is measured")
+    p.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[1, 8], help="batch sizes to measure"
+    )
+    p.add_argument("--new-tokens", type=int, default=500, help="new tokens per timed run")
+    p.add_argument(
+        "--uncached-tokens",
+        type=int,
+        default=200,
+        help="new tokens of uncached runs",
+    )
+    p.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["float32", "bfloat16"],
+        choices=[d for d in DTYPES if d != "auto"],
+        help="precisions to measure",
+    )
+    p.add_argument(
+        "--low-precision-tokens",
+        type=int,
+        default=50,
+        help="new tokens of non-float32 runs on a CPU; 0 = no cap",
+    )
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per figure, best kept")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,18 +75,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train = sub.add_parser(
         "train", help="training tokens/s: baseline and fast modes side by side", formatter_class=fmt
     )
-    bench_train.add_train_arguments(train)
-    train.set_defaults(bench_run=bench_train.run_train)
+    add_train_arguments(train)
     sample = sub.add_parser(
         "sample",
         help="sampling tokens/s: KV cache against re-running the context",
         formatter_class=fmt,
     )
-    sample.add_argument("--preset", default="video", help="preset whose model is measured")
-    bench_sample.add_arguments(sample)
-    sample.set_defaults(bench_run=bench_sample.run)
+    add_sample_arguments(sample)
 
 
 def run(args: argparse.Namespace) -> None:
     """Run the benchmark chosen (train or sample)."""
-    args.bench_run(args)
+    if args.bench == "train":
+        from folio.bench.train import run_train
+
+        run_train(args)
+    else:
+        from folio.bench.sample import run as run_sample
+
+        run_sample(args)

@@ -7,7 +7,7 @@ import json
 import sys
 
 from folio.train.config import add_config_flags, add_stage_flags
-from folio.train.preference import PrefConfig
+from folio.train.pref_config import PrefConfig
 
 HELP = "train a reward model on preference pairs (scalar head at the end-of-turn token)"
 
@@ -77,9 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Train the reward model, then print its held-out pairwise accuracy."""
-    from folio.train.dpo import train_reward
-
     run_config, cfg = configs(args)
+    from folio.train.dpo import train_reward  # torch, only once the flags are known to be good
+
     result = train_reward(
         run_config, cfg, args.init_from, args.data, args.out, **trainer_args(args)
     )

@@ -66,8 +66,6 @@ def run(args: argparse.Namespace) -> None:
     """Train with RL, then print the result and the last held-out figures."""
     from folio.runtime import env_from_environ
     from folio.train.config import build_run_config, config_overrides, stage_config
-    from folio.train.grpo import train_grpo
-    from folio.train.ppo import train_ppo
 
     overrides = config_overrides(args)
     for key, _ in overrides:
@@ -95,10 +93,14 @@ def run(args: argparse.Namespace) -> None:
             raise FolioError(
                 "--algo grpo takes --tasks (their checkers are the reward) and no --reward-model"
             )
+        from folio.train.grpo import train_grpo  # torch, only once the flags are known to be good
+
         result = train_grpo(run_config, rl, args.init_from, args.tasks, args.out, **common)
     else:
         if args.reward_model is None or args.tasks is not None:
             raise FolioError("--algo ppo takes --reward-model (its reward) and no --tasks")
+        from folio.train.ppo import train_ppo  # torch, only once the flags are known to be good
+
         result = train_ppo(run_config, rl, args.init_from, args.reward_model, args.out, **common)
     last = result.history[-1] if result.history else {}
     keys = ("pass_at_1", "reward", "rm_score", "gold_score", "kl", "end_rate")

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from folio.train.config import add_config_flags
-from folio.train.sft import EVAL_PROMPTS, MIX_FRACTION, VAL_FRACTION
+from folio.train.sft_defaults import EVAL_PROMPTS, MIX_FRACTION, VAL_FRACTION
 
 HELP = "fine-tune a trained model on conversations (loss on the assistant's tokens only)"
 
@@ -84,14 +84,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     """Fine-tune, then print the result (rank 0 only under torchrun)."""
     from folio.runtime import is_main
-    from folio.train.config import build_run_config, config_overrides
-    from folio.train.init import check_model_overrides
-    from folio.train.sft import train
+    from folio.train.config import build_run_config, check_model_overrides, config_overrides
 
     overrides = config_overrides(args)
     check_model_overrides(overrides, args.init_from)
+    run_config = build_run_config(args.preset, overrides)
+    from folio.train.sft import train  # torch, only once the flags are known to be good
+
     result = train(
-        build_run_config(args.preset, overrides),
+        run_config,
         args.init_from,
         args.data,
         args.out,

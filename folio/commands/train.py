@@ -51,9 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Train, then print the result (rank 0 only under torchrun)."""
-    from folio.train.config import build_run_config, config_overrides
-    from folio.train.init import check_model_overrides
-    from folio.train.pretrain import train
+    from folio.train.config import build_run_config, check_model_overrides, config_overrides
 
     if args.preset is None:
         raise FolioError(
@@ -63,6 +61,8 @@ def run(args: argparse.Namespace) -> None:
     overrides = config_overrides(args)
     check_model_overrides(overrides, args.init_from)
     run = build_run_config(args.preset, overrides)
+    from folio.train.pretrain import train  # torch, only once the flags are known to be good
+
     result = train(
         run,
         args.data,

@@ -1,12 +1,16 @@
-"""Models: batches of token ids -> logits (and a loss)."""
+"""Models: batches of token ids -> logits (and a loss).
+
+The configs import eagerly (they need no torch); the model classes import on
+first use, so `from folio.models import GPTConfig` (what the CLI's flags are
+made from) stays cheap while `from folio.models import GPT` works as before.
+"""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from folio.errors import FolioError
-from folio.models.bigram import BigramLanguageModel
 from folio.models.config import (
     BigramConfig,
     GPTConfig,
@@ -15,12 +19,37 @@ from folio.models.config import (
     RewardModelConfig,
     model_config_from_dict,
 )
-from folio.models.gpt import GPT
-from folio.models.reward import PolicyValueModel, RewardModel
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from folio.models.bigram import BigramLanguageModel
+    from folio.models.gpt import GPT
+    from folio.models.reward import PolicyValueModel, RewardModel
+
+_LAZY = {
+    "GPT": "folio.models.gpt",
+    "BigramLanguageModel": "folio.models.bigram",
+    "PolicyValueModel": "folio.models.reward",
+    "RewardModel": "folio.models.reward",
+}
+"""The model classes, by the module that defines them (imported on first use: they need torch)."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_model(config: BigramConfig | GPTConfig) -> nn.Module:
     """The model a config describes, freshly initialised."""
+    from folio.models.bigram import BigramLanguageModel
+    from folio.models.gpt import GPT
+    from folio.models.reward import PolicyValueModel, RewardModel
+
     if config.vocab_size <= 0:
         raise FolioError("model config: vocab_size is not set (it comes from the dataset)")
     if isinstance(config, BigramConfig):
@@ -39,6 +68,8 @@ def parameter_shapes(config: BigramConfig | GPTConfig) -> dict[str, tuple[int, .
     no storage. A parameter shared by two modules (tied weights) is listed once,
     under its first name, as `folio.checkpoint.clean_state_dict` saves it.
     """
+    import torch
+
     with torch.device("meta"):
         model = build_model(config)
     return {name: tuple(p.shape) for name, p in model.named_parameters()}

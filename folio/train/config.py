@@ -26,6 +26,7 @@ import functools
 import inspect
 import math
 import tomllib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,11 @@ from folio.models.config import (
     unknown_key_error,
 )
 from folio.runtime import DTYPES
-from folio.train.optim import OPTIMIZERS, SCHEDULES
+
+OPTIMIZERS = ("adamw", "muon")
+"""What `train.optimizer` accepts (folio/train/optim.py builds them)."""
+SCHEDULES = ("constant", "cosine", "wsd")
+"""What `train.lr_schedule` accepts (folio/train/optim.py computes them)."""
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -100,6 +105,8 @@ class TrainConfig:
     """Stop (with a final eval and checkpoint) after this many seconds of training; 0 = no limit."""
     patience: int = 0
     """Stop after this many evals without a new best val loss; 0 = never."""
+    target_val_loss: float = 0.0
+    """Stop after an eval whose val loss estimate is at or below this (a speedrun's finish line); 0 = never."""
     save_checkpoints: bool = True
     """Write checkpoints (latest at every eval, best when val improves)."""
     fsdp: bool = False
@@ -133,7 +140,10 @@ class TrainConfig:
                 raise FolioError(
                     f"train config: {name} must not be negative, got {getattr(self, name)}"
                 )
-        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "max_time", "muon_lr"):
+        for name in (
+            "learning_rate", "min_lr", "weight_decay", "grad_clip", "max_time", "muon_lr",
+            "target_val_loss",
+        ):  # fmt: skip
             if getattr(self, name) < 0:
                 raise FolioError(
                     f"train config: {name} must not be negative, got {getattr(self, name)}"
@@ -411,3 +421,17 @@ def config_overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
         if dest.startswith("cfg:") and raw is not None:
             pairs.append((dest[4:], parse_value(raw)))
     return pairs
+
+
+def check_model_overrides(overrides: Iterable[tuple[str, Any]], init_from: str | None) -> None:
+    """Refuse a model setting other than dropout when the model comes from `init_from`."""
+    if init_from is None:
+        return
+    for key, _ in overrides:
+        section, _, name = key.rpartition(".")
+        section = section or ("train" if name in TRAIN_FIELDS else "model")
+        if section == "model" and name != "dropout":
+            raise FolioError(
+                f"model.{name}: the model's shape comes from --init-from {init_from}; of the "
+                f"model settings only model.dropout applies"
+            )

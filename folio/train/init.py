@@ -47,7 +47,8 @@ from folio.models.resize import resize_vocab
 from folio.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, tokenizer_from_dict
 from folio.tokenizers.chat import with_chat_tokens
 from folio.tokenizers.extend import added_tokens, extend_for_text
-from folio.train.config import TRAIN_FIELDS, RunConfig
+from folio.train.config import RunConfig
+from folio.train.config import check_model_overrides as check_model_overrides
 
 RUN_PREFIX = "run:"
 HF_PREFIX = "hf:"
@@ -130,20 +131,6 @@ def load_base(init_from: str) -> Base:
     model, config = load_hf_gpt2(path)
     tokenizer = _hf_tokenizer(path, config.vocab_size)
     return Base(model, config, tokenizer, {"from": init_from, "checkpoint": str(path.resolve())})
-
-
-def check_model_overrides(overrides: Iterable[tuple[str, Any]], init_from: str | None) -> None:
-    """Refuse a model setting other than dropout when the model comes from `init_from`."""
-    if init_from is None:
-        return
-    for key, _ in overrides:
-        section, _, name = key.rpartition(".")
-        section = section or ("train" if name in TRAIN_FIELDS else "model")
-        if section == "model" and name != "dropout":
-            raise FolioError(
-                f"model.{name}: the model's shape comes from --init-from {init_from}; of the "
-                f"model settings only model.dropout applies"
-            )
 
 
 # ------------------------------------------------------------------ vocabulary

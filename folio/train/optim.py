@@ -18,7 +18,9 @@ from torch import nn
 
 from folio.errors import FolioError
 
-SCHEDULES = ("constant", "cosine", "wsd")
+# The names a config may give live in the config, which the CLI imports without torch.
+from folio.train.config import OPTIMIZERS as OPTIMIZERS
+from folio.train.config import SCHEDULES as SCHEDULES
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -34,9 +36,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-
-
-OPTIMIZERS = ("adamw", "muon")
 
 
 def make_optimizer(

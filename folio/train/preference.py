@@ -25,9 +25,8 @@ drop the end of the reply, which is what the score reads.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,44 +36,12 @@ from folio.data.prefs import Pair
 from folio.errors import FolioError
 from folio.tokenizers.chat import end_of_turn_id, render_prompt
 from folio.train.gold import gold_report
+from folio.train.pref_config import PrefConfig as PrefConfig
 from folio.train.rl_math import bradley_terry_loss, dpo_loss, sequence_logprobs
 from folio.train.rollout import reply_logprobs
 
 GOLD_SEED = 0
 """Seed of the replies the gold score samples: the same draws at every eval."""
-
-
-@dataclass
-class PrefConfig:
-    """Settings of the preference stages (`folio reward`, `folio dpo`)."""
-
-    beta: float = 0.1
-    """DPO: the strength of the implicit KL leash (the reward is beta * log-ratio)."""
-    center_coef: float = 0.0
-    """Reward model: weight of the centring term mean((r_chosen + r_rejected)^2); 0: none."""
-    gold_prompts: int = 64
-    """DPO: held-out prompts whose sampled replies the gold rule scores at every eval."""
-    max_new_tokens: int = 64
-    """DPO: reply length limit of those samples."""
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise FolioError(f"prefs config: {f.name} must be a positive integer, got {v!r}")
-            if f.type == "float":
-                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                    raise FolioError(f"prefs config: {f.name} must be a finite number, got {v!r}")
-                setattr(self, f.name, float(v))
-        if self.beta <= 0:
-            raise FolioError(f"prefs config: beta must be positive, got {self.beta}")
-        if self.center_coef < 0:
-            raise FolioError(
-                f"prefs config: center_coef must not be negative, got {self.center_coef}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

@@ -59,14 +59,9 @@ from folio.tokenizers.extend import token_id_map
 from folio.train.config import RunConfig
 from folio.train.init import covering_tokenizer, load_base, start_from_base
 from folio.train.objectives import MixedObjective
+from folio.train.sft_defaults import EVAL_PROMPTS, MIX_FRACTION, VAL_FRACTION
 from folio.train.trainer import Trainer, TrainResult
 
-VAL_FRACTION = 0.05
-"""Share of the conversations held out for validation when no validation file is given."""
-MIX_FRACTION = 0.1
-"""Share of each training batch's rows taken from pretraining text when --mix-data is given."""
-EVAL_PROMPTS = 64
-"""Validation prompts answered greedily at each eval for pass@1 (0: none)."""
 REPLY_TOKENS = 32
 """The longest reply generated for the pass@1 figure during training."""
 

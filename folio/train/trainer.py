@@ -84,7 +84,7 @@ class TrainResult:
     """Tokens trained in this session over this session's training time."""
     n_params: int
     stopped: str
-    """Why the run ended: 'max_iters', 'max_time', 'patience', 'interrupted' or 'terminated'."""
+    """Why the run ended: 'max_iters', 'max_time', 'patience', 'target', 'interrupted' or 'terminated'."""
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -528,7 +528,7 @@ class Trainer:
     # --------------------------------------------------------------- the loop
 
     def fit(self) -> TrainResult:
-        """Train until max_iters, the time budget, patience or a stop signal."""
+        """Train until max_iters, the time budget, patience, the target val loss or a stop signal."""
         tc, st = self.tc, self.state
         self.t_start = time.perf_counter()
         stopped = "max_iters"
@@ -551,6 +551,13 @@ class Trainer:
                             self.log(
                                 f"early stop: val loss has not improved for {tc.patience} evals "
                                 f"(best {st.best_val:.4f})"
+                            )
+                            break
+                        if tc.target_val_loss and self.last_eval["val"] <= tc.target_val_loss:
+                            stopped = "target"
+                            self.log(
+                                f"target reached: val loss {self.last_eval['val']:.4f} <= "
+                                f"{tc.target_val_loss:g} at step {st.step}"
                             )
                             break
                     if reason:

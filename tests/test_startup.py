@@ -1,0 +1,117 @@
+"""Start-up: help and bad-argument errors answer without importing torch.
+
+Importing torch costs a second or more; `folio --help`, `folio CMD --help`
+and every error a bad argument causes (unknown command or flag, bad value,
+missing required flag) must not pay it. Each check runs in a fresh
+interpreter, since this test process has torch loaded already.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from folio.cli import COMMANDS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env
+    )
+
+
+# Calls the CLI as `folio ARGV` would, then reports its exit status and whether torch was loaded.
+PROBE = """
+import json, sys
+from folio.cli import main
+argv = json.loads(sys.argv[1])
+try:
+    code = main(argv)
+except SystemExit as e:
+    code = e.code
+print(json.dumps({"code": code, "torch": "torch" in sys.modules}))
+"""
+
+
+def _probe(argv: list[str]) -> tuple[int, bool, str, str]:
+    """(exit status, torch imported?, stdout before the report, stderr) of `folio ARGV`."""
+    r = _python("-c", PROBE, json.dumps(argv))
+    assert r.returncode == 0, r.stderr
+    *out, report = r.stdout.rstrip("\n").split("\n")
+    result = json.loads(report)
+    return result["code"], result["torch"], "\n".join(out), r.stderr
+
+
+def test_module_help_imports_no_torch() -> None:
+    r = _python("-X", "importtime", "-m", "folio", "--help")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: folio")
+    imported = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if "|" in line]
+    assert "folio.cli" in imported  # the probe sees the CLI's imports
+    assert not [m for m in imported if m == "torch" or m.startswith("torch.")]
+
+
+def test_every_command_help_imports_no_torch() -> None:
+    script = (
+        "import sys\nfrom folio.cli import COMMANDS, main\n"
+        "for name in [*COMMANDS, 'bench train', 'bench sample', 'eval tasks']:\n"
+        "    try:\n        main([*name.split(), '--help'])\n"
+        "    except SystemExit as e:\n        assert e.code == 0, (name, e.code)\n"
+        "print('TORCH', 'torch' in sys.modules, file=sys.stderr)\n"
+    )
+    r = _python("-c", script)
+    assert r.returncode == 0, r.stderr
+    for name in COMMANDS:
+        assert f"usage: folio {name}" in r.stdout
+    assert r.stderr.strip().splitlines()[-1] == "TORCH False"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["nosuchcommand"], "invalid choice: 'nosuchcommand'"),
+        (["train", "--data", "d", "--out", "o", "--bogus"], "unrecognized arguments: --bogus"),
+        (["sample"], "the following arguments are required: --checkpoint"),
+        (["bench", "sample", "--dtypes", "int3"], "invalid choice: 'int3'"),
+        (["train", "--data", "d", "--out", "o", "--preset", "nope"], "unknown preset 'nope'"),
+        (
+            ["train", "--data", "d", "--out", "o", "--preset", "tiny", "--train.dtype", "fp8"],
+            "dtype must be one of",
+        ),
+        (
+            ["sft", "--init-from", "run:r", "--data", "d", "--out", "o", "--model.n_layer", "2"],
+            "model.n_layer: the model's shape comes from --init-from",
+        ),
+        (
+            ["dpo", "--init-from", "run:r", "--data", "d", "--out", "o", "--prefs.beta", "-1"],
+            "beta must be positive",
+        ),
+    ],
+    ids=["command", "flag", "required", "choice", "preset", "value", "sft-model", "dpo-value"],
+)
+def test_bad_argument_is_one_line_without_torch(argv: list[str], message: str) -> None:
+    code, torch_loaded, _, err = _probe(argv)
+    assert code == 2
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("folio") and ": error: " in last and message in last, err
+    assert not torch_loaded
+
+
+def test_public_api_still_imports() -> None:
+    import folio
+    from folio import GPT, GPTConfig
+    from folio.models import GPT as ModelsGPT
+
+    assert GPT is ModelsGPT
+    assert GPT(GPTConfig(vocab_size=5, n_layer=1, n_head=1, n_embd=8, block_size=4))
+    with pytest.raises(AttributeError):
+        folio.NoSuchThing  # noqa: B018
