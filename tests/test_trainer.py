@@ -684,6 +684,10 @@ def test_a_nan_loss_stops_the_run_naming_the_step_with_a_snapshot(
     }
     batch = load_file(str(snapshot / "batch.safetensors"))
     assert batch["x"].shape == batch["y"].shape == (8, BLOCK)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "batch.safetensors"):  # the umask's, as every Folio file
+        assert (snapshot / name).stat().st_mode & 0o777 == 0o666 & ~umask
     assert json.loads((snapshot / "config.json").read_text())["step"] == 3
 
 

@@ -62,14 +62,15 @@ class NoMetrics:
 
 def nan_snapshot(out_dir: Path, model, model_config, tokenizer, step, x, y) -> None:
     """Weights and the offending batch, for a post-mortem of a NaN."""
-    from safetensors.torch import save_file
-
-    from folio.checkpoint import clean_state_dict
+    from folio.checkpoint import clean_state_dict, save_safetensors
 
     d = out_dir / f"nan-step-{step}"
     d.mkdir(parents=True, exist_ok=True)
-    save_file(clean_state_dict(model), str(d / "model.safetensors"))
-    save_file({"x": x.cpu().contiguous(), "y": y.cpu().contiguous()}, str(d / "batch.safetensors"))
+    # through the checkpoint writer: the umask's permissions, and a full disk as an OSError
+    save_safetensors(clean_state_dict(model), d / "model.safetensors")
+    save_safetensors(
+        {"x": x.cpu().contiguous(), "y": y.cpu().contiguous()}, d / "batch.safetensors"
+    )
     atomic_write_json(
         d / "config.json",
         {
