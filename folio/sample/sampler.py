@@ -321,7 +321,7 @@ class Sampler:
         how = "compiled" if self.decode == "compiled" else "eager"
         return f"static-kv {how} {self.weights}"
 
-    def _decoder(self, batch: int) -> StaticDecoder:
+    def static_decoder(self, batch: int) -> StaticDecoder:
         """The static decoder for `batch` sequences, built (and compiled) once per sampler.
 
         A float32 decoder reads the model's own parameters; a bfloat16 or int8
@@ -416,7 +416,7 @@ class Sampler:
                 if self.decode == "module":
                     cache = self.model.new_kv_cache(B, max_len=window, dtype=self.dtype)
                 else:
-                    decoder = self._decoder(B)
+                    decoder = self.static_decoder(B)
         except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError is a RuntimeError
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise FolioError(
