@@ -111,7 +111,7 @@ def test_seeded_samples_are_the_same_on_every_path(model: GPT, decode: str) -> N
 def test_auto_takes_the_static_path_where_it_is_exact(model: GPT) -> None:
     assert Sampler(model).path() == "static-kv eager float32"
     assert Sampler(model).path(use_cache=False) == "uncached"
-    assert Sampler(model, dtype=torch.bfloat16).path() == "module-kv autocast torch.bfloat16"
+    assert Sampler(model, dtype=torch.bfloat16).path() == "module-kv autocast bfloat16"
     heads = tiny_gpt(dataclasses.replace(TINY, attention="heads"))
     assert not supports_static_decoding(heads)
     assert Sampler(heads).path() == "uncached"  # the teaching form has no cache at all

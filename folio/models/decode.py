@@ -202,8 +202,11 @@ class StaticDecoder:
         # One tensor per layer (not slices of one): a compiled step then writes each
         # in place, where a slice would be copied out and back whole every step.
         shape = (batch, c.n_head, L, self.head_size)
-        self.k = [torch.zeros(shape, device=device) for _ in range(c.n_layer)]
-        self.v = [torch.zeros(shape, device=device) for _ in range(c.n_layer)]
+        # With low-precision weights the cache is bfloat16 too: a compiled step reads
+        # all L slots of it every token, as many bytes as the int8 weights' half.
+        dtype = torch.float32 if weights == "float32" else torch.bfloat16
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.n_layer)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.n_layer)]
         self.slots = torch.arange(L, device=device)  # (L,) the cache positions
         self.pos = torch.zeros(1, dtype=torch.long, device=device)  # the next position, as data
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)  # the step's input
@@ -241,13 +244,14 @@ class StaticDecoder:
             qkv = linear(h, layer.c_attn)  # (B, T, C) -> (B, T, 3C)
             qkv = qkv.view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
             q, k, v = qkv[0], qkv[1], qkv[2]  # 3 x (B, nh, T, hs)
-            self.k[i].index_copy_(2, pos, k)  # cache (B, nh, L, hs) <- (B, nh, T, hs) at pos
-            self.v[i].index_copy_(2, pos, v)
+            cache_dtype = self.k[i].dtype
+            self.k[i].index_copy_(2, pos, k.to(cache_dtype))  # (B, nh, L, hs) <- (B, nh, T, hs)
+            self.v[i].index_copy_(2, pos, v.to(cache_dtype))
             if unrolled:
                 y = _attend_unrolled(q, self.k[i], self.v[i], mask)
             else:
                 k, v = self.k[i][:, :, :filled], self.v[i][:, :, :filled]  # (B, nh, S, hs)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                y = F.scaled_dot_product_attention(q.to(cache_dtype), k, v, attn_mask=mask).float()
             # (B, nh, T, hs) @ (B, nh, hs, L) @ (B, nh, L, hs) -> (B, nh, T, hs)
             y = y.transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
             a = linear(y, layer.c_proj)

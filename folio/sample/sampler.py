@@ -317,7 +317,9 @@ class Sampler:
         if not (use_cache and self.supports_cache):
             return "uncached"
         if self.decode == "module":
-            return "module-kv float32" if self.dtype is None else f"module-kv autocast {self.dtype}"
+            if self.dtype is None:
+                return "module-kv float32"
+            return f"module-kv autocast {str(self.dtype).removeprefix('torch.')}"
         how = "compiled" if self.decode == "compiled" else "eager"
         return f"static-kv {how} {self.weights}"
 
