@@ -175,6 +175,18 @@ def test_sample_seed_is_reproducible(trained: Trained, capsys: pytest.CaptureFix
     assert first[1] != other[1]
 
 
+def test_sample_decode_paths_agree(trained: Trained, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["sample", "--checkpoint", trained.run, "--max-new-tokens", 40, "--prompt", PROMPT]
+    args += ["--seed", 5]
+    static = run(capsys, *args, "--decode", "static")
+    assert static[0] == 0 and static[1] == run(capsys, *args, "--decode", "module")[1]
+    assert static[1] == run(capsys, *args)[1]  # auto takes the static path here
+    code, out, err = run(capsys, *args, "--weights", "int8")  # approximate: only its length
+    assert code == 0 and len(out) == len(static[1])
+    assert_user_error(*run(capsys, *args, "--decode", "module", "--weights", "int8")[::2],
+                      "int8 weights need the decode path")  # fmt: skip
+
+
 def test_train_seed_determinism(trained: Trained, tmp_path: Path) -> None:
     def losses(run_dir: Path) -> list[float]:
         return [r["loss"] for r in read_metrics(run_dir) if "loss" in r]
