@@ -6,18 +6,20 @@ Notation: B batch, T new positions, L cache positions (block_size), C channels
 `GPT.forward` with a `KVCache` is the readable form of cached decoding: every
 block is a module call, the cache grows by slicing, and each token runs about
 80 module calls and twice as many tensor operations, each with its Python and
-dispatch cost. At batch 1 that overhead, not arithmetic, is most of a token's
-time. `StaticDecoder` runs the same computation with the module tree flattened
-into one loop over plain tensors:
+dispatch cost. At batch 1 that overhead is more than half of a token's time on
+a CPU (benchmarks/decode_profile.py). `StaticDecoder` runs the same computation
+with the module tree flattened into one loop over plain tensors:
 
-- the keys and values of every layer live in one preallocated buffer of
+- the keys and values of every layer live in one preallocated tensor of
   block_size positions per layer, written in place (`index_copy_`) at the
-  positions given by a tensor, and attention always reads all L positions
-  with the unfilled ones masked out. Every step therefore has the same shapes
-  and the same Python control flow whatever the position, so `torch.compile`
-  traces it once and never again (the position is data, not a Python int).
-  Masked positions hold zeros or stale finite values and get weight exactly 0,
-  so they change nothing;
+  positions given by a tensor. Run eagerly, attention reads the filled
+  positions. Compiled (`compile()`), it reads all L positions with the
+  unfilled ones masked out, so every step has the same shapes and the same
+  Python control flow whatever the position, and `torch.compile` traces it
+  once and never again (the position is data, not a Python int). Masked
+  positions hold zeros or stale finite values and get weight exactly 0, so
+  they change nothing. The compiled step also writes its matrix-vector
+  products and its attention as products and sums that inductor fuses;
 - the weights can be kept as they are (float32), in bfloat16 (on CPUs with
   AVX512-BF16 or AMX the matrix-vector products read half the bytes), or as
   int8 with one float scale per output row (weight-only quantization: the
@@ -203,7 +205,8 @@ class StaticDecoder:
         # in place, where a slice would be copied out and back whole every step.
         shape = (batch, c.n_head, L, self.head_size)
         # With low-precision weights the cache is bfloat16 too: a compiled step reads
-        # all L slots of it every token, as many bytes as the int8 weights' half.
+        # all L slots every token (4.7 MB in fp32 for the video model, beside 10.6 MB
+        # of int8 weights).
         dtype = torch.float32 if weights == "float32" else torch.bfloat16
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.n_layer)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.n_layer)]

@@ -327,12 +327,16 @@ class Sampler:
         """The static decoder for `batch` sequences, built (and compiled) once per sampler.
 
         A float32 decoder reads the model's own parameters; a bfloat16 or int8
-        one holds copies, rebuilt when the parameters have changed since.
+        one holds copies, rebuilt when the parameters have changed since. An
+        eager sampler keeps the last batch size's decoder only (its cache is
+        batch x block_size positions); a compiled one keeps one per batch size.
         """
         params = list(self.model.parameters())
         versions = [p._version for p in params] if self.weights != "float32" else []
         held = self._decoders.get(batch)
         if held is None or held[1] != versions:
+            if self.decode != "compiled":
+                self._decoders.clear()  # free the old cache before allocating the new one
             decoder = StaticDecoder(self.model, batch, self.weights)
             if self.decode == "compiled":
                 decoder.compile()
