@@ -5,9 +5,12 @@ Three measurements on one randomly initialised model (default: the `video` prese
 1. the block matrices alone, as matrix-vector products (the floor set by
    reading the weights from memory), with the bandwidth that implies;
 2. the model's own KV-cached decode loop, no sampling;
-3. `Sampler.generate_ids`, the whole engine (sampling, checks, bookkeeping).
+3. `StaticDecoder` steps (folio/models/decode.py), no sampling: eager float32,
+   and compiled with float32, bfloat16 and int8 weights;
+4. `Sampler.generate_ids`, the whole engine (sampling, checks, bookkeeping), on
+   its default path and on the module path.
 
-    python benchmarks/decode_profile.py --preset video --tokens 200
+    python benchmarks/decode_profile.py --preset video --tokens 200 [--threads 1]
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 import torch
 
 from folio.models import GPT
+from folio.models.decode import StaticDecoder
 from folio.runtime import cpu_info
 from folio.sample.sampler import Sampler, SamplingConfig
 from folio.train.config import preset_model_config
@@ -51,8 +55,25 @@ def model_loop(model: GPT, tokens: int) -> float:
     return (time.perf_counter() - start) / tokens
 
 
-def sampler_loop(model: GPT, tokens: int) -> float:
-    sampler = Sampler(model)
+def static_loop(model: GPT, tokens: int, weights: str, compiled: bool) -> float:
+    """Seconds per token of `StaticDecoder.step` alone (re-prefilled when full)."""
+    decoder = StaticDecoder(model, 1, weights)
+    if compiled:
+        decoder.compile()
+    x = torch.zeros(1, 1, dtype=torch.long)
+    with torch.no_grad():
+        decoder.prefill(x)
+        decoder.step(x)  # compiles
+        start = time.perf_counter()
+        for _ in range(tokens):
+            if decoder.length >= model.config.block_size:
+                decoder.prefill(x)
+            decoder.step(x)
+    return (time.perf_counter() - start) / tokens
+
+
+def sampler_loop(model: GPT, tokens: int, decode: str = "auto") -> float:
+    sampler = Sampler(model, decode=decode)
     list(sampler.generate_ids([], SamplingConfig(max_new_tokens=8, seed=0)))
     start = time.perf_counter()
     list(sampler.generate_ids([], SamplingConfig(max_new_tokens=tokens, seed=0)))
@@ -63,12 +84,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--preset", default="video")
     p.add_argument("--tokens", type=int, default=200)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = GPT(preset_model_config(args.preset)).eval()
     floor_s, nbytes = matmul_floor(model, args.tokens)
     loop_s = model_loop(model, args.tokens)
+    static = {
+        f"`StaticDecoder` step, {'compiled' if c else 'eager'} {w}": static_loop(
+            model, args.tokens, w, c
+        )
+        for w, c in (("float32", False), ("float32", True), ("bfloat16", True), ("int8", True))
+    }
     sampler_s = sampler_loop(model, args.tokens)
+    module_s = sampler_loop(model, args.tokens, decode="module")
     print(
         f"{args.preset}: {model.num_params() / 1e6:.2f}M parameters, batch 1, fp32, "
         f"{torch.get_num_threads()} threads, {cpu_info().name}, {args.tokens} tokens\n"
@@ -79,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         f"| {floor_s * 1e3:.2f} | {1 / floor_s:,.0f} |"
     )
     print(f"| the model's cached forward | {loop_s * 1e3:.2f} | {1 / loop_s:,.0f} |")
-    print(f"| `Sampler.generate_ids` | {sampler_s * 1e3:.2f} | {1 / sampler_s:,.0f} |")
+    for what, seconds in static.items():
+        print(f"| {what} | {seconds * 1e3:.2f} | {1 / seconds:,.0f} |")
+    print(f"| `Sampler.generate_ids`, module path | {module_s * 1e3:.2f} | {1 / module_s:,.0f} |")
+    print(
+        f"| `Sampler.generate_ids`, default path | {sampler_s * 1e3:.2f} | {1 / sampler_s:,.0f} |"
+    )
     return 0
 
 

@@ -175,6 +175,18 @@ def test_sample_seed_is_reproducible(trained: Trained, capsys: pytest.CaptureFix
     assert first[1] != other[1]
 
 
+def test_sample_decode_paths_agree(trained: Trained, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["sample", "--checkpoint", trained.run, "--max-new-tokens", 40, "--prompt", PROMPT]
+    args += ["--seed", 5]
+    static = run(capsys, *args, "--decode", "static")
+    assert static[0] == 0 and static[1] == run(capsys, *args, "--decode", "module")[1]
+    assert static[1] == run(capsys, *args)[1]  # auto takes the static path here
+    code, out, err = run(capsys, *args, "--weights", "int8")  # approximate: only its length
+    assert code == 0 and len(out) == len(static[1])
+    assert_user_error(*run(capsys, *args, "--decode", "module", "--weights", "int8")[::2],
+                      "int8 weights need the decode path")  # fmt: skip
+
+
 def test_train_seed_determinism(trained: Trained, tmp_path: Path) -> None:
     def losses(run_dir: Path) -> list[float]:
         return [r["loss"] for r in read_metrics(run_dir) if "loss" in r]
@@ -686,7 +698,8 @@ def test_bench_sample_json_has_cached_and_uncached(capsys: pytest.CaptureFixture
     code, out, err = run(
         capsys,
         "bench", "sample", "--preset", "tiny", "--batch-sizes", 1, "--new-tokens", 20,
-        "--uncached-tokens", 20, "--dtypes", "float32", "--threads", 1, "--json",
+        "--uncached-tokens", 20, "--paths", "uncached", "module", "static", "static-int8",
+        "--agreement-steps", 40, "--repeats", 1, "--threads", 1, "--json",
     )  # fmt: skip
     assert code == 0, err
     result = json.loads(out)
@@ -694,6 +707,23 @@ def test_bench_sample_json_has_cached_and_uncached(capsys: pytest.CaptureFixture
     assert result["speedup"] == pytest.approx(
         result["tokens_per_s_cached"] / result["tokens_per_s_uncached"]
     )
+    assert result["default_path"] == "static-kv eager float32"
+    assert [r["path"] for r in result["grid"]] == [
+        "uncached", "module-kv float32", "static-kv eager float32", "static-kv eager int8",
+    ]  # fmt: skip
+    report = result["precision"]["static-kv eager int8"]  # low precision: its distance to fp32
+    assert report["steps"] == 40 and 0 < report["agreement"] <= 1 and report["max_logit_diff"] > 0
+
+
+def test_bench_sample_table_names_the_path(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys,
+        "bench", "sample", "--preset", "tiny", "--batch-sizes", 1, "--new-tokens", 5,
+        "--paths", "static-bf16", "--agreement-steps", 20, "--repeats", 1, "--threads", 1,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "path: static-kv eager float32 (the default)" in out
+    assert "| static-kv eager bfloat16 | 1 | 5 |" in out and "% of 20 |" in out
 
 
 # ------------------------------------------- issue 19: limits, pipes and papercuts

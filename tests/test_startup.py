@@ -80,7 +80,7 @@ def test_every_command_help_imports_no_torch() -> None:
         (["nosuchcommand"], "invalid choice: 'nosuchcommand'"),
         (["train", "--data", "d", "--out", "o", "--bogus"], "unrecognized arguments: --bogus"),
         (["sample"], "the following arguments are required: --checkpoint"),
-        (["bench", "sample", "--dtypes", "int3"], "invalid choice: 'int3'"),
+        (["bench", "sample", "--paths", "int3"], "invalid choice: 'int3'"),
         (["train", "--data", "d", "--out", "o", "--preset", "nope"], "unknown preset 'nope'"),
         (
             ["train", "--data", "d", "--out", "o", "--preset", "tiny", "--train.dtype", "fp8"],

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 
 from folio.commands.common import DefaultsOnceFormatter
-from folio.runtime import DTYPES
 
 HELP = "measure training or sampling speed"
 
@@ -36,6 +35,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+SAMPLE_PATHS = (
+    "uncached", "module", "module-bf16", "static", "static-bf16", "static-int8",
+    "compiled", "compiled-bf16", "compiled-int8",
+)  # fmt: skip
+"""The decode paths `folio bench sample` measures (folio/bench/sample.py's PATHS)."""
+DEFAULT_SAMPLE_PATHS = ("uncached", "module", "static", "compiled", "compiled-bf16", "compiled-int8")
+
+
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of `folio bench sample`."""
     p.add_argument("--preset", default="video", help="preset whose model is measured")
@@ -43,26 +50,21 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
         "--batch-sizes", type=int, nargs="+", default=[1, 8], help="batch sizes to measure"
     )
     p.add_argument("--new-tokens", type=int, default=500, help="new tokens per timed run")
+    p.add_argument("--uncached-tokens", type=int, default=200, help="new tokens of uncached runs")
     p.add_argument(
-        "--uncached-tokens",
-        type=int,
-        default=200,
-        help="new tokens of uncached runs",
-    )
-    p.add_argument(
-        "--dtypes",
+        "--paths",
         nargs="+",
-        default=["float32", "bfloat16"],
-        choices=[d for d in DTYPES if d != "auto"],
-        help="precisions to measure",
+        default=list(DEFAULT_SAMPLE_PATHS),
+        choices=list(SAMPLE_PATHS),
+        help="decode paths to measure (see folio/bench/sample.py)",
     )
     p.add_argument(
-        "--low-precision-tokens",
+        "--agreement-steps",
         type=int,
-        default=50,
-        help="new tokens of non-float32 runs on a CPU; 0 = no cap",
+        default=300,
+        help="greedy steps compared against float32 for bfloat16 and int8 paths",
     )
-    p.add_argument("--repeats", type=int, default=1, help="timed runs per figure, best kept")
+    p.add_argument("--repeats", type=int, default=2, help="rounds of timed runs, best kept")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

@@ -44,6 +44,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sample even when the memory estimate for --num-samples x (prompt + "
         "--max-new-tokens) exceeds the memory available",
     )
+    parser.add_argument(
+        "--decode",
+        default="auto",
+        choices=["auto", "module", "static", "compiled"],
+        help="how cached steps run: static (one loop over a static KV cache; auto's choice "
+        "in float32), module (the model's forward with a KV cache), compiled (static, "
+        "torch.compile'd: pays seconds of compile first)",
+    )
+    parser.add_argument(
+        "--weights",
+        default="float32",
+        choices=["float32", "bfloat16", "int8"],
+        help="weights of the static and compiled paths: bfloat16 and int8 are faster where "
+        "the CPU supports them, and approximate",
+    )
     precision_arguments(parser)
 
 
@@ -69,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     sampler = load_sampler(
         args.checkpoint, args.which, device, autocast_dtype(resolve_dtype(args.dtype, device)),
-        check_memory=not args.force,
+        check_memory=not args.force, decode=args.decode, weights=args.weights,
     )  # fmt: skip
     cfg = SamplingConfig(
         max_new_tokens=args.max_new_tokens,

@@ -15,13 +15,24 @@ def load_sampler(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
     check_memory: bool = True,
+    decode: str = "auto",
+    weights: str = "float32",
 ) -> Sampler:
     """A sampler over a checkpoint's model and tokenizer (`dtype`: None or float32 = fp32;
-    `check_memory`: refuse a call whose memory estimate does not fit)."""
+    `check_memory`: refuse a call whose memory estimate does not fit; `decode` and
+    `weights`: the decode path, as in `Sampler`)."""
     from folio.checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint, which, device, check_memory=check_memory)
-    return Sampler(ck.model, ck.tokenizer, device=device, dtype=dtype, check_memory=check_memory)
+    return Sampler(
+        ck.model,
+        ck.tokenizer,
+        device=device,
+        dtype=dtype,
+        check_memory=check_memory,
+        decode=decode,
+        weights=weights,
+    )
 
 
 __all__ = ["Sampler", "SamplingConfig", "Step", "filter_logits", "load_sampler"]

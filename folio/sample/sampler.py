@@ -29,6 +29,20 @@ num_samples x (prompt + max_new_tokens) needs (the token buffer, the cache,
 one forward pass, the logits and the text; `folio.memory`) and refuses
 in one line when it exceeds what is available, unless told to try anyway.
 
+Decode paths (`Sampler(decode=...)`). The cached step runs in one of two forms,
+which compute the same function: "module", the model's own forward with a
+`KVCache` (the readable form: every block a module call), and "static",
+`folio.models.decode.StaticDecoder`, the same stack flattened into one loop
+over a preallocated cache of block_size positions, with fewer calls and no
+per-token allocation of Python objects. "compiled" is "static" with its
+one-token step compiled by `torch.compile` (fixed shapes, compiled once per
+sampler and batch size; the first step pays the compile time). "auto", the
+default, takes "static" where the model supports it and the sampler computes
+in float32, else "module". The static paths can also keep their weights in
+bfloat16 or int8 (`weights=`): faster where the CPU multiplies them natively,
+and approximate; `folio bench sample` reports how far they are from float32.
+The slide policy above is the same on every path.
+
 Decoding follows the usual order: temperature, then top-k, then top-p (the
 nucleus of Holtzman et al., 2019, "The Curious Case of Neural Text
 Degeneration"), then one multinomial draw from a private `torch.Generator`, so
@@ -50,6 +64,7 @@ from torch import nn
 
 from folio.errors import FolioError
 from folio.memory import check_sampling_memory
+from folio.models.decode import WEIGHT_FORMATS, StaticDecoder, supports_static_decoding
 from folio.runtime import TORCH_DTYPES
 from folio.tokenizers.stream import TextStream, TokenBytes
 
@@ -189,6 +204,10 @@ def sampling_logprobs(
     return F.log_softmax(filter_logits(scaled, top_k, top_p), dim=-1).reshape(logits.shape)
 
 
+DECODE_PATHS = ("auto", "module", "static", "compiled")
+"""How the cached step runs: see the module docstring."""
+
+
 def _model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -229,8 +248,16 @@ class Sampler:
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = None,
         check_memory: bool = True,
+        decode: str = "auto",
+        weights: str = "float32",
     ) -> None:
         """`dtype`: autocast dtype (bfloat16 or float16); None or float32 computes in fp32.
+
+        `decode`: the path of cached steps, one of `DECODE_PATHS` (module
+        docstring). `weights`: float32, bfloat16 or int8 weights for the static
+        paths ("static", "compiled"; float32 only otherwise). The static paths
+        compute in float32 (with bfloat16 or int8 weights, the activations meet
+        them in bfloat16 or float32 by kernel), so they take no autocast dtype.
 
         The model is moved to `device` (default: where it already is). Dropout is
         off while a step runs; the model's train/eval mode is left as it was.
@@ -260,6 +287,61 @@ class Sampler:
         self.supports_cache: bool = model.supports_kv_cache
         self.start_id = default_start_id(tokenizer)
         self.check_memory = check_memory
+        if decode not in DECODE_PATHS:
+            raise FolioError(f"unknown decode path {decode!r} (known: {', '.join(DECODE_PATHS)})")
+        if weights not in WEIGHT_FORMATS:
+            raise FolioError(
+                f"unknown sampling weights {weights!r} (known: {', '.join(WEIGHT_FORMATS)})"
+            )
+        static_ok = supports_static_decoding(model)
+        if decode == "auto":
+            decode = "static" if static_ok and dtype is None else "module"
+        if decode in ("static", "compiled"):
+            if not static_ok:
+                raise FolioError(
+                    f"decode path {decode!r} needs a GPT with causal attention in the fused form; "
+                    "use decode 'module' or 'auto'"
+                )
+            if dtype is not None:
+                raise FolioError(
+                    f"decode path {decode!r} computes in float32; for lower precision choose "
+                    "its weights (bfloat16 or int8) instead of an autocast dtype"
+                )
+        elif weights != "float32":
+            raise FolioError(f"{weights} weights need the decode path 'static' or 'compiled'")
+        self.decode, self.weights = decode, weights
+        self._decoders: dict[int, tuple[StaticDecoder, list[int]]] = {}
+
+    def path(self, use_cache: bool = True) -> str:
+        """The path a call takes, in words: e.g. 'static-kv compiled int8' or 'uncached'."""
+        if not (use_cache and self.supports_cache):
+            return "uncached"
+        if self.decode == "module":
+            if self.dtype is None:
+                return "module-kv float32"
+            return f"module-kv autocast {str(self.dtype).removeprefix('torch.')}"
+        how = "compiled" if self.decode == "compiled" else "eager"
+        return f"static-kv {how} {self.weights}"
+
+    def static_decoder(self, batch: int) -> StaticDecoder:
+        """The static decoder for `batch` sequences, built (and compiled) once per sampler.
+
+        A float32 decoder reads the model's own parameters; a bfloat16 or int8
+        one holds copies, rebuilt when the parameters have changed since. An
+        eager sampler keeps the last batch size's decoder only (its cache is
+        batch x block_size positions); a compiled one keeps one per batch size.
+        """
+        params = list(self.model.parameters())
+        versions = [p._version for p in params] if self.weights != "float32" else []
+        held = self._decoders.get(batch)
+        if held is None or held[1] != versions:
+            if self.decode != "compiled":
+                self._decoders.clear()  # free the old cache before allocating the new one
+            decoder = StaticDecoder(self.model, batch, self.weights)
+            if self.decode == "compiled":
+                decoder.compile()
+            self._decoders[batch] = held = (decoder, versions)
+        return held[0]
 
     @contextmanager
     def _compute(self) -> Iterator[None]:
@@ -331,13 +413,16 @@ class Sampler:
             generator.seed()  # fresh entropy, still without the global RNG
         else:
             generator.manual_seed(cfg.seed)
-        cache = None
+        cache, decoder = None, None
         try:  # forced past the memory guard, an allocation may still fail: one line
             tokens = torch.empty(
                 B, len(ids) + cfg.max_new_tokens, dtype=torch.long, device=self.device
             )
             if cfg.use_cache and self.supports_cache:
-                cache = self.model.new_kv_cache(B, max_len=window, dtype=self.dtype)
+                if self.decode == "module":
+                    cache = self.model.new_kv_cache(B, max_len=window, dtype=self.dtype)
+                else:
+                    decoder = self.static_decoder(B)
         except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError is a RuntimeError
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise FolioError(
@@ -346,13 +431,22 @@ class Sampler:
             ) from None
         tokens[:, : len(ids)] = torch.tensor(ids, device=self.device)
         n, start = len(ids), 0  # the next logits condition on tokens[:, start:n]
+        filled = False  # whether the static decoder holds tokens[:, start : n - 1]
         for step in range(cfg.max_new_tokens):
             with self._compute():
                 if n - start > window:  # slide: keep the last `keep` tokens, re-prefill
                     start = n - keep
+                    filled = False
                     if cache is not None:
                         cache.reset()
-                if cache is not None:  # the cache holds tokens[:, start : start + cache.length]
+                if decoder is not None:
+                    if filled:
+                        logits = decoder.step(tokens[:, n - 1 : n])  # (B, V)
+                    else:
+                        logits = decoder.prefill(tokens[:, start:n])  # (B, V)
+                        filled = True
+                    logits = logits[:, None, :]  # (B, 1, V), as the model returns it
+                elif cache is not None:  # the cache holds tokens[:, start : start + cache.length]
                     logits, _ = self.model(
                         tokens[:, start + cache.length : n], cache=cache, last_only=True
                     )

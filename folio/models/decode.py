@@ -1,0 +1,297 @@
+"""A GPT's decode step as one fixed-shape function over a static KV cache.
+
+Notation: B batch, T new positions, L cache positions (block_size), C channels
+(n_embd), nh heads, hs head size (C // nh), V vocabulary size.
+
+`GPT.forward` with a `KVCache` is the readable form of cached decoding: every
+block is a module call, the cache grows by slicing, and each token runs about
+80 module calls and twice as many tensor operations, each with its Python and
+dispatch cost. At batch 1 that overhead is more than half of a token's time on
+a CPU (benchmarks/decode_profile.py). `StaticDecoder` runs the same computation
+with the module tree flattened into one loop over plain tensors:
+
+- the keys and values of every layer live in one preallocated tensor of
+  block_size positions per layer, written in place (`index_copy_`) at the
+  positions given by a tensor. Run eagerly, attention reads the filled
+  positions. Compiled (`compile()`), it reads all L positions with the
+  unfilled ones masked out, so every step has the same shapes and the same
+  Python control flow whatever the position, and `torch.compile` traces it
+  once and never again (the position is data, not a Python int). Masked
+  positions hold zeros or stale finite values and get weight exactly 0, so
+  they change nothing. The compiled step also writes its matrix-vector
+  products and its attention as products and sums that inductor fuses;
+- the weights can be kept as they are (float32), in bfloat16 (on CPUs with
+  AVX512-BF16 or AMX the matrix-vector products read half the bytes), or as
+  int8 with one float scale per output row (weight-only quantization: the
+  activations stay in floating point; `torch.ops.aten._weight_int8pack_mm`).
+  Only the float32 form computes the same function as the module path, up to
+  float rounding; the others are approximations whose distance from it
+  `folio bench sample` reports.
+
+The float32 form keeps references to the model's own parameters, so a model
+trained in place is decoded with its current weights; the other forms copy
+the weights when the decoder is built.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from folio.models.attention import CausalSelfAttention
+from folio.models.gpt import GPT, MLP, Block
+
+WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
+
+
+class _Linear(NamedTuple):
+    """One linear layer in a chosen weight format: y = x W^T (+ b)."""
+
+    weight: torch.Tensor
+    """(out, in): float32, bfloat16, or int8 (then scaled row by row by `scale`)."""
+    bias: torch.Tensor | None
+    """(out,) float32, or None."""
+    scale: torch.Tensor | None
+    """(out,) the int8 rows' scales; None for float weights."""
+
+
+def _pack(weight: torch.Tensor, bias: torch.Tensor | None, fmt: str) -> _Linear:
+    """A linear layer's weight in format `fmt`; float32 keeps the model's own tensors."""
+    if fmt == "float32":
+        return _Linear(weight, bias, None)
+    w = weight.detach()
+    b = bias.detach().float().clone() if bias is not None else None
+    if fmt == "bfloat16":
+        return _Linear(w.to(torch.bfloat16).contiguous(), b, None)
+    # Symmetric int8 per output row: w ~= q * scale, q in [-127, 127].
+    scale = (w.float().abs().amax(dim=1) / 127.0).clamp_min(1e-12)  # (out,)
+    q = torch.round(w.float() / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+    return _Linear(q, b, scale.to(torch.bfloat16).contiguous())
+
+
+def _linear(x: torch.Tensor, lin: _Linear) -> torch.Tensor:
+    """(..., in) float32 -> (..., out) float32, whatever the weight format."""
+    if lin.scale is not None:
+        # (N, in) bf16 activations: the kernel's fast form (with float32 ones it is
+        # several times slower on CPU), and the scales in the same dtype.
+        flat = x.reshape(-1, x.shape[-1]).to(lin.scale.dtype)  # (N, in)
+        y = torch.ops.aten._weight_int8pack_mm(flat, lin.weight, lin.scale)  # (N, out)
+        y = y.float().view(*x.shape[:-1], -1)
+        return y + lin.bias if lin.bias is not None else y
+    if lin.weight.dtype != x.dtype:  # bfloat16 weights: multiply in bf16, return to fp32
+        b = lin.bias.to(lin.weight.dtype) if lin.bias is not None else None
+        return F.linear(x.to(lin.weight.dtype), lin.weight, b).float()
+    return F.linear(x, lin.weight, lin.bias)
+
+
+def _linear_unrolled(x: torch.Tensor, lin: _Linear) -> torch.Tensor:
+    """`_linear` written as a product and a sum, for `torch.compile` to generate.
+
+    Inductor turns this into one loop that reads each weight once, converts it
+    to float32 in registers and accumulates: for a single row (a batch-1 step)
+    that beats the library's matrix-vector kernels for bfloat16 and int8
+    weights, which are tuned for matrices. Never run it eagerly: it would
+    materialise (..., out, in).
+    """
+    if lin.scale is not None or x[..., 0].numel() != 1:
+        # int8: the library kernel beat inductor's loop; several rows: a matrix product
+        return _linear(x, lin)
+    w = lin.weight if lin.weight.dtype == torch.float32 else lin.weight.float()
+    y = (x[..., None, :] * w).sum(-1)  # (..., 1, in) * (out, in) -> (..., out, in) -> (..., out)
+    return y + lin.bias if lin.bias is not None else y
+
+
+def _attend_unrolled(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hs), masked) v as products and sums, for `torch.compile`.
+
+    q (B, nh, T, hs), k and v (B, nh, L, hs), mask (T, L) -> (B, nh, T, hs).
+    PyTorch's CPU flash-attention kernel is built for long queries; for one
+    query, inductor's fused loops over the L cached positions cost less.
+    """
+    hs = q.shape[-1]
+    scores = (q[..., None, :] * k[:, :, None]).sum(-1) * hs**-0.5  # (B, nh, T, L)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    p = F.softmax(scores, dim=-1)  # (B, nh, T, L)
+    return (p[..., None] * v[:, :, None]).sum(-2)  # (B, nh, T, L, hs) -> (B, nh, T, hs)
+
+
+class _Layer(NamedTuple):
+    """One block's tensors, in the order the step uses them."""
+
+    ln_1: tuple[torch.Tensor, torch.Tensor | None] | None
+    c_attn: _Linear
+    c_proj: _Linear
+    ln_2: tuple[torch.Tensor, torch.Tensor | None] | None
+    c_fc: _Linear | None
+    mlp_proj: _Linear | None
+
+
+def _norm(ln: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    if isinstance(ln, torch.nn.LayerNorm):
+        return (ln.weight, ln.bias)
+    return None  # nn.Identity: the ladder's rungs without LayerNorm
+
+
+def supports_static_decoding(model: torch.nn.Module) -> bool:
+    """Whether `StaticDecoder` computes this model's logits: a GPT with causal fused attention.
+
+    A model whose forward was replaced or hooked is not one: the decoder reads
+    the weights and would bypass the change.
+    """
+    hooked = any(
+        m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m) for m in model.modules()
+    )
+    return (
+        isinstance(model, GPT)
+        and not hooked
+        and type(model).forward is GPT.forward
+        and type(model).hidden_states is GPT.hidden_states
+        and model.supports_kv_cache
+        and all(
+            type(b) is Block
+            and type(b.attn) is CausalSelfAttention
+            and type(getattr(b, "mlp", None)) in (MLP, type(None))
+            and not hasattr(b, "cross_attn")
+            for b in model.transformer.h
+        )
+    )
+
+
+class StaticDecoder:
+    """A GPT's forward over a static KV cache of block_size positions, for B sequences at once.
+
+    `prefill(idx)` restarts the cache from a window of T tokens; `step(idx)`
+    appends one token per sequence. Both return the float32 logits of the last
+    position, (B, V). The positions written so far are `length` (a Python int,
+    kept beside the position tensor that the step reads). `compile()` replaces
+    the one-token step with a `torch.compile`d one.
+    """
+
+    def __init__(self, model: GPT, batch: int, weights: str = "float32") -> None:
+        if weights not in WEIGHT_FORMATS:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+        if not supports_static_decoding(model):
+            raise ValueError("static decoding needs a GPT with causal attention in the fused form")
+        c = model.config
+        self.config, self.weights, self.batch = c, weights, batch
+        self.n_head, self.head_size = c.n_head, c.n_embd // c.n_head
+        t = model.transformer
+        device = t.wte.weight.device
+        self.wte = t.wte.weight  # (V, C)
+        self.wpe = t.wpe.weight if c.pos_embedding else None  # (L, C)
+        self.layers = [
+            _Layer(
+                _norm(b.ln_1),
+                _pack(b.attn.c_attn.weight, b.attn.c_attn.bias, weights),
+                _pack(b.attn.c_proj.weight, b.attn.c_proj.bias, weights),
+                _norm(b.ln_2) if hasattr(b, "mlp") else None,
+                _pack(b.mlp.c_fc.weight, b.mlp.c_fc.bias, weights) if hasattr(b, "mlp") else None,
+                _pack(b.mlp.c_proj.weight, b.mlp.c_proj.bias, weights)
+                if hasattr(b, "mlp")
+                else None,
+            )
+            for b in t.h
+        ]
+        self.ln_f = _norm(t.ln_f)
+        self.lm_head = _pack(model.lm_head.weight, None, weights)
+        self.act = c.activation
+        L = c.block_size
+        # Zeros, not empty: a masked position gets weight 0, and 0 * NaN would be NaN.
+        # One tensor per layer (not slices of one): a compiled step then writes each
+        # in place, where a slice would be copied out and back whole every step.
+        shape = (batch, c.n_head, L, self.head_size)
+        # With low-precision weights the cache is bfloat16 too: a compiled step reads
+        # all L slots every token (4.7 MB in fp32 for the video model, beside 10.6 MB
+        # of int8 weights).
+        dtype = torch.float32 if weights == "float32" else torch.bfloat16
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.n_layer)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.n_layer)]
+        self.slots = torch.arange(L, device=device)  # (L,) the cache positions
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)  # the next position, as data
+        self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)  # the step's input
+        self.length = 0
+        self._step = self._forward
+        self.compiled = False
+
+    def _act(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act == "relu":
+            return F.relu(x)
+        return F.gelu(x, approximate="tanh" if self.act == "gelu_tanh" else "none")
+
+    def _forward(
+        self, idx: torch.Tensor, pos: torch.Tensor, unrolled: bool = False
+    ) -> torch.Tensor:
+        """Tokens idx (B, T) at positions pos (T,) -> logits of the last position (B, V).
+
+        `unrolled`: matrix products and attention as the product-and-sum forms
+        that `torch.compile` fuses (only ever traced, never run eagerly).
+        """
+        linear = _linear_unrolled if unrolled else _linear
+        B, T = idx.shape
+        C, nh, hs = self.config.n_embd, self.n_head, self.head_size
+        x = F.embedding(idx, self.wte)  # (B, T) -> (B, T, C)
+        if self.wpe is not None:
+            x = x + F.embedding(pos, self.wpe)  # (B, T, C) + (T, C)
+        # Query t (at position pos[t]) sees the cache slots up to its own position.
+        # Traced for compilation, attention reads all L slots with the rest masked,
+        # so that the shapes never change; run eagerly, it reads only the `filled`
+        # ones (then a lone query needs no mask at all).
+        filled = self.config.block_size if unrolled else self.length + T
+        mask = self.slots[None, :filled] <= pos[:, None] if unrolled or T > 1 else None  # (T, S)
+        for i, layer in enumerate(self.layers):
+            h = F.layer_norm(x, (C,), *layer.ln_1) if layer.ln_1 is not None else x
+            qkv = linear(h, layer.c_attn)  # (B, T, C) -> (B, T, 3C)
+            qkv = qkv.view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+            q, k, v = qkv[0], qkv[1], qkv[2]  # 3 x (B, nh, T, hs)
+            cache_dtype = self.k[i].dtype
+            self.k[i].index_copy_(2, pos, k.to(cache_dtype))  # (B, nh, L, hs) <- (B, nh, T, hs)
+            self.v[i].index_copy_(2, pos, v.to(cache_dtype))
+            if unrolled:
+                y = _attend_unrolled(q, self.k[i], self.v[i], mask)
+            else:
+                k, v = self.k[i][:, :, :filled], self.v[i][:, :, :filled]  # (B, nh, S, hs)
+                y = F.scaled_dot_product_attention(q.to(cache_dtype), k, v, attn_mask=mask).float()
+            # (B, nh, T, hs) @ (B, nh, hs, L) @ (B, nh, L, hs) -> (B, nh, T, hs)
+            y = y.transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
+            a = linear(y, layer.c_proj)
+            x = x + a if self.config.residual else a
+            if layer.c_fc is not None:
+                h = F.layer_norm(x, (C,), *layer.ln_2) if layer.ln_2 is not None else x
+                m = linear(self._act(linear(h, layer.c_fc)), layer.mlp_proj)  # (B, T, C)
+                x = x + m if self.config.residual else m
+        x = x[:, -1, :]  # (B, C): sampling needs the last position only
+        if self.ln_f is not None:
+            x = F.layer_norm(x, (C,), *self.ln_f)
+        return linear(x, self.lm_head)  # (B, C) -> (B, V)
+
+    def prefill(self, idx: torch.Tensor) -> torch.Tensor:
+        """Restart the cache from the window idx (B, T), T <= block_size; logits (B, V)."""
+        T = idx.shape[1]
+        if not 0 < T <= self.config.block_size:
+            raise ValueError(f"a prefill takes 1 to {self.config.block_size} tokens, got {T}")
+        pos = torch.arange(T, device=idx.device)
+        self.length = 0
+        logits = self._forward(idx, pos)
+        self.length = T
+        self.pos.fill_(T)
+        return logits
+
+    def step(self, idx: torch.Tensor) -> torch.Tensor:
+        """Append one token per sequence, idx (B, 1), and return the next logits (B, V)."""
+        if self.length >= self.config.block_size:
+            raise ValueError(f"the cache holds {self.config.block_size} positions and is full")
+        self.token.copy_(idx)  # one fixed (B, 1) input, whatever idx's strides
+        logits = self._step(self.token, self.pos)
+        self.length += 1
+        self.pos.add_(1)
+        return logits
+
+    def compile(self, **options: object) -> None:
+        """Use a `torch.compile`d one-token step (prefill stays eager: its T varies)."""
+        step = torch.compile(self._forward, dynamic=False, **options)
+        self._step = lambda idx, pos: step(idx, pos, unrolled=True)
+        self.compiled = True
