@@ -82,14 +82,13 @@ SCALES: dict[str, Scale] = {
         ),
         tasks=_flags("--tasks reverse,add,count,speaker --n 2000 --n-test 500 --seed 0"),
         sft=_flags("--preset sft --dtype float32 --mix-fraction 0.1"),
-        grpo=_flags("--max-iters 100 --train.learning_rate 3e-4"),
+        grpo=_flags("--max-iters 200"),
         prefs=_flags("--n 600 --n-test 200 --replies 4 --seed 0"),
         reward=(),
-        ppo=_flags("--max-iters 200"),
+        ppo=_flags("--max-iters 200 --rl.max_new_tokens 64"),
         dpo=(),
         eval_tasks=_flags("--k 8 --max-new-tokens 32 --seed 0"),
         gold=_flags("--n 200 --samples 4 --seed 0"),
-        grpo_tasks="count,speaker",
     ),
     "tiny": Scale(
         description="a model of a few thousand parameters and a few steps per stage: seconds, "
