@@ -19,8 +19,9 @@ model.py's `generate` for sampling. Three figures:
   video` (its best mode);
 - sample: batch-1 sampling of the video model, 500 new tokens, random weights:
   nanoGPT's `generate` (no KV cache, temperature 0.8, top-k 200, as its
-  sample.py) against `folio bench sample` (the KV cache; the best dtype this
-  CPU computes natively);
+  sample.py) against `folio bench sample` (its fastest decode path; for a
+  bfloat16 or int8 path, its greedy agreement with float32 over 300 steps and
+  the max logit difference are kept beside it);
 - speedrun: the whole `folio train --preset cpu-speedrun-188` command, scored on
   the whole val split (benchmarks/speedrun.py), against the whole command of
   nanoGPT's README CPU recipe, with its own final val estimate.
@@ -283,24 +284,32 @@ def nanogpt_sample(copy: Path, plan: Plan) -> dict[str, Any]:
     return {**_last_json(out), "wall_s": wall, "how": "model.generate, no cache, fp32"}
 
 
-def folio_sample(plan: Plan) -> dict[str, Any]:
-    """`folio bench sample` at batch 1: the best cached figure over the dtypes this CPU runs natively."""
-    dtypes = ["float32", "bfloat16"] if cpu_info().fast_bf16 else ["float32"]
+def folio_sample(plan: Plan, quick: bool) -> dict[str, Any]:
+    """`folio bench sample` at batch 1: the default (exact, float32) path and the fastest path;
+    for a lower-precision path, its greedy agreement with float32 and max logit difference."""
+    paths = ["static", "compiled", "compiled-bf16", "compiled-int8"]
     cmd = [
         sys.executable, "-m", "folio", "bench", "sample", "--preset", plan.shape.preset,
-        "--batch-sizes", "1", "--new-tokens", str(plan.new_tokens), "--uncached-tokens", "8",
-        "--low-precision-tokens", "0", "--dtypes", *dtypes, "--json",
+        "--batch-sizes", "1", "--new-tokens", str(plan.new_tokens), "--paths", *paths,
+        "--repeats", "1" if quick else "2", "--json",
     ]  # fmt: skip
+    if quick:
+        cmd += ["--agreement-steps", "8"]
     out, wall = _run(cmd, ROOT, "folio bench sample")
     r = _last_json(out)
-    rows = [g for g in r["grid"] if g["batch"] == 1 and g["new_tokens"] == plan.new_tokens]
-    best = max(rows, key=lambda g: g["tokens_per_s_cached"])
+    by_path = {g["path"]: g["tokens_per_s"] for g in r["grid"] if g["batch"] == 1}
+    fastest = r["fastest_path"]
+    precision = r["precision"].get(fastest)
     return {
-        "tokens_per_s": best["tokens_per_s_cached"],
-        "dtype": best["dtype"],
-        "by_dtype": {g["dtype"]: g["tokens_per_s_cached"] for g in rows},
+        "tokens_per_s": r["tokens_per_s_fastest"],
+        "path": fastest,
+        "precision": precision,
+        "default_path": r["default_path"],
+        "tokens_per_s_default": by_path.get(r["default_path"]),
+        "by_path": by_path,
+        "compile_s": r["compile_s"],
         "wall_s": wall,
-        "how": f"folio bench sample, KV cache, {best['dtype']}",
+        "how": f"folio bench sample, fastest path: {fastest}",
     }
 
 
@@ -488,7 +497,11 @@ def main(argv: list[str] | None = None) -> int:
                     else folio_train(plan, args.quick)
                 )
             if figure == "sample":
-                return nanogpt_sample(copy, plan) if side == "nanogpt" else folio_sample(plan)
+                return (
+                    nanogpt_sample(copy, plan)
+                    if side == "nanogpt"
+                    else folio_sample(plan, args.quick)
+                )
             if side == "nanogpt":
                 return nanogpt_speedrun(copy, plan)
             run_dir = work / f"folio-run-{repeat}"
