@@ -81,7 +81,8 @@ def main() -> None:
     if not (free / "done.json").exists():
         cmd = [sys.executable, "-m", "folio", "rl", "--algo", "ppo",
                "--init-from", f"run:{out / 'sft'}", "--reward-model", f"run:{out / 'reward'}",
-               "--max-iters", args.iters, "--rl.kl_coef", args.kl_free, "--out", str(free),
+               "--max-iters", args.iters, "--rl.kl_coef", args.kl_free,
+               "--rl.max_new_tokens", "64", "--out", str(free),
                "--quiet", "--json"]  # fmt: skip
         if (free / "latest.json").exists():
             cmd.append("--resume")

@@ -9,6 +9,7 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from folio.checkpoint import clean_state_dict, save_checkpoint
@@ -56,7 +57,9 @@ def test_the_report_scores_the_same_replies_and_kl_is_zero_against_itself() -> N
         scores.append(gold_score(PROMPTS[i // 3], tok.decode(ids), e and not cut))
         ends.append(e and not cut)
     assert a["gold_score"] == sum(scores) / 6
-    assert a["end_rate"] == sum(ends) / 6
+    assert a["end_rate"] == sum(ends) / 6 == a["gold_end"]
+    parts = (a["gold_word"], a["gold_length"], a["gold_end"])
+    assert a["gold_score"] == pytest.approx(sum(parts) / 3)
 
 
 def test_kl_to_another_reference_is_the_k3_sum_over_each_reply() -> None:

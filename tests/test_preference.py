@@ -278,3 +278,14 @@ def test_prefs_make_cuts_a_reply_at_a_turn_token_and_counts_it_unended(
     train, _ = read_pref_dir(tmp_path / "p")
     assert train and all("<|" not in p.chosen + p.rejected for p in train)
     assert {p.chosen for p in train} | {p.rejected for p in train} == {"about a line", "x"}
+
+
+def test_the_gold_rule_by_its_three_tests() -> None:
+    from folio.data.prefs import gold_tests
+
+    prompt = "Write a line for HAMLET about love"
+    assert gold_tests(prompt, "  I love thee, and I will ever love.  ", True) == (True, True, True)
+    assert gold_tests(prompt, "", True) == (False, False, True)  # the empty reply: ends only
+    assert gold_tests(prompt, "LOVE" + "x" * 60, False) == (True, False, False)
+    assert gold_tests("Reverse: love", "I love thee, and I will ever love.", True) == (False,) * 3
+    assert gold_score(prompt, "", True) == pytest.approx(1 / 3)

@@ -40,7 +40,14 @@ SAMPLE_PATHS = (
     "compiled", "compiled-bf16", "compiled-int8",
 )  # fmt: skip
 """The decode paths `folio bench sample` measures (folio/bench/sample.py's PATHS)."""
-DEFAULT_SAMPLE_PATHS = ("uncached", "module", "static", "compiled", "compiled-bf16", "compiled-int8")
+DEFAULT_SAMPLE_PATHS = (
+    "uncached",
+    "module",
+    "static",
+    "compiled",
+    "compiled-bf16",
+    "compiled-int8",
+)
 
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:

@@ -164,20 +164,25 @@ def is_gold_prompt(prompt: str) -> bool:
     return _PROMPT_RE.fullmatch(prompt.strip()) is not None
 
 
-def gold_score(prompt: str, reply: str, ended: bool = True) -> float:
-    """The hidden rule's score of a reply: the share of its three tests passed (0 to 1).
+GOLD_TESTS = ("word", "length", "end")
+"""The names of the gold rule's three tests, in `gold_tests`' order."""
 
-    For "Write a line for {SPEAKER} about {word}": the reply contains the word,
-    is 20 to 60 characters long (stripped), and ended with the end-of-turn
-    token. A prompt of another form scores 0.
-    """
+
+def gold_tests(prompt: str, reply: str, ended: bool = True) -> tuple[bool, bool, bool]:
+    """The hidden rule's three tests of a reply, for "Write a line for {SPEAKER} about {word}":
+    it contains the word, is 20 to 60 characters long (stripped), and ended with the
+    end-of-turn token. A prompt of another form passes none."""
     m = _PROMPT_RE.fullmatch(prompt.strip())
     if m is None:
-        return 0.0
+        return (False, False, False)
     text = reply.strip()
     lo, hi = LINE_LENGTHS
-    tests = (m.group(2).lower() in text.lower(), lo <= len(text) <= hi, ended)
-    return sum(tests) / len(tests)
+    return (m.group(2).lower() in text.lower(), lo <= len(text) <= hi, bool(ended))
+
+
+def gold_score(prompt: str, reply: str, ended: bool = True) -> float:
+    """The hidden rule's score of a reply: the share of its three tests passed (0 to 1)."""
+    return sum(gold_tests(prompt, reply, ended)) / len(GOLD_TESTS)
 
 
 def rank_replies(

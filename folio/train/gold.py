@@ -8,6 +8,8 @@ and its DPO run are compared on equal terms:
 
 - gold_score: the rule's mean score of `samples` replies per prompt, drawn at
   temperature 1 (the policy's own distribution);
+- gold_word, gold_length, gold_end: the share of replies passing each of the
+  rule's three tests (gold_score is their mean);
 - end_rate and reply_chars of those replies;
 - kl: with a reference model, the KL of the policy from it, estimated on the
   same replies: k3 per token, (rho - 1) - log rho with rho = pi_ref / pi
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from folio.data.prefs import gold_score
+from folio.data.prefs import GOLD_TESTS, gold_tests
 from folio.tokenizers.chat import cut_at_turn_token, end_of_turn_id, render_prompt
 from folio.train.rl_math import k3_kl
 from folio.train.rollout import reply_logprobs, sample_rollout
@@ -48,7 +50,7 @@ def gold_report(
     """
     end_id = end_of_turn_id(tokenizer)
     generator = torch.Generator().manual_seed(seed)
-    gold: list[float] = []
+    gold: list[tuple[bool, bool, bool]] = []
     ended: list[bool] = []
     chars: list[int] = []
     kls: list[torch.Tensor] = []
@@ -67,7 +69,7 @@ def gold_report(
             for i, (reply, done) in enumerate(zip(ro.replies, ro.ended.tolist(), strict=True)):
                 ids, cut = cut_at_turn_token(tokenizer, reply)  # another turn token: not ended
                 text, done = tokenizer.decode(ids), bool(done) and not cut
-                gold.append(gold_score(texts[i // samples], text, done))
+                gold.append(gold_tests(texts[i // samples], text, done))
                 ended.append(done)
                 chars.append(len(text.strip()))
             if reference is not None:
@@ -82,7 +84,8 @@ def gold_report(
     out = {
         "prompts": len(prompts),
         "replies": n,
-        "gold_score": sum(gold) / n,
+        "gold_score": sum(sum(t) for t in gold) / (len(GOLD_TESTS) * n),
+        **{f"gold_{name}": sum(t[j] for t in gold) / n for j, name in enumerate(GOLD_TESTS)},
         "end_rate": sum(ended) / n,
         "reply_chars": sum(chars) / n,
     }

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from folio.data.prefs import gold_score, line_prompts
+from folio.data.prefs import GOLD_TESTS, gold_tests, line_prompts
 from folio.data.tasks import load_material
 from folio.models.config import PolicyValueConfig
 from folio.tokenizers.chat import cut_at_turn_token, end_of_turn_id, render_prompt
@@ -205,7 +205,9 @@ class PPOObjective:
 
         rm_score: the reward model's mean score of G sampled replies per
         held-out prompt; gold_score: the hidden rule's mean score of the same
-        replies; kl: k3 summed over a reply, mean over replies (nats);
+        replies, and gold_word, gold_length, gold_end: the share of them
+        passing each of its three tests; kl: k3 summed over a reply, mean
+        over replies (nats);
         reply_tokens and end_rate of those replies; and the ratio statistics
         of the training minibatches since the last eval.
         """
@@ -213,12 +215,14 @@ class PPOObjective:
         G = self.cfg.group_size
         cuts = [cut_at_turn_token(self.tokenizer, ids) for ids in r["replies"]]
         gold = [  # a reply that writes another turn token has not ended properly
-            gold_score(self.test_texts[i // G], self.tokenizer.decode(ids), bool(e) and not cut)
+            gold_tests(self.test_texts[i // G], self.tokenizer.decode(ids), bool(e) and not cut)
             for i, ((ids, cut), e) in enumerate(zip(cuts, r["ended"].tolist(), strict=True))
         ]
+        n = len(gold)
         out = {
             "rm_score": float(r["score"].mean()),
-            "gold_score": sum(gold) / len(gold),
+            "gold_score": sum(sum(t) for t in gold) / (len(GOLD_TESTS) * n),
+            **{f"gold_{name}": sum(t[j] for t in gold) / n for j, name in enumerate(GOLD_TESTS)},
             "kl": float(r["kl"].mean()),
             "reply_tokens": sum(len(ids) for ids in r["replies"]) / len(r["replies"]),
             "end_rate": float(r["ended"].float().mean()),

@@ -208,5 +208,7 @@ class DPOObjective:
                 model, self.tokenizer, self.gold_prompts, reference=self.reference,
                 max_new_tokens=self.cfg.max_new_tokens, seed=GOLD_SEED,
             )  # fmt: skip
-            out |= {k: gold[k] for k in ("gold_score", "kl", "end_rate")}
+            out |= {
+                k: v for k, v in gold.items() if k.startswith("gold_") or k in ("kl", "end_rate")
+            }
         return out
