@@ -42,7 +42,7 @@ def plot(curves: dict[str, list[dict]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.5))
     for name, rows in curves.items():
         rows = [r for r in rows if "gold_score" in r]
         gold = [r["gold_score"] for r in rows]
@@ -57,9 +57,23 @@ def plot(curves: dict[str, list[dict]], out: Path) -> None:
     b.set_xlabel("KL to the SFT model (nats per reply)")
     b.set_ylabel("gold score: the hidden rule")
     b.set_title("gold against KL")
-    for ax in (a, b):
+    first = next(iter(curves))  # the leash-off run: what the proxy bought, test by test
+    rows = [r for r in curves[first] if "gold_word" in r]
+    for test, style in (("word", "o-"), ("length", "s-"), ("end", "^-")):
+        c.plot([r["step"] for r in rows], [r[f"gold_{test}"] for r in rows], style, ms=3,
+               label=f"passes the {test} test")  # fmt: skip
+    if rows and "rm_score" in rows[0]:
+        proxy = c.twinx()
+        proxy.plot([r["step"] for r in rows], [r["rm_score"] for r in rows], "k--", lw=1,
+                   label="proxy reward (right axis)")  # fmt: skip
+        proxy.set_ylabel("proxy reward")
+        proxy.legend(fontsize=8, loc="center right")
+    c.set_xlabel("step")
+    c.set_ylabel("share of held-out replies")
+    c.set_title(f"{first}: the rule's three tests")
+    for ax in (a, b, c):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left" if ax is c else "best")
     fig.tight_layout()
     tmp = out.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=90)
@@ -79,7 +93,7 @@ def main() -> None:
             raise SystemExit(f"{out / stage}: missing; run `folio recipe assistant --out {out}`")
     free = out / "ppo-kl0"
     if not (free / "done.json").exists():
-        cmd = [sys.executable, "-m", "folio", "rl", "--algo", "ppo",
+        cmd = [sys.executable, "-m", "folio", "rl", "--algo", "ppo", "--train.eval_interval", "10",
                "--init-from", f"run:{out / 'sft'}", "--reward-model", f"run:{out / 'reward'}",
                "--max-iters", args.iters, "--rl.kl_coef", args.kl_free,
                "--rl.max_new_tokens", "64", "--out", str(free),
@@ -102,7 +116,8 @@ def main() -> None:
         "DPO, beta 0.1": eval_rows(out / "dpo"),
     }
     plot(curves, out / "overoptimisation.png")
-    keys = ("step", "rm_score", "gold_score", "kl", "end_rate", "reply_tokens")
+    keys = ("step", "rm_score", "gold_score", "gold_word", "gold_length", "gold_end", "kl",
+            "end_rate", "reply_tokens")  # fmt: skip
     summary = {
         name: {
             "first": {k: r[k] for k in keys if k in r} if (r := rows[0]) else {},

@@ -75,7 +75,7 @@ def _flags(text: str) -> tuple[str, ...]:
 
 SCALES: dict[str, Scale] = {
     "laptop": Scale(
-        description="a 1.3M-parameter character model; about 20 minutes on 2 CPU cores",
+        description="a 1.3M-parameter character model; about 15 minutes on 2 CPU cores",
         base=_flags(
             "--preset demo --model.n_embd 160 --batch-size 16 --max-iters 800 "
             "--set train.max_time=0 --eval-interval 200 --dtype float32"

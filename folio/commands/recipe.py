@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--scale", choices=["laptop", "tiny"], default="laptop",
-        help="laptop: the BENCHMARKS.md figures, about 20 minutes on 2 cores; tiny: seconds, "
+        help="laptop: the BENCHMARKS.md figures, about 15 minutes on 2 cores; tiny: seconds, "
         "figures meaningless",
     )  # fmt: skip
     parser.add_argument(
