@@ -8,10 +8,10 @@ The Python API mirrors the CLI:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from folio.errors import FolioError
+from folio.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from folio.models import GPT, BigramConfig, BigramLanguageModel, GPTConfig, build_model
@@ -30,12 +30,7 @@ _LAZY = {
 """The public API, imported on first use: `import folio.cli` must not pay for torch."""
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, globals(), _LAZY)
 
 
 __all__ = [

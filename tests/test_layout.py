@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "folio"
 LAYERS = {
-    "errors": 0, "fsutil": 0,
+    "errors": 0, "fsutil": 0, "lazy": 0,
     "tokenizers": 1, "models": 1, "runtime": 1, "memory": 1,
     "data": 2, "checkpoint": 2, "eval": 2, "sample": 2, "hf": 2,
     "train": 3, "eval_tasks": 3, "ladder": 3, "recipe": 3, "bench": 3, "serve": 3,

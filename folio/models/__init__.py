@@ -7,10 +7,10 @@ made from) stays cheap while `from folio.models import GPT` works as before.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from folio.errors import FolioError
+from folio.lazy import lazy_exports
 from folio.models.config import (
     BigramConfig,
     GPTConfig,
@@ -36,12 +36,7 @@ _LAZY = {
 """The model classes, by the module that defines them (imported on first use: they need torch)."""
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, globals(), _LAZY)
 
 
 def build_model(config: BigramConfig | GPTConfig) -> nn.Module:
