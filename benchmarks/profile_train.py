@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from folio.models import GPT
-from folio.runtime import cpu_info, flops_per_token
+from folio.runtime import autocast, cpu_info, flops_per_token
 from folio.train.config import TrainConfig, load_preset_dict, preset_model_config
 from folio.train.optim import make_optimizer_for
 
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, help="default: the preset's")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (as --dtype bfloat16 trains)")
     args = p.parse_args(argv)
     cfg = preset_model_config(args.preset)
     tc = TrainConfig(**load_preset_dict(args.preset).get("train", {}))
@@ -56,13 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     model = GPT(cfg)
     opt = make_optimizer_for(model, tc, "cpu")
     g = torch.Generator().manual_seed(0)
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
     phase_s: dict[str, float] = defaultdict(float)
 
     def step(timed: bool) -> None:
         x = torch.randint(cfg.vocab_size, (B, T), generator=g)
         y = torch.randint(cfg.vocab_size, (B, T), generator=g)
         marks = [time.perf_counter()]
-        with record_function("forward"):
+        with record_function("forward"), autocast(torch.device("cpu"), dtype):
             _, loss = model(x, y)
         marks.append(time.perf_counter())
         with record_function("backward"):

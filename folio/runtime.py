@@ -158,6 +158,29 @@ def set_threads(threads: int, processes_here: int = 1) -> None:
     torch.set_num_threads(threads or max(1, physical_cores() // processes_here))
 
 
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse instead of giving it back to the kernel.
+
+    A CPU training step allocates and frees activation-sized buffers (tens of MB on the
+    video model). glibc serves blocks above its mmap threshold with a fresh mmap() and
+    frees them with munmap(), so every step the kernel zeroes and faults in every page
+    of them again: on the video model in bf16 that was about a fifth of a step
+    (BENCHMARKS.md). With mmap off and heap trimming off, a freed block returns to the
+    heap and the next step reuses it. The price: the process keeps its peak memory
+    until it exits. True if glibc took the settings; a no-op elsewhere.
+    """
+    import ctypes
+
+    if platform.system() != "Linux":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's malloc.h
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def machine_name(device: torch.device) -> str:
     """The CPU model, or the GPU's name: what a benchmark record says it ran on."""
     import torch
@@ -241,7 +264,13 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
                 return (
                     peak if dtype != torch.float32 else peak / 2
                 )  # TF32 peak is half the bf16 one
-    key = f"{platform.node()}|{platform.processor()}|{device}|{dtype}|{torch.__version__}|{torch.get_num_threads()}"
+    # The host name alone is not enough: machines that share one have carried a
+    # peak measured on another CPU (585 against a measured 2,000 GFLOP/s in bf16).
+    cpu = cpu_info()
+    key = (
+        f"{platform.node()}|{cpu.name}|{','.join(cpu.notable_flags())}|{device}|{dtype}"
+        f"|{torch.__version__}|{torch.get_num_threads()}"
+    )
     cache = (
         Path(os.environ.get("FOLIO_CACHE", Path.home() / ".cache" / "folio")) / "peak_flops.json"
     )

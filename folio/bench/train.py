@@ -29,6 +29,7 @@ from folio.runtime import (
     cpu_has_fast_bf16,
     cpu_info,
     flops_per_token,
+    keep_freed_memory,
     machine_name,
     peak_flops,
     pick_device,
@@ -43,6 +44,7 @@ def measure_mode(
     *,
     attention: str,
     dtype: torch.dtype,
+    fast_dropout: bool = True,
     compile: bool,
     steps: int,
     warmup: int,
@@ -52,6 +54,7 @@ def measure_mode(
     """Train `steps` optimizer steps of the preset's model and time them."""
     cfg = preset_model_config(preset)
     cfg.attention = attention
+    cfg.fast_dropout = fast_dropout
     torch.manual_seed(0)
     model = GPT(cfg).to(device)
     from folio.train.config import TrainConfig, load_preset_dict
@@ -102,18 +105,25 @@ def measure_mode(
     }
 
 
-def _modes(compile: bool, bf16: bool) -> list[tuple[str, str, torch.dtype, bool]]:
-    """(name, attention form, dtype, compiled) of every mode to measure."""
+def _modes(compile: bool, bf16: bool) -> list[tuple[str, str, torch.dtype, bool, bool]]:
+    """(name, attention form, dtype, compiled, fast dropout) of every mode to measure.
+
+    The fast-dropout modes (folio/models/dropout.py) matter only where the preset has
+    dropout; without it they compute exactly what their plain twins do.
+    """
+    f32, bf = torch.float32, torch.bfloat16
     modes = [
-        ("baseline (fp32, eager, list of heads)", "heads", torch.float32, False),
-        ("fused (fp32, eager)", "fused", torch.float32, False),
+        ("baseline (fp32, eager, list of heads)", "heads", f32, False, False),
+        ("fused (fp32, eager)", "fused", f32, False, False),
+        ("fused + fast dropout (fp32)", "fused", f32, False, True),
     ]
     if compile:
-        modes.append(("fused + compile (fp32)", "fused", torch.float32, True))
+        modes.append(("fused + fast dropout + compile (fp32)", "fused", f32, True, True))
     if bf16:
-        modes.append(("fused + bf16 autocast", "fused", torch.bfloat16, False))
+        modes.append(("fused + bf16 autocast", "fused", bf, False, False))
+        modes.append(("fused + fast dropout + bf16", "fused", bf, False, True))
         if compile:
-            modes.append(("fused + compile + bf16", "fused", torch.bfloat16, True))
+            modes.append(("fused + fast dropout + compile + bf16", "fused", bf, True, True))
     return modes
 
 
@@ -149,7 +159,7 @@ def bench_train(
     if bf16 is None:
         bf16 = fast_bf16
     rows = []
-    for name, attention, dtype, comp in _modes(compile, bf16):
+    for name, attention, dtype, comp, fast in _modes(compile, bf16):
         log(f"measuring {name} ...")
         n = steps if (dtype == torch.float32 or fast_bf16) else 1
         rows.append(
@@ -160,6 +170,7 @@ def bench_train(
                 attention=attention,
                 dtype=dtype,
                 compile=comp,
+                fast_dropout=fast,
                 steps=n,
                 warmup=warmup,
                 batch_size=batch_size,
@@ -209,6 +220,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def run_train(args: argparse.Namespace) -> None:
     set_threads(args.threads or 0)
+    keep_freed_memory()  # as `folio train` does on a CPU
     result = bench_train(
         args.preset, steps=args.steps, warmup=args.warmup, compile=not args.no_compile,
         bf16=args.bf16, batch_size=args.batch_size, device=args.device,

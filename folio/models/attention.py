@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from folio.models.dropout import Dropout, attention_with_dropout, usable
 from folio.models.kv_cache import LayerCacheGroup
 
 if TYPE_CHECKING:
@@ -170,21 +171,34 @@ class CausalSelfAttention(nn.Module):
     """
 
     def __init__(
-        self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True, causal: bool = True
+        self,
+        n_embd: int,
+        n_head: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        causal: bool = True,
+        fast_dropout: bool = False,
     ) -> None:
         super().__init__()
         self.n_embd, self.n_head, self.causal = n_embd, n_head, causal
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.dropout = dropout
-        self.resid_dropout = nn.Dropout(dropout)
+        self.fast_dropout = fast_dropout
+        self.resid_dropout = Dropout(dropout) if fast_dropout else nn.Dropout(dropout)
 
     def forward(
         self, x: torch.Tensor, cache: LayerKVCache | LayerCacheGroup | None = None
     ) -> torch.Tensor:
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
-        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
+        qkv = self.c_attn(x)  # (B, T, C) -> (B, T, 3C)
+        if cache is None and self._drops_on_cpu(x):
+            # PyTorch's CPU kernels have no fused attention with dropout: use the
+            # chunked one, which skips the masked future (folio/models/dropout.py).
+            y = attention_with_dropout(qkv, nh, self.dropout, self.causal)  # (B, T, C)
+            return self.resid_dropout(self.c_proj(y))
+        q, k, v = qkv.split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, T, nh, hs) -> (B, nh, T, hs)
         k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
@@ -212,6 +226,15 @@ class CausalSelfAttention(nn.Module):
         )  # (B, nh, T, hs) @ (B, nh, hs, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+    def _drops_on_cpu(self, x: torch.Tensor) -> bool:
+        return (
+            self.fast_dropout
+            and self.training
+            and x.device.type == "cpu"
+            and self.dropout > 0.0
+            and usable(self.dropout)
+        )
 
     def _attend_each(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: LayerCacheGroup

@@ -89,6 +89,11 @@ class GPTConfig:
     """Width of the residual stream (C)."""
     dropout: float = 0.0
     """Dropout probability on attention weights and residual branches (training only)."""
+    fast_dropout: bool = True
+    """On a CPU, draw dropout masks from 16-bit random lanes (p rounded to a multiple of
+    1/65536) and run the fused attention's dropout one chunk of queries at a time, skipping
+    the masked future (folio/models/dropout.py). False: PyTorch's bernoulli masks and its
+    math attention path. A GPU always uses PyTorch's kernels."""
     bias: bool = True
     """Biases in Linear layers and LayerNorms (GPT-2: true)."""
     attention: str = "fused"
@@ -121,6 +126,7 @@ class GPTConfig:
             _positive_int(name, getattr(self, name))
         for name in (
             "bias",
+            "fast_dropout",
             "tie_weights",
             "pos_embedding",
             "causal",

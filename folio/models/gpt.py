@@ -24,6 +24,7 @@ from folio.models.attention import (
     attention_weights,
 )
 from folio.models.config import GPTConfig
+from folio.models.dropout import Dropout
 from folio.models.kv_cache import CacheBatch, KVCache, LayerCacheGroup, LayerKVCache
 
 
@@ -37,6 +38,10 @@ def _layer_norm(config: GPTConfig) -> nn.Module:
     return nn.LayerNorm(config.n_embd, bias=config.bias) if config.layer_norm else nn.Identity()
 
 
+def _dropout(config: GPTConfig) -> nn.Module:
+    return Dropout(config.dropout) if config.fast_dropout else nn.Dropout(config.dropout)
+
+
 class MLP(nn.Module):
     """Feed-forward: each token thinks on its own about what attention gathered."""
 
@@ -46,7 +51,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.act = _activation(config.activation)
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = _dropout(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, T, C) -> (B, T, 4C) -> (B, T, C)
@@ -66,7 +71,9 @@ class Block(nn.Module):
         args = (config.n_embd, config.n_head, config.dropout, config.bias)
         self.ln_1 = _layer_norm(config)
         if config.attention == "fused":
-            self.attn = CausalSelfAttention(*args, causal=config.causal)
+            self.attn = CausalSelfAttention(
+                *args, causal=config.causal, fast_dropout=config.fast_dropout
+            )
         else:
             self.attn = MultiHeadAttention(*args, causal=config.causal)
         if cross:
@@ -105,7 +112,7 @@ class GPT(nn.Module):
         modules = {"wte": nn.Embedding(config.vocab_size, config.n_embd)}
         if config.pos_embedding:
             modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        modules["drop"] = nn.Dropout(config.dropout)
+        modules["drop"] = _dropout(config)
         modules["h"] = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         modules["ln_f"] = _layer_norm(config)
         self.transformer = nn.ModuleDict(modules)

@@ -50,6 +50,7 @@ from folio.runtime import (
     device_for,
     flops_per_token,
     init_distributed,
+    keep_freed_memory,
     peak_flops,
     pick_device,
     resolve_dtype,
@@ -157,6 +158,7 @@ class Trainer:
         check_training_memory(run.model, tc, self.device, force=force)
         if self.device.type == "cpu":
             set_threads(tc.threads, self.denv.local_world_size)
+            keep_freed_memory()  # reuse each step's freed buffers: no page faults (runtime.py)
         # Seeds, then the model: its initialisation draws from the global generator.
         self.state = TrainState(seed_everything(tc.seed, self.denv.rank))
         self.model = self._build_model(init_weights)
