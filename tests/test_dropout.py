@@ -166,9 +166,7 @@ def test_attention_in_bf16_stays_close_to_fp32() -> None:
 
 def _gpt(fast: bool, dropout_p: float) -> GPT:
     torch.manual_seed(0)
-    cfg = GPTConfig(
-        vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=dropout_p
-    )
+    cfg = GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=dropout_p)
     cfg.fast_dropout = fast
     return GPT(cfg)
 

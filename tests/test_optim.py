@@ -239,6 +239,23 @@ def test_constant_schedule() -> None:
     assert _lr(0, "constant", warmup=0) == MAX_LR
 
 
+def test_a_time_clocked_cosine_follows_the_share_of_the_budget_not_the_step() -> None:
+    # The step no longer matters after warmup: only how much of the budget is spent.
+    assert _lr(20, "cosine", time_fraction=0.0) == pytest.approx(MAX_LR)
+    assert _lr(20, "cosine", time_fraction=0.5) == pytest.approx((MAX_LR + MIN_LR) / 2)
+    assert _lr(5000, "cosine", time_fraction=0.5) == pytest.approx((MAX_LR + MIN_LR) / 2)
+    assert _lr(20, "cosine", time_fraction=1.0) == pytest.approx(MIN_LR)
+    assert _lr(20, "cosine", time_fraction=1.7) == pytest.approx(MIN_LR)  # an overrun: the floor
+    assert _lr(3, "cosine", time_fraction=0.9) == pytest.approx(MAX_LR * 4 / 10)  # warmup: steps
+
+
+def test_a_time_clocked_wsd_decays_over_the_last_fraction_of_the_budget() -> None:
+    kw = {"warmup": 0, "decay_fraction": 0.2}
+    assert _lr(7, "wsd", time_fraction=0.79, **kw) == MAX_LR
+    assert _lr(7, "wsd", time_fraction=0.9, **kw) == pytest.approx((MAX_LR + MIN_LR) / 2)
+    assert _lr(7, "wsd", time_fraction=1.2, **kw) == pytest.approx(MIN_LR)
+
+
 def test_unknown_schedule_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown schedule"):
         _lr(0, "linear", warmup=0)
@@ -328,6 +345,8 @@ def test_trainer_with_gradient_accumulation_trains(dataset: Path, tmp_path: Path
         ("compile", 1, "compile must be true or false"),
         ("dtype", "float8", "dtype must be one of"),
         ("max_time", -5.0, "max_time must not be negative"),
+        ("schedule_clock", "tokens", "schedule_clock must be one of"),
+        ("schedule_clock", "time", "needs a time budget"),
         ("patience", -1, "patience must not be negative"),
         ("target_val_loss", -1.0, "target_val_loss must not be negative"),
         ("optimizer", "sgd", "optimizer must be one of"),

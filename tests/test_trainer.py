@@ -732,6 +732,27 @@ def test_max_time_stops_with_a_checkpoint(dataset: Path, tmp_path: Path) -> None
     assert _assert_loadable(tmp_path / "run") == 1
 
 
+def test_a_time_clocked_run_ends_decayed_on_time_and_resume_counts_the_earlier_time(
+    dataset: Path, tmp_path: Path
+) -> None:
+    clocked = (
+        ("train.schedule_clock", "time"), ("train.lr_schedule", "cosine"),
+        ("train.learning_rate", 1e-2), ("train.min_lr", 1e-4), ("train.max_iters", 100_000),
+        ("train.eval_interval", 100_000), ("train.log_interval", 1),
+    )  # fmt: skip
+    run = tmp_path / "run"
+    first = _train(dataset, run, *clocked, ("train.max_time", 1.5))
+    assert first.stopped == "max_time" and first.step > 5
+    lrs = [r["lr"] for r in _step_rows(run)]
+    assert lrs[0] > 0.9e-2 and lrs[-1] < 0.5e-2  # the cosine got past its middle
+    state = json.loads(next(run.glob("**/state.json")).read_text())
+    assert state["elapsed_seconds"] >= 1.5
+    # Resume with a 3 s budget: it trains about 1.5 s more, not 3, and ends at the floor.
+    second = _train(dataset, run, *clocked, ("train.max_time", 3.0), resume=True)
+    assert second.stopped == "max_time" and second.seconds < 2.9
+    assert _step_rows(run)[-1]["lr"] < 2e-4
+
+
 @pytest.mark.parametrize(
     ("signum", "said"),
     [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "stopped by SIGTERM")],

@@ -45,6 +45,8 @@ OPTIMIZERS = ("adamw", "muon")
 """What `train.optimizer` accepts (folio/train/optim.py builds them)."""
 SCHEDULES = ("constant", "cosine", "wsd")
 """What `train.lr_schedule` accepts (folio/train/optim.py computes them)."""
+CLOCKS = ("steps", "time")
+"""What `train.schedule_clock` accepts."""
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -67,6 +69,11 @@ class TrainConfig:
     """'constant', 'cosine' (warmup then cosine to min_lr) or 'wsd' (warmup-stable-decay)."""
     warmup_iters: int = 0
     """Steps of linear warmup from 0 to learning_rate."""
+    schedule_clock: str = "steps"
+    """What the cosine and wsd schedules run over: 'steps' (max_iters) or 'time' (max_time
+    seconds of training, counted across resumes, so a fast CPU takes more steps and a slow
+    one fewer, and every run ends decayed on time; warmup stays in steps). A 'time' run is
+    not reproducible bit for bit: the clock decides the learning rate of each step."""
     decay_fraction: float = 0.2
     """wsd only: the final fraction of the run spent decaying to min_lr."""
     weight_decay: float = 0.1
@@ -102,7 +109,8 @@ class TrainConfig:
     threads: int = 0
     """CPU threads for PyTorch (0 = the number of physical cores)."""
     max_time: float = 0.0
-    """Stop (with a final eval and checkpoint) after this many seconds of training; 0 = no limit."""
+    """Stop (with a final eval and checkpoint) after this many seconds of training, counted
+    across resumes; 0 = no limit."""
     patience: int = 0
     """Stop after this many evals without a new best val loss; 0 = never."""
     target_val_loss: float = 0.0
@@ -166,6 +174,14 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise FolioError(
                 f"train config: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"
+            )
+        if self.schedule_clock not in CLOCKS:
+            raise FolioError(
+                f"train config: schedule_clock must be one of {CLOCKS}, got {self.schedule_clock!r}"
+            )
+        if self.schedule_clock == "time" and self.max_time <= 0:
+            raise FolioError(
+                "train config: schedule_clock 'time' needs a time budget: set train.max_time"
             )
         if self.lr_schedule not in SCHEDULES:
             raise FolioError(

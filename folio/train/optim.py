@@ -98,6 +98,7 @@ def learning_rate(
     warmup_iters: int,
     max_iters: int,
     decay_fraction: float = 0.2,
+    time_fraction: float | None = None,
 ) -> float:
     """Learning rate at `step` (0-based).
 
@@ -105,21 +106,30 @@ def learning_rate(
     - cosine: linear warmup, then a cosine from max_lr down to min_lr at max_iters.
     - wsd (warmup-stable-decay): warmup, hold max_lr, then decay linearly to
       min_lr over the last `decay_fraction` of the run.
+
+    With `time_fraction` (the share of the time budget spent, `schedule_clock = 'time'`)
+    the cosine and wsd schedules run over time instead of steps: the cosine's progress
+    is that fraction, and wsd decays over its last `decay_fraction`. Warmup stays in steps.
     """
     if warmup_iters > 0 and step < warmup_iters:
         return max_lr * (step + 1) / warmup_iters
     if schedule == "constant":
         return max_lr
     if schedule == "cosine":
-        span = max(1, max_iters - warmup_iters)
-        progress = min(1.0, (step - warmup_iters) / span)
+        if time_fraction is not None:
+            progress = min(1.0, max(0.0, time_fraction))
+        else:
+            progress = min(1.0, (step - warmup_iters) / max(1, max_iters - warmup_iters))
         return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
     if schedule == "wsd":
-        decay_start = max_iters - int(decay_fraction * max_iters)
-        if step < decay_start:
+        if time_fraction is not None:
+            progress = (time_fraction - (1.0 - decay_fraction)) / max(decay_fraction, 1e-9)
+        else:
+            decay_start = max_iters - int(decay_fraction * max_iters)
+            progress = (step - decay_start) / max(1, max_iters - decay_start)
+        if progress <= 0:
             return max_lr
-        progress = min(1.0, (step - decay_start) / max(1, max_iters - decay_start))
-        return max_lr + progress * (min_lr - max_lr)
+        return max_lr + min(1.0, progress) * (min_lr - max_lr)
     raise ValueError(f"unknown schedule {schedule!r}")
 
 

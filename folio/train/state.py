@@ -36,6 +36,8 @@ class TrainState:
     tokens_seen: int = 0
     best_val: float = math.inf
     evals_since_best: int = 0
+    elapsed: float = 0.0
+    """Seconds of training in earlier sessions (the time budget and a time schedule count them)."""
 
     def state_dict(self, device: torch.device) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """(JSON-able counters and Python/numpy RNG, RNG tensors). A collective under torchrun."""
@@ -45,6 +47,7 @@ class TrainState:
             "tokens_seen": self.tokens_seen,
             "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
             "evals_since_best": self.evals_since_best,
+            "elapsed_seconds": self.elapsed,
             "python_rng": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
             "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         }
@@ -69,6 +72,7 @@ class TrainState:
             self.best_val = float(plain.get("best_val_loss") or math.inf)
             self.evals_since_best = int(plain.get("evals_since_best", 0))
             self.tokens_seen = int(plain.get("tokens_seen", 0))
+            self.elapsed = float(plain.get("elapsed_seconds", 0.0))
         except (KeyError, TypeError, ValueError):
             raise FolioError(f"{where / 'state.json'}: training state is malformed") from None
         distributed.restore_rank_rng(tensors, self.data_gen, seed, self.step, rank)

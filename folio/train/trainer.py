@@ -185,6 +185,7 @@ class Trainer:
         self.stop = StopFlag()
         self.train_time = 0.0
         self.session_tokens = 0
+        self.t_start, self.elapsed_before = time.perf_counter(), self.state.elapsed  # fit() resets
         self.tokens_per_step = objective.tokens_per_batch * tc.grad_accum * self.denv.world_size
         self.peak: float | None = None
         self._log_setup()
@@ -335,9 +336,11 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches; returns what the metrics log."""
         tc, st = self.tc, self.state
         t0 = time.perf_counter()
+        by_time = tc.schedule_clock == "time"
         lr = learning_rate(
             st.step, schedule=tc.lr_schedule, max_lr=tc.learning_rate, min_lr=tc.min_lr,
             warmup_iters=tc.warmup_iters, max_iters=tc.max_iters, decay_fraction=tc.decay_fraction,
+            time_fraction=self.clock() / tc.max_time if by_time else None,
         )  # fmt: skip
         for group in self.optimizer.param_groups:  # Muon's matrices have their own peak rate
             group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -420,6 +423,7 @@ class Trainer:
 
     def save(self, losses: dict[str, float], best: bool) -> None:
         """Checkpoint this step (latest; best too when `best`). Collectives first, then rank 0 writes."""
+        self.state.elapsed = self.clock()
         plain, rng = self.state.state_dict(self.device)
         if hasattr(self.objective, "state_dict"):
             rng.update({f"objective.{k}": v for k, v in self.objective.state_dict().items()})
@@ -498,11 +502,13 @@ class Trainer:
                 tok_s=f"{stats['tokens_per_s']:,.0f}", refresh=False,
             )  # fmt: skip
 
+    def clock(self) -> float:
+        """Seconds of training so far, earlier sessions included (what max_time counts)."""
+        return self.elapsed_before + time.perf_counter() - self.t_start
+
     def _stop_reason(self) -> str | None:
         """Why to stop after this step, agreed by every rank: the clock or a signal."""
-        out_of_time = (
-            self.tc.max_time > 0 and time.perf_counter() - self.t_start >= self.tc.max_time
-        )
+        out_of_time = self.tc.max_time > 0 and self.clock() >= self.tc.max_time
         signum = float(self.stop.signum or 0)
         if self.denv.enabled:  # any rank's clock or signal stops every rank
             flags = distributed.all_reduce_sum([float(out_of_time), signum], self.device)
@@ -532,7 +538,7 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train until max_iters, the time budget, patience, the target val loss or a stop signal."""
         tc, st = self.tc, self.state
-        self.t_start = time.perf_counter()
+        self.t_start, self.elapsed_before = time.perf_counter(), st.elapsed
         stopped = "max_iters"
         try:
             with self.stop.installed(), self._progress_bar() as bar:
