@@ -181,3 +181,26 @@ def test_vs_nanogpt_quick_runs_every_figure(tinyshakespeare_path: Path, tmp_path
         assert entry["summary"]["ratio"] > 0
     assert report["figures"]["speedrun"]["nanogpt"][0]["step"] == 4
     assert "| figure | nanoGPT | Folio | ratio | goal |" in r.stdout
+
+
+def test_frontier_times_the_folio_side_and_shifts_it_by_the_whole_command(
+    tinyshakespeare_path: Path, tmp_path: Path
+) -> None:
+    # benchmarks/frontier.py's Folio side on the tests' tiny preset, a 3 s budget.
+    out = tmp_path / "frontier.json"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "frontier.py"), "--nanogpt", str(tmp_path),
+         "--only", "folio", "--preset", "tiny", "--minutes", "0.55", "--folio-eval-interval", "5",
+         "--set", "train.max_iters=100000", "--set", "train.threads=1",
+         "--input", str(tinyshakespeare_path), "--json-out", str(out)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    folio = json.loads(out.read_text())["folio"]
+    curve = folio["curve"]
+    assert len(curve) >= 2 and all(
+        a["step"] < b["step"] for a, b in zip(curve, curve[1:], strict=False)
+    )
+    assert curve[-1]["seconds"] == pytest.approx(folio["wall_s"])  # the whole command
+    assert 3.0 <= folio["wall_s"] < 60 and folio["val_whole_split"] > 0
+    assert "| seconds | step | val |" in r.stdout

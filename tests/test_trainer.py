@@ -732,6 +732,17 @@ def test_max_time_stops_with_a_checkpoint(dataset: Path, tmp_path: Path) -> None
     assert _assert_loadable(tmp_path / "run") == 1
 
 
+def test_plot_false_draws_no_loss_plot(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn: list[Path] = []
+    monkeypatch.setattr(trainer_module, "plot_losses", lambda out_dir, rows: drawn.append(out_dir))
+    _train(dataset, tmp_path / "a", ("train.max_iters", 2), ("train.plot", False))
+    assert drawn == []
+    _train(dataset, tmp_path / "b", ("train.max_iters", 2))
+    assert drawn and set(drawn) == {tmp_path / "b"}
+
+
 def test_a_time_clocked_run_ends_decayed_on_time_and_resume_counts_the_earlier_time(
     dataset: Path, tmp_path: Path
 ) -> None:

@@ -105,25 +105,30 @@ def measure_mode(
     }
 
 
-def _modes(compile: bool, bf16: bool) -> list[tuple[str, str, torch.dtype, bool, bool]]:
+def _modes(
+    compile: bool, bf16: bool, dropout: bool = True
+) -> list[tuple[str, str, torch.dtype, bool, bool]]:
     """(name, attention form, dtype, compiled, fast dropout) of every mode to measure.
 
-    The fast-dropout modes (folio/models/dropout.py) matter only where the preset has
-    dropout; without it they compute exactly what their plain twins do.
+    The fast-dropout modes (folio/models/dropout.py) are measured only where the
+    preset has dropout; without it they compute exactly what their plain twins do.
     """
     f32, bf = torch.float32, torch.bfloat16
+    fast = " + fast dropout" if dropout else ""
     modes = [
         ("baseline (fp32, eager, list of heads)", "heads", f32, False, False),
         ("fused (fp32, eager)", "fused", f32, False, False),
-        ("fused + fast dropout (fp32)", "fused", f32, False, True),
     ]
+    if dropout:
+        modes.append(("fused + fast dropout (fp32)", "fused", f32, False, True))
     if compile:
-        modes.append(("fused + fast dropout + compile (fp32)", "fused", f32, True, True))
+        modes.append((f"fused{fast} + compile (fp32)", "fused", f32, True, dropout))
     if bf16:
         modes.append(("fused + bf16 autocast", "fused", bf, False, False))
-        modes.append(("fused + fast dropout + bf16", "fused", bf, False, True))
+        if dropout:
+            modes.append(("fused + fast dropout + bf16", "fused", bf, False, True))
         if compile:
-            modes.append(("fused + fast dropout + compile + bf16", "fused", bf, True, True))
+            modes.append((f"fused{fast} + compile + bf16", "fused", bf, True, dropout))
     return modes
 
 
@@ -159,7 +164,8 @@ def bench_train(
     if bf16 is None:
         bf16 = fast_bf16
     rows = []
-    for name, attention, dtype, comp, fast in _modes(compile, bf16):
+    has_dropout = preset_model_config(preset).dropout > 0
+    for name, attention, dtype, comp, fast in _modes(compile, bf16, has_dropout):
         log(f"measuring {name} ...")
         n = steps if (dtype == torch.float32 or fast_bf16) else 1
         rows.append(

@@ -115,6 +115,9 @@ class TrainConfig:
     """Stop after this many evals without a new best val loss; 0 = never."""
     target_val_loss: float = 0.0
     """Stop after an eval whose val loss estimate is at or below this (a speedrun's finish line); 0 = never."""
+    plot: bool = True
+    """Redraw RUN/loss.png at every eval (matplotlib: about 0.6 s each time, a fixed cost the
+    speedrun presets skip; metrics.jsonl holds the same numbers)."""
     save_checkpoints: bool = True
     """Write checkpoints (latest at every eval, best when val improves)."""
     fsdp: bool = False

@@ -474,7 +474,7 @@ class Trainer:
         (bar.write if bar else self.log)(msg)
         if self.tc.save_checkpoints and st.step > 0:
             self.save(losses, improved)
-        if self.main:
+        if self.main and self.tc.plot:
             plot_losses(self.out_dir, self.metrics.rows)
 
     def _log_step(self, stats: dict[str, float], bar) -> None:
