@@ -38,7 +38,7 @@ import vs_nanogpt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP_LINE = re.compile(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
-ITER_LINE = re.compile(r"^iter (\d+): loss [\d.naif]+, time ([\d.]+)ms")
+ITER_LINE = re.compile(r"^iter (\d+): loss [\d.naif]+, time ([\d.]+)ms", re.MULTILINE)
 
 
 def _nanogpt_cmd(iters: int, eval_interval: int, eval_iters: int) -> list[str]:

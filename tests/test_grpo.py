@@ -26,7 +26,7 @@ from folio.models import GPT
 from folio.tokenizers import CharTokenizer
 from folio.tokenizers.chat import END, with_chat_tokens
 from folio.train.config import build_run_config
-from folio.train.grpo import GRPOObjective
+from folio.train.grpo import GRPOObjective, informative_groups, keep_informative
 from folio.train.rl_config import RLConfig
 from folio.train.rollout import reply_logprobs, sample_rollout
 from folio.train.run_log import extra_metrics
@@ -111,6 +111,48 @@ def test_advantages_sum_to_zero_within_each_group() -> None:
     rewards = batch["rewards"].view(4, 8)
     spread = rewards.amax(dim=1) > rewards.amin(dim=1)
     assert (adv[spread].abs().sum(dim=1) > 0).all() and (adv[~spread] == 0).all()
+
+
+def _part(rewards: list[float], width: int, pad: int = 9) -> dict[str, torch.Tensor]:
+    B = len(rewards)
+    return {
+        "tokens": torch.arange(B * width).view(B, width),
+        "mask": torch.ones(B, width - 1),
+        "old_logprobs": -torch.ones(B, width - 1),
+        "advantages": torch.arange(B, dtype=torch.float),
+        "rewards": torch.tensor(rewards),
+    }
+
+
+def test_dynamic_sampling_keeps_informative_groups_first_and_pads_shorter_rollouts() -> None:
+    # Groups of 2. Part 0 (width 3): group 0 all 1s (no spread), group 1 informative.
+    # Part 1 (width 5): group 0 informative, group 1 all 2s.
+    a, b = _part([1, 1, 0, 1], 3), _part([0, 1, 2, 2], 5)
+    assert informative_groups(a["rewards"], 2) == [1]
+    out = keep_informative([a, b], 2, 2, pad_id=9)
+    assert out["rewards"].tolist() == [0, 1, 0, 1]  # part 0 group 1, then part 1 group 0
+    assert out["advantages"].tolist() == [2, 3, 0, 1]
+    assert out["tokens"].shape == (4, 5) and out["mask"].shape == (4, 4)
+    assert out["tokens"][0].tolist() == [6, 7, 8, 9, 9]  # part 0's row 2, padded with pad_id
+    assert out["mask"][0].tolist() == [1, 1, 0, 0] and out["old_logprobs"][0, 2:].eq(0).all()
+    assert out["tokens"][2].tolist() == [0, 1, 2, 3, 4]  # part 1's row 0, unpadded
+    # Too few informative groups: zero-spread ones fill the batch, in order.
+    out = keep_informative([a, b], 2, 3, pad_id=9)
+    assert out["rewards"].tolist() == [0, 1, 0, 1, 1, 1]
+
+
+def test_dynamic_sampling_draws_more_rollouts_until_every_group_has_spread() -> None:
+    tok = tokenizer()
+    model = picker(tok, steps=10)
+    obj = objective(model, tok, dynamic_sampling=6)
+    obj.bind(model)
+    torch.manual_seed(0)
+    rollout = obj._training_rollout(torch.Generator().manual_seed(0))
+    drawn = int(obj.rollout_sums[3])  # groups sampled, every draw included
+    informative = informative_groups(rollout["rewards"], 8)
+    assert rollout["rewards"].shape == (4 * 8,)
+    assert len(informative) == 4 or drawn == 4 * 7  # all informative, or every try spent
+    assert drawn >= 4
 
 
 def test_first_minibatch_ratio_is_one_with_dropout_off() -> None:
@@ -252,3 +294,16 @@ def test_folio_rl_bad_input_is_one_line(chat_run: Path, tmp_path: Path) -> None:
         code, _, err = cli(*argv)
         assert code == 2 and message in err, (args, err)
         assert err.count("\n") == 1 and err.startswith("folio: error: ")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("dynamic_sampling", -1, "dynamic_sampling must not be negative"),
+        ("group_size", "8", "group_size must be an integer"),
+        ("max_new_tokens", 0, "max_new_tokens must be positive"),
+    ],
+)
+def test_rl_config_rejects_bad_values_in_one_line(field: str, value, words: str) -> None:
+    with pytest.raises(FolioError, match=words):
+        RLConfig(**{field: value})

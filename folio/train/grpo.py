@@ -82,6 +82,42 @@ def frozen(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+def informative_groups(rewards: torch.Tensor, group_size: int) -> list[int]:
+    """Indices of the groups (consecutive runs of group_size rewards) whose rewards differ."""
+    groups = rewards.view(-1, group_size)
+    return torch.nonzero(groups.amax(dim=1) > groups.amin(dim=1)).flatten().tolist()
+
+
+def keep_informative(
+    parts: Sequence[dict[str, torch.Tensor]], group_size: int, n_groups: int, pad_id: int
+) -> dict[str, torch.Tensor]:
+    """n_groups groups from the rollouts in `parts`: the informative ones first, in order,
+    then (if too few were found) zero-spread ones, so the batch keeps its shape.
+
+    Rollouts may differ in length: tokens are right-padded with pad_id, and masks and
+    log-probs with 0, so the padding is never scored.
+    """
+    picked: list[tuple[int, int]] = []  # (part, group)
+    for i, r in enumerate(parts):
+        picked += [(i, g) for g in informative_groups(r["rewards"], group_size)]
+    for i, r in enumerate(parts):
+        spread = set(informative_groups(r["rewards"], group_size))
+        picked += [(i, g) for g in range(len(r["rewards"]) // group_size) if g not in spread]
+    picked = picked[:n_groups]
+    width = max(r["tokens"].shape[1] for r in parts)
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in parts[0]}
+    for i, g in picked:
+        rows = slice(g * group_size, (g + 1) * group_size)
+        for k, v in parts[i].items():
+            v = v[rows]
+            if v.dim() == 2:  # tokens (T) or per-position tensors (T - 1): pad on the right
+                fill = pad_id if k == "tokens" else 0
+                extra = width - (1 if k != "tokens" else 0) - v.shape[1]
+                v = torch.nn.functional.pad(v, (0, extra), value=fill)
+            out[k].append(v)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
 class GRPOObjective:
     """GRPO on task prompts (see the module docstring), for the one `Trainer`."""
 
@@ -185,7 +221,21 @@ class GRPOObjective:
         return self.buffer.next(lambda: self._training_rollout(generator), generator)
 
     def _training_rollout(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        rollout = self._draw("train", generator)
+        rollout = self._counted(self._draw("train", generator))
+        if not self.cfg.dynamic_sampling:
+            return rollout
+        # DAPO's dynamic sampling: a group whose replies all scored the same has zero
+        # advantages and teaches nothing, so draw more prompts to take its place.
+        G, P = self.cfg.group_size, self.cfg.prompts_per_rollout
+        parts = [rollout]
+        for _ in range(self.cfg.dynamic_sampling):
+            if sum(len(informative_groups(r["rewards"], G)) for r in parts) >= P:
+                break
+            parts.append(self._counted(self._draw("train", generator)))
+        return keep_informative(parts, G, P, self.end_id)
+
+    def _counted(self, rollout: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Add a training rollout to the reward and zero-spread tallies the metrics report."""
         groups = rollout["rewards"].view(-1, self.cfg.group_size)
         zero = float((groups.amax(dim=1) == groups.amin(dim=1)).sum())
         self.rollout_sums += torch.tensor(

@@ -48,6 +48,9 @@ class RLConfig:
     each token's reward."""
     scale_by_std: bool = True
     """GRPO: divide each group's advantages by the standard deviation of its rewards."""
+    dynamic_sampling: int = 0
+    """GRPO (DAPO's dynamic sampling): up to this many extra rollouts per update to replace
+    groups whose replies all scored the same (their advantages are 0: no signal); 0: off."""
     no_end_penalty: float = 0.0
     """Subtracted from the reward of a reply that never produces the end-of-turn token."""
     gamma: float = 1.0
@@ -81,6 +84,10 @@ class RLConfig:
         for name in ("prompts_per_rollout", "minibatches", "epochs", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise FolioError(f"rl config: {name} must be positive, got {getattr(self, name)}")
+        if self.dynamic_sampling < 0:
+            raise FolioError(
+                f"rl config: dynamic_sampling must not be negative, got {self.dynamic_sampling}"
+            )
         for name in ("prompt_pool", "eval_prompts"):
             if getattr(self, name) < 1:
                 raise FolioError(f"rl config: {name} must be positive, got {getattr(self, name)}")
