@@ -58,6 +58,16 @@ def folio_env() -> dict[str, str]:
     return env
 
 
+def default_sigint() -> None:
+    """preexec_fn for a child the test will Ctrl-C: SIGINT back to its default.
+
+    A shell runs a background job (`cmd &`) with SIGINT ignored, its children inherit
+    that, and Python then never installs its KeyboardInterrupt handler: a test run that
+    way would see a Ctrl-C ignored. Resetting it lets Python install the handler.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Server:
     """`folio serve` in a subprocess on 127.0.0.1 and a free port; stopped on exit."""
 
@@ -75,6 +85,7 @@ class Server:
             text=True,
             env=folio_env(),
             cwd=ROOT,
+            preexec_fn=default_sigint,
         )
         deadline = time.monotonic() + self.timeout
         self.url = None

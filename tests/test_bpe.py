@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from serving import default_sigint
 from tokenizers import pre_tokenizers
 
 from folio.cli import main
@@ -192,7 +193,8 @@ def test_ctrl_c_stops_training_at_once(tmp_path: Path) -> None:
     )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, env=env)  # fmt: skip
+                             stderr=subprocess.PIPE, env=env,
+                             preexec_fn=default_sigint)  # fmt: skip
     try:
         assert child.stdout.readline() == b"ready\n"
         time.sleep(1.0)

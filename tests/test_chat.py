@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from serving import ROOT, TEXT, folio_env, random_gpt, save_run
+from serving import ROOT, TEXT, default_sigint, folio_env, random_gpt, save_run
 
 from folio.commands.chat import _command
 from folio.errors import FolioError
@@ -122,6 +122,7 @@ class Chat:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             env=folio_env(),
+            preexec_fn=default_sigint,
         )
         self.out = b""
         self.reader = threading.Thread(target=self._read, daemon=True)
