@@ -97,23 +97,21 @@ def keep_informative(
     Rollouts may differ in length: tokens are right-padded with pad_id, and masks and
     log-probs with 0, so the padding is never scored.
     """
-    picked: list[tuple[int, int]] = []  # (part, group)
-    for i, r in enumerate(parts):
-        picked += [(i, g) for g in informative_groups(r["rewards"], group_size)]
-    for i, r in enumerate(parts):
-        spread = set(informative_groups(r["rewards"], group_size))
-        picked += [(i, g) for g in range(len(r["rewards"]) // group_size) if g not in spread]
-    picked = picked[:n_groups]
-    width = max(r["tokens"].shape[1] for r in parts)
+    groups = [(i, g) for i, r in enumerate(parts) for g in range(len(r["rewards"]) // group_size)]
+    spread = {
+        (i, g) for i, r in enumerate(parts) for g in informative_groups(r["rewards"], group_size)
+    }
+    picked = sorted(groups, key=lambda ig: ig not in spread)[:n_groups]  # stable: in order
     out: dict[str, list[torch.Tensor]] = {k: [] for k in parts[0]}
     for i, g in picked:
         rows = slice(g * group_size, (g + 1) * group_size)
         for k, v in parts[i].items():
             v = v[rows]
-            if v.dim() == 2:  # tokens (T) or per-position tensors (T - 1): pad on the right
-                fill = pad_id if k == "tokens" else 0
-                extra = width - (1 if k != "tokens" else 0) - v.shape[1]
-                v = torch.nn.functional.pad(v, (0, extra), value=fill)
+            if v.dim() == 2:  # tokens or per-position tensors: pad on the right to the widest
+                width = max(p[k].shape[1] for p in parts)
+                v = torch.nn.functional.pad(
+                    v, (0, width - v.shape[1]), value=pad_id if k == "tokens" else 0
+                )
             out[k].append(v)
     return {k: torch.cat(v) for k, v in out.items()}
 
