@@ -298,3 +298,18 @@ def test_a_call_that_cannot_fit_is_refused_before_allocating(
         sampler.generate("First", greedy(5))
     unguarded = Sampler(model, tok, check_memory=False)  # the CLI's --force
     assert len(unguarded.generate("First", greedy(5))[0]) == 5
+
+
+def test_a_draw_is_the_token_torch_multinomial_draws_for_the_same_seed() -> None:
+    """choose_tokens writes out multinomial's CPU method: the same tokens, seed for seed."""
+    from folio.sample.sampler import choose_tokens
+
+    logits = torch.randn(3, 65, generator=torch.Generator().manual_seed(0)) * 3
+    cfg = SamplingConfig(temperature=0.7, top_k=20)
+    ours, theirs = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    probs = torch.softmax(
+        filter_logits((logits - logits.amax(-1, keepdim=True)) / 0.7, 20, None), -1
+    )
+    for _ in range(2000):
+        want = torch.multinomial(probs, 1, generator=theirs).squeeze(-1)
+        assert torch.equal(choose_tokens(logits, cfg, ours), want)
