@@ -110,6 +110,11 @@ class CPUInfo:
 
 
 @functools.cache
+def cache_dir() -> Path:
+    """Where Folio keeps what it measured or compiled once: $FOLIO_CACHE, else ~/.cache/folio."""
+    return Path(os.environ.get("FOLIO_CACHE", Path.home() / ".cache" / "folio"))
+
+
 def cpu_info() -> CPUInfo:
     """This machine's CPU, read from /proc/cpuinfo once per process."""
     name, flags, cores = "", set(), set()
@@ -271,9 +276,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
         f"{platform.node()}|{cpu.name}|{','.join(cpu.notable_flags())}|{device}|{dtype}"
         f"|{torch.__version__}|{torch.get_num_threads()}"
     )
-    cache = (
-        Path(os.environ.get("FOLIO_CACHE", Path.home() / ".cache" / "folio")) / "peak_flops.json"
-    )
+    cache = cache_dir() / "peak_flops.json"
     table: dict[str, float] = {}
     with contextlib.suppress(OSError, ValueError):
         table = json.loads(cache.read_text())

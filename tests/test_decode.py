@@ -4,6 +4,9 @@ and the sampler's decode paths, equal to the uncached reference."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +15,7 @@ from torch._dynamo.testing import CompileCounter
 from folio.bench.sample import precision_report
 from folio.errors import FolioError
 from folio.models import GPT, GPTConfig
-from folio.models.decode import StaticDecoder, supports_static_decoding
+from folio.models.decode import StaticDecoder, _Packed, supports_static_decoding
 from folio.sample import Sampler, SamplingConfig
 
 BLOCK = 16
@@ -100,6 +103,66 @@ def test_every_path_gives_the_uncached_greedy_tokens_for_300_steps(model: GPT, d
     assert len(set(cached)) > 5  # a real text, not one token repeated
 
 
+@pytest.fixture(scope="module")
+def aot_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private $FOLIO_CACHE for the ahead-of-time libraries these tests compile."""
+    path = tmp_path_factory.mktemp("folio-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FOLIO_CACHE", str(path))
+        yield path
+
+
+def test_the_aot_path_gives_the_uncached_greedy_tokens_and_is_reused(
+    model: GPT, aot_cache: Path
+) -> None:
+    """Compiled ahead of time once (seconds), then loaded from the cache by a second sampler."""
+    cfg = greedy(300)
+    plain = [
+        int(s.ids[0]) for s in Sampler(model).decode_steps([5, 6, 7], replace(cfg, use_cache=False))
+    ]
+    first = Sampler(model, decode="aot")
+    assert first.path() == "static-kv aot-compiled float32"
+    assert [int(s.ids[0]) for s in first.decode_steps([5, 6, 7], cfg)] == plain
+    assert not first.static_decoder(1).from_cache
+    libraries = list((aot_cache / "aot").iterdir())
+    assert len(libraries) == 1 and libraries[0].name.startswith("step-")  # no temporary left
+    again = Sampler(model, decode="aot")
+    assert [int(s.ids[0]) for s in again.decode_steps([5, 6, 7], cfg)] == plain
+    assert again.static_decoder(1).from_cache
+    assert list((aot_cache / "aot").iterdir()) == libraries
+
+
+def test_an_unreadable_aot_library_is_rebuilt(model: GPT, aot_cache: Path) -> None:
+    StaticDecoder(model, batch=1).compile(ahead_of_time=True)  # from the cache, if built above
+    for library in (aot_cache / "aot").glob("step-*"):
+        library.write_bytes(b"not a library")
+    again = StaticDecoder(model, batch=1)
+    again.compile(ahead_of_time=True)
+    assert not again.from_cache
+    x = torch.zeros(1, 1, dtype=torch.long)
+    with torch.no_grad():
+        again.prefill(x)
+        got = again.step(x)
+        full, _ = model(torch.zeros(1, 2, dtype=torch.long))
+    torch.testing.assert_close(got, full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_the_aot_step_reads_the_weights_it_is_given(model: GPT, aot_cache: Path) -> None:
+    """The library holds no weights: a float32 decoder follows the model trained in place."""
+    trained = tiny_gpt()
+    decoder = StaticDecoder(trained, batch=1)
+    decoder.compile(ahead_of_time=True)  # the shapes of the test above: from the cache
+    assert decoder.from_cache
+    idx = torch.randint(0, 40, (1, 6), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.mul_(1.5)  # in place, as an optimizer step would
+        full, _ = trained(idx)
+        decoder.prefill(idx[:, :5])
+        got = decoder.step(idx[:, 5:6])
+    torch.testing.assert_close(got, full[:, -1], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("decode", ["static", "compiled"])
 def test_seeded_samples_are_the_same_on_every_path(model: GPT, decode: str) -> None:
     cfg = SamplingConfig(max_new_tokens=60, seed=3, num_samples=3, top_k=20, context_keep=12)
@@ -156,6 +219,33 @@ def test_low_precision_weights_stay_close_to_float32(
     assert report["agreement"] >= agreement
     assert 0 < report["max_logit_diff"] <= max_diff  # approximate, and not by much
     assert report["logit_range"] > 5
+
+
+def test_packing_keeps_every_tensor_and_every_gap() -> None:
+    tensors = [torch.randn(3, 4), None, torch.arange(6, dtype=torch.int8).view(2, 3), torch.ones(5)]
+    packed = _Packed(tensors)
+    assert [b.dtype for b in packed.buffers] == [torch.float32, torch.int8]
+    back = packed.unpack()
+    assert back[1] is None
+    for got, want in zip(back, tensors, strict=True):
+        if want is not None:
+            assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("weights", ["bfloat16", "int8"])
+def test_a_traced_step_slices_the_packed_weights_right(model: GPT, weights: str) -> None:
+    """Traced, a low-precision step slices its weights out of the flat buffers itself;
+    it must compute what the same step computes from the per-tensor views."""
+    packed, views = StaticDecoder(model, 1, weights), StaticDecoder(model, 1, weights)
+    views._packed = None  # the traced step then reads the views, one input each
+    idx = torch.randint(0, 40, (1, 12), generator=torch.Generator().manual_seed(5))
+    out = []
+    for decoder in (packed, views):
+        decoder.compile(backend="eager")  # dynamo's trace, run without inductor (fast)
+        with torch.no_grad():
+            decoder.prefill(idx[:, :4])
+            out.append(torch.stack([decoder.step(idx[:, t : t + 1]) for t in range(4, 12)]))
+    torch.testing.assert_close(out[0], out[1], atol=0, rtol=0)
 
 
 def test_low_precision_weights_follow_a_model_trained_in_place() -> None:

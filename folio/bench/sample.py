@@ -11,7 +11,9 @@ A path is how the cached step runs (`Sampler(decode=..., weights=...)`):
 - `static`, `static-bf16`, `static-int8`: `StaticDecoder`, eager, with float32,
   bfloat16 or int8 weights;
 - `compiled`, `compiled-bf16`, `compiled-int8`: the same with its one-token step
-  compiled by `torch.compile` (the compile time is reported, not timed).
+  compiled by `torch.compile` (the compile time is reported, not timed);
+- `aot`, `aot-bf16`, `aot-int8`: the step compiled ahead of time by AOTInductor
+  (`folio.models.aot`; compiled once per shape and kept in `$FOLIO_CACHE`).
 
 Every figure is new tokens x batch / seconds for one `Sampler.generate_ids`
 run from an empty prompt (the default start token) at temperature 1, after a
@@ -57,6 +59,9 @@ PATHS = {
     "compiled": ("compiled", "float32", None),
     "compiled-bf16": ("compiled", "bfloat16", None),
     "compiled-int8": ("compiled", "int8", None),
+    "aot": ("aot", "float32", None),
+    "aot-bf16": ("aot", "bfloat16", None),
+    "aot-int8": ("aot", "int8", None),
 }
 """Path name -> (Sampler decode, weights, autocast dtype)."""
 DEFAULT_PATHS = ("uncached", "module", "static", "compiled", "compiled-bf16", "compiled-int8")
@@ -166,7 +171,7 @@ def bench_sample(
         for p, s in samplers.items():  # warm up; the first compiled step compiles
             start = time.perf_counter()
             _run(s, batch, warmup_tokens, p != "uncached")
-            if PATHS[p][0] == "compiled":
+            if PATHS[p][0] in ("compiled", "aot"):
                 compile_s[f"{p} batch {batch}"] = round(time.perf_counter() - start, 2)
         for _ in range(repeats):
             for p, s in samplers.items():

@@ -37,7 +37,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 SAMPLE_PATHS = (
     "uncached", "module", "module-bf16", "static", "static-bf16", "static-int8",
-    "compiled", "compiled-bf16", "compiled-int8",
+    "compiled", "compiled-bf16", "compiled-int8", "aot", "aot-bf16", "aot-int8",
 )  # fmt: skip
 """The decode paths `folio bench sample` measures (folio/bench/sample.py's PATHS)."""
 DEFAULT_SAMPLE_PATHS = (

@@ -47,10 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--decode",
         default="auto",
-        choices=["auto", "module", "static", "compiled"],
+        choices=["auto", "module", "static", "compiled", "aot"],
         help="how cached steps run: static (one loop over a static KV cache; auto's choice "
         "in float32), module (the model's forward with a KV cache), compiled (static, "
-        "torch.compile'd: pays seconds of compile first)",
+        "torch.compile'd: pays seconds of compile first), aot (static, compiled ahead of time "
+        "into a library cached in $FOLIO_CACHE: the fastest; 20-30 s the first time)",
     )
     parser.add_argument(
         "--weights",

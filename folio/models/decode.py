@@ -30,15 +30,23 @@ with the module tree flattened into one loop over plain tensors:
 
 The float32 form keeps references to the model's own parameters, so a model
 trained in place is decoded with its current weights; the other forms copy
-the weights when the decoder is built.
+the weights when the decoder is built, into one flat buffer per dtype. The
+compiled step of those forms slices its weights out of the flat buffers
+inside the traced function, so the compiled graph takes a handful of inputs
+instead of about a hundred: at batch 1 the per-call cost of passing,
+guarding and unwrapping each input was a fifth of a token's time. For the
+same reason the compiled step uses inductor's C++ wrapper (`cpp_wrapper`),
+which calls its kernels without a Python line per kernel.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils import _pytree as pytree
 
 from folio.models.attention import CausalSelfAttention
 from folio.models.gpt import GPT, MLP, Block
@@ -161,6 +169,43 @@ def supports_static_decoding(model: torch.nn.Module) -> bool:
     )
 
 
+def _flatten(tree: Any) -> tuple[list[torch.Tensor | None], pytree.TreeSpec]:
+    """The tensors of a nest of tuples and lists, absent ones (None) included as leaves."""
+    return pytree.tree_flatten(tree, is_leaf=lambda x: x is None)
+
+
+class _Packed:
+    """Tensors copied into one flat buffer per dtype; `unpack` slices them back out.
+
+    Traced by `torch.compile`, `unpack` is a few views of the buffers at fixed
+    offsets, so the compiled graph's inputs are the buffers, not every tensor.
+    None entries (absent biases) stay None.
+    """
+
+    def __init__(self, tensors: list[torch.Tensor | None]) -> None:
+        present = [t for t in tensors if t is not None]
+        dtypes = list(dict.fromkeys(t.dtype for t in present))
+        offsets = dict.fromkeys(dtypes, 0)
+        self.spec: list[tuple[int, int, torch.Size] | None] = []  # (buffer, offset, shape)
+        for t in tensors:
+            if t is None:
+                self.spec.append(None)
+                continue
+            self.spec.append((dtypes.index(t.dtype), offsets[t.dtype], t.shape))
+            offsets[t.dtype] += t.numel()
+        self.buffers = tuple(
+            torch.cat([t.detach().reshape(-1) for t in present if t.dtype == d]) for d in dtypes
+        )
+
+    def unpack(self, buffers: tuple[torch.Tensor, ...] | None = None) -> list[torch.Tensor | None]:
+        """The tensors as views of `buffers` (default: the packed ones)."""
+        buffers = self.buffers if buffers is None else buffers
+        return [
+            None if s is None else buffers[s[0]][s[1] : s[1] + s[2].numel()].view(s[2])
+            for s in self.spec
+        ]
+
+
 class StaticDecoder:
     """A GPT's forward over a static KV cache of block_size positions, for B sequences at once.
 
@@ -198,6 +243,13 @@ class StaticDecoder:
         ]
         self.ln_f = _norm(t.ln_f)
         self.lm_head = _pack(model.lm_head.weight, None, weights)
+        # Low-precision forms own copies of their weights: one flat buffer per dtype,
+        # with every tensor the step reads a view of it (see the module docstring).
+        self._packed: _Packed | None = None
+        leaves, self._tree = _flatten(self._weights())
+        if weights != "float32":
+            self._packed = _Packed(leaves)
+            self._set_weights(pytree.tree_unflatten(self._packed.unpack(), self._tree))
         self.act = c.activation
         L = c.block_size
         # Zeros, not empty: a masked position gets weight 0, and 0 * NaN would be NaN.
@@ -216,44 +268,92 @@ class StaticDecoder:
         self.length = 0
         self._step = self._forward
         self.compiled = False
+        self.from_cache = False
+
+    def _weights(self) -> tuple[Any, ...]:
+        return (self.wte, self.wpe, self.layers, self.ln_f, self.lm_head)
+
+    def _set_weights(self, weights: tuple[Any, ...]) -> None:
+        self.wte, self.wpe, self.layers, self.ln_f, self.lm_head = weights
 
     def _act(self, x: torch.Tensor) -> torch.Tensor:
         if self.act == "relu":
             return F.relu(x)
         return F.gelu(x, approximate="tanh" if self.act == "gelu_tanh" else "none")
 
+    def step_inputs(self) -> list[torch.Tensor]:
+        """The tensors a compiled step reads besides its token and position, in order.
+
+        The weights (the flat buffers of a low-precision form, or every tensor of
+        the float32 one, which are the model's own), then the keys and values of
+        every layer. `traced_step` takes them back in this order.
+        """
+        if self._packed is not None:
+            weights = list(self._packed.buffers)
+        else:
+            weights = [t for t in _flatten(self._weights())[0] if t is not None]
+        return [*weights, *self.k, *self.v]
+
+    def traced_step(
+        self, idx: torch.Tensor, pos: torch.Tensor, inputs: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        """The one-token step as a function of `step_inputs()`, for ahead-of-time export.
+
+        Everything the step reads comes in as an argument, so the exported
+        program's inputs are exactly (idx, pos, *inputs) and the caches among
+        them are written in place.
+        """
+        n = self.config.n_layer
+        weights, k, v = inputs[: -2 * n], list(inputs[-2 * n : -n]), list(inputs[-n:])
+        if self._packed is not None:
+            leaves = self._packed.unpack(weights)
+        else:  # the float32 form: put the absent tensors (None) back in their places
+            given = iter(weights)
+            leaves = [None if t is None else next(given) for t in _flatten(self._weights())[0]]
+        return self._forward(idx, pos, True, pytree.tree_unflatten(leaves, self._tree), (k, v))
+
     def _forward(
-        self, idx: torch.Tensor, pos: torch.Tensor, unrolled: bool = False
+        self,
+        idx: torch.Tensor,
+        pos: torch.Tensor,
+        unrolled: bool = False,
+        weights: tuple[Any, ...] | None = None,
+        caches: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """Tokens idx (B, T) at positions pos (T,) -> logits of the last position (B, V).
 
         `unrolled`: matrix products and attention as the product-and-sum forms
         that `torch.compile` fuses (only ever traced, never run eagerly).
+        `weights` and `caches` (keys, values) replace the decoder's own.
         """
         linear = _linear_unrolled if unrolled else _linear
+        if weights is None and unrolled and self._packed is not None:
+            weights = pytree.tree_unflatten(self._packed.unpack(), self._tree)  # views, traced
+        wte, wpe, layers, ln_f, lm_head = weights if weights is not None else self._weights()
+        cache_k, cache_v = caches if caches is not None else (self.k, self.v)
         B, T = idx.shape
         C, nh, hs = self.config.n_embd, self.n_head, self.head_size
-        x = F.embedding(idx, self.wte)  # (B, T) -> (B, T, C)
-        if self.wpe is not None:
-            x = x + F.embedding(pos, self.wpe)  # (B, T, C) + (T, C)
+        x = F.embedding(idx, wte)  # (B, T) -> (B, T, C)
+        if wpe is not None:
+            x = x + F.embedding(pos, wpe)  # (B, T, C) + (T, C)
         # Query t (at position pos[t]) sees the cache slots up to its own position.
         # Traced for compilation, attention reads all L slots with the rest masked,
         # so that the shapes never change; run eagerly, it reads only the `filled`
         # ones (then a lone query needs no mask at all).
         filled = self.config.block_size if unrolled else self.length + T
         mask = self.slots[None, :filled] <= pos[:, None] if unrolled or T > 1 else None  # (T, S)
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(layers):
             h = F.layer_norm(x, (C,), *layer.ln_1) if layer.ln_1 is not None else x
             qkv = linear(h, layer.c_attn)  # (B, T, C) -> (B, T, 3C)
             qkv = qkv.view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
             q, k, v = qkv[0], qkv[1], qkv[2]  # 3 x (B, nh, T, hs)
-            cache_dtype = self.k[i].dtype
-            self.k[i].index_copy_(2, pos, k.to(cache_dtype))  # (B, nh, L, hs) <- (B, nh, T, hs)
-            self.v[i].index_copy_(2, pos, v.to(cache_dtype))
+            cache_dtype = cache_k[i].dtype
+            cache_k[i].index_copy_(2, pos, k.to(cache_dtype))  # (B, nh, L, hs) <- (B, nh, T, hs)
+            cache_v[i].index_copy_(2, pos, v.to(cache_dtype))
             if unrolled:
-                y = _attend_unrolled(q, self.k[i], self.v[i], mask)
+                y = _attend_unrolled(q, cache_k[i], cache_v[i], mask)
             else:
-                k, v = self.k[i][:, :, :filled], self.v[i][:, :, :filled]  # (B, nh, S, hs)
+                k, v = cache_k[i][:, :, :filled], cache_v[i][:, :, :filled]  # (B, nh, S, hs)
                 y = F.scaled_dot_product_attention(q.to(cache_dtype), k, v, attn_mask=mask).float()
             # (B, nh, T, hs) @ (B, nh, hs, L) @ (B, nh, L, hs) -> (B, nh, T, hs)
             y = y.transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
@@ -264,9 +364,9 @@ class StaticDecoder:
                 m = linear(self._act(linear(h, layer.c_fc)), layer.mlp_proj)  # (B, T, C)
                 x = x + m if self.config.residual else m
         x = x[:, -1, :]  # (B, C): sampling needs the last position only
-        if self.ln_f is not None:
-            x = F.layer_norm(x, (C,), *self.ln_f)
-        return linear(x, self.lm_head)  # (B, C) -> (B, V)
+        if ln_f is not None:
+            x = F.layer_norm(x, (C,), *ln_f)
+        return linear(x, lm_head)  # (B, C) -> (B, V)
 
     def prefill(self, idx: torch.Tensor) -> torch.Tensor:
         """Restart the cache from the window idx (B, T), T <= block_size; logits (B, V)."""
@@ -290,8 +390,26 @@ class StaticDecoder:
         self.pos.add_(1)
         return logits
 
-    def compile(self, **options: object) -> None:
-        """Use a `torch.compile`d one-token step (prefill stays eager: its T varies)."""
+    def compile(
+        self, ahead_of_time: bool = False, aot_dir: Path | None = None, **options: object
+    ) -> None:
+        """Use a compiled one-token step (prefill stays eager: its T varies).
+
+        By default `torch.compile`, with `options` passed on; its inductor
+        options default to the C++ wrapper, which cuts the per-token cost of
+        calling the kernels. `ahead_of_time`: AOTInductor instead, a library
+        kept on disk and reused by later decoders of the same shapes
+        (`folio.models.aot`; `aot_dir` overrides where), and `self.from_cache`
+        says whether it was.
+        """
+        if ahead_of_time:
+            from folio.models.aot import compile_step
+
+            self._step, self.from_cache = compile_step(self, aot_dir)
+            self.compiled = True
+            return
+        if options.get("backend", "inductor") == "inductor":
+            options.setdefault("options", {"cpp_wrapper": True})
         step = torch.compile(self._forward, dynamic=False, **options)
         self._step = lambda idx, pos: step(idx, pos, unrolled=True)
         self.compiled = True

@@ -36,7 +36,11 @@ which compute the same function: "module", the model's own forward with a
 over a preallocated cache of block_size positions, with fewer calls and no
 per-token allocation of Python objects. "compiled" is "static" with its
 one-token step compiled by `torch.compile` (fixed shapes, compiled once per
-sampler and batch size; the first step pays the compile time). "auto", the
+sampler and batch size; the first step pays the compile time). "aot" is
+"static" with its step compiled ahead of time by AOTInductor into a library
+kept on disk (`folio.models.aot`): the fastest per token, since a call skips
+dynamo's guards and Python wrapper; the first use of a model shape, weight
+format and batch size pays 20-30 s, later ones, in any process, a few. "auto", the
 default, takes "static" where the model supports it and the sampler computes
 in float32, else "module". The static paths can also keep their weights in
 bfloat16 or int8 (`weights=`): faster where the CPU multiplies them natively,
@@ -209,7 +213,7 @@ def sampling_logprobs(
     return F.log_softmax(filter_logits(scaled, top_k, top_p), dim=-1).reshape(logits.shape)
 
 
-DECODE_PATHS = ("auto", "module", "static", "compiled")
+DECODE_PATHS = ("auto", "module", "static", "compiled", "aot")
 """How the cached step runs: see the module docstring."""
 
 
@@ -260,7 +264,7 @@ class Sampler:
 
         `decode`: the path of cached steps, one of `DECODE_PATHS` (module
         docstring). `weights`: float32, bfloat16 or int8 weights for the static
-        paths ("static", "compiled"; float32 only otherwise). The static paths
+        paths ("static", "compiled", "aot"; float32 only otherwise). The static paths
         compute in float32 (with bfloat16 or int8 weights, the activations meet
         them in bfloat16 or float32 by kernel), so they take no autocast dtype.
 
@@ -301,7 +305,7 @@ class Sampler:
         static_ok = supports_static_decoding(model)
         if decode == "auto":
             decode = "static" if static_ok and dtype is None else "module"
-        if decode in ("static", "compiled"):
+        if decode in ("static", "compiled", "aot"):
             if not static_ok:
                 raise FolioError(
                     f"decode path {decode!r} needs a GPT with causal attention in the fused form; "
@@ -313,7 +317,9 @@ class Sampler:
                     "its weights (bfloat16 or int8) instead of an autocast dtype"
                 )
         elif weights != "float32":
-            raise FolioError(f"{weights} weights need the decode path 'static' or 'compiled'")
+            raise FolioError(
+                f"{weights} weights need the decode path 'static', 'compiled' or 'aot'"
+            )
         self.decode, self.weights = decode, weights
         self._decoders: dict[int, tuple[StaticDecoder, list[int]]] = {}
 
@@ -325,7 +331,7 @@ class Sampler:
             if self.dtype is None:
                 return "module-kv float32"
             return f"module-kv autocast {str(self.dtype).removeprefix('torch.')}"
-        how = "compiled" if self.decode == "compiled" else "eager"
+        how = {"compiled": "compiled", "aot": "aot-compiled"}.get(self.decode, "eager")
         return f"static-kv {how} {self.weights}"
 
     def static_decoder(self, batch: int) -> StaticDecoder:
@@ -340,11 +346,11 @@ class Sampler:
         versions = [p._version for p in params] if self.weights != "float32" else []
         held = self._decoders.get(batch)
         if held is None or held[1] != versions:
-            if self.decode != "compiled":
+            if self.decode == "static":
                 self._decoders.clear()  # free the old cache before allocating the new one
             decoder = StaticDecoder(self.model, batch, self.weights)
-            if self.decode == "compiled":
-                decoder.compile()
+            if self.decode in ("compiled", "aot"):
+                decoder.compile(ahead_of_time=self.decode == "aot")
             self._decoders[batch] = held = (decoder, versions)
         return held[0]
 

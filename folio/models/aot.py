@@ -1,0 +1,113 @@
+"""A `StaticDecoder`'s one-token step compiled ahead of time, and kept on disk.
+
+`StaticDecoder.compile()` hands the step to `torch.compile`: it compiles in
+the process, and every call then goes through dynamo's guards and a runtime
+wrapper before the kernels run. At batch 1 on a CPU those per-call costs were
+a quarter of a token's time (benchmarks/decode_profile.py). Here the step is
+exported once (`torch.export`, every tensor it reads an explicit input, the
+KV cache among them, written in place) and compiled by AOTInductor into a
+shared library: a call is then one C++ function over the inputs, with no
+guards and no Python between kernels.
+
+The library depends only on the step's code and the inputs' shapes and
+dtypes, never on weight values (the weights are inputs), so it is kept in a
+cache directory (`$FOLIO_CACHE/aot`, default `~/.cache/folio/aot`) under a
+hash of the exported program, the torch version and the CPU's instruction
+sets. The first decoder of a model shape, weight format and batch size pays
+the compile (20-30 s for the video model on 2 cores); later ones, in any
+process, load it in well under a second. A library is written under a
+temporary name and renamed into place, so a crash never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from folio.runtime import cache_dir, cpu_info
+
+if TYPE_CHECKING:
+    from folio.models.decode import StaticDecoder
+
+Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class _Exported(torch.nn.Module):
+    """The decoder's step as a module whose inputs are every tensor it reads."""
+
+    def __init__(self, decoder: StaticDecoder) -> None:
+        super().__init__()
+        self.decoder = [decoder]  # in a list: not a submodule, nothing to register
+
+    def forward(self, idx: torch.Tensor, pos: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.decoder[0].traced_step(idx, pos, inputs)
+
+
+def library_key(program: torch.export.ExportedProgram, inputs: list[torch.Tensor]) -> str:
+    """What the compiled library depends on: the program's code, input layouts, torch, the CPU."""
+    cpu = cpu_info()
+    parts = [
+        torch.__version__,
+        cpu.name,
+        ",".join(sorted(cpu.flags)),
+        program.graph_module.code,
+        *(f"{tuple(t.shape)}|{tuple(t.stride())}|{t.dtype}|{t.device}" for t in inputs),
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def compile_step(decoder: StaticDecoder, directory: Path | None = None) -> tuple[Step, bool]:
+    """The decoder's step as an AOTInductor library, and whether it came from the cache.
+
+    The returned step takes the decoder's fixed (B, 1) token and (1,) position
+    tensors and passes them, with `decoder.step_inputs()`, to the library.
+    """
+    with warnings.catch_warnings():
+        # torch's export and packaging warn about their own internals (deprecated
+        # torch.jit and pytree names): nothing a user can act on.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _compile_step(decoder, directory)
+
+
+def _compile_step(decoder: StaticDecoder, directory: Path | None) -> tuple[Step, bool]:
+    inputs = decoder.step_inputs()
+    args = (decoder.token, decoder.pos, *inputs)
+    with torch.no_grad():
+        program = torch.export.export(_Exported(decoder), args, strict=False)
+    directory = cache_dir() / "aot" if directory is None else directory
+    path = directory / f"step-{library_key(program, [*args])}.pt2"
+    cached = path.exists()
+    runner = None
+    if cached:
+        try:
+            runner = torch._inductor.aoti_load_package(str(path))
+        except Exception:  # a library that cannot be read (disk trouble, another torch): rebuild
+            cached = False
+    if runner is None:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # still ends in .pt2
+        try:
+            torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        runner = torch._inductor.aoti_load_package(str(path))
+    # The package's __call__ parses its input and output specs (JSON) and flattens
+    # the arguments on every call, about 70 us at batch 1; the loader underneath
+    # takes the flat list of tensors (and consumes it: a fresh list each call).
+    loader = getattr(runner, "loader", None)
+    run = getattr(loader, "boxed_run", None)
+
+    def step(idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        if run is None:
+            return runner(idx, pos, *inputs)
+        return run([idx, pos, *inputs])[0]
+
+    return step, cached
