@@ -109,12 +109,12 @@ class CPUInfo:
         return sorted(f for f in self.flags if f.startswith(keep))
 
 
-@functools.cache
 def cache_dir() -> Path:
     """Where Folio keeps what it measured or compiled once: $FOLIO_CACHE, else ~/.cache/folio."""
     return Path(os.environ.get("FOLIO_CACHE", Path.home() / ".cache" / "folio"))
 
 
+@functools.cache
 def cpu_info() -> CPUInfo:
     """This machine's CPU, read from /proc/cpuinfo once per process."""
     name, flags, cores = "", set(), set()
