@@ -179,6 +179,34 @@ def test_fast_and_plain_dropout_models_agree_in_eval_and_without_dropout() -> No
     assert torch.equal(fast(x)[0], plain(x)[0])
 
 
+def test_without_dropout_bf16_training_takes_the_chunked_attention_and_matches_sdpa() -> None:
+    """In bf16 on a CPU, PyTorch's fused attention is slow at small shapes, so training
+    without dropout takes the chunked one too: the same loss and gradients, to bf16."""
+    x = torch.randint(11, (3, 16), generator=torch.Generator().manual_seed(0))
+    fast, plain = _gpt(True, 0.0).train(), _gpt(False, 0.0).train()
+    calls = []
+    attn = fast.transformer.h[0].attn
+    assert attn._chunked_on_cpu(torch.zeros(1, 1, 3, dtype=torch.bfloat16))
+    assert not attn._chunked_on_cpu(torch.zeros(1, 1, 3))  # fp32: PyTorch's kernel is faster
+    from folio.models import attention as attention_module
+
+    real = attention_module.attention_with_dropout
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            attention_module, "attention_with_dropout", lambda *a: calls.append(1) or real(*a)
+        )
+        losses, grads = [], []
+        for model in (fast, plain):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                _, loss = model(x, x)
+            loss.backward()
+            losses.append(float(loss))
+            grads.append(model.transformer.wte.weight.grad.float())
+    assert len(calls) == len(fast.transformer.h)  # every layer of the fast model, none of the plain
+    assert losses[0] == pytest.approx(losses[1], abs=2e-2)
+    torch.testing.assert_close(grads[0], grads[1], atol=2e-2, rtol=5e-2)
+
+
 def test_a_model_with_fast_dropout_learns_a_batch() -> None:
     model = _gpt(True, 0.1).train()
     g = torch.Generator().manual_seed(0)

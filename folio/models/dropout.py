@@ -167,19 +167,24 @@ class _AttentionDropout(torch.autograd.Function):
                 )
             y = qkv.new_empty(B, T, nh, hs)
             saved: list[torch.Tensor] = []
+            masked = drop_threshold(p) > 0
             bounds = _chunk_bounds(T, causal)
             for start, end in zip(bounds, bounds[1:], strict=False):
                 seen = end if causal else T  # chunk j's queries see keys [0, seen)
                 # (B, nh, c, hs) @ (B, nh, hs, seen) -> (B, nh, c, seen), the future at -inf
                 att = torch.matmul(q[:, :, start:end], k[:, :, :seen].transpose(-2, -1))
                 att = torch.softmax(att.add_(future[start:end, :seen]), dim=-1)
-                m = keep_multiplier(att.shape, p, att.dtype, att.device, scaled=False)  # 0 or 1
-                dropped = att * m
+                if masked:
+                    m = keep_multiplier(att.shape, p, att.dtype, att.device, scaled=False)  # 0/1
+                    dropped = att * m
+                else:  # p = 0: no mask to draw or apply (saved as att, never read)
+                    m = dropped = att
                 # (B, nh, c, seen) @ (B, nh, seen, hs) -> (B, nh, c, hs), stored as (B, c, nh, hs)
                 y[:, start:end] = torch.matmul(dropped, v_kept[:, :, :seen]).transpose(1, 2)
                 saved += [att, m, dropped]
         ctx.save_for_backward(q, k, v, *saved)
         ctx.bounds, ctx.causal, ctx.scales = bounds, causal, (hs**-0.5, keep_scale(p))
+        ctx.masked = masked
         return y.view(B, T, nh * hs)  # (B, T, nh, hs) -> (B, T, C)
 
     @staticmethod
@@ -199,7 +204,9 @@ class _AttentionDropout(torch.autograd.Function):
                 # (B, nh, seen, c) @ (B, nh, c, hs) -> (B, nh, seen, hs)
                 dv[:, :, :seen] += torch.matmul(dropped.transpose(-2, -1), dyc)
                 # (B, nh, c, hs) @ (B, nh, hs, seen) -> (B, nh, c, seen), through the mask
-                d_att = torch.matmul(dyc, v[:, :, :seen].transpose(-2, -1)).mul_(m)
+                d_att = torch.matmul(dyc, v[:, :, :seen].transpose(-2, -1))
+                if ctx.masked:
+                    d_att.mul_(m)
                 # softmax's backward: d_scores = att * (d_att - sum(d_att * att))
                 d_scores = torch._softmax_backward_data(d_att, att, -1, att.dtype)
                 dq[:, :, start:end] = torch.matmul(d_scores, k[:, :, :seen])
