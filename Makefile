@@ -9,9 +9,17 @@ FOLIO  := $(VENV)/bin/folio
 # while an unpinned torch pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install browser demo test lint bench bench-serve chaos clean
+.PHONY: install browser compiler demo test lint bench bench-serve chaos clean
 
-install: $(VENV)/.installed browser
+install: $(VENV)/.installed browser compiler
+
+# torch.compile and the ahead-of-time decode step (folio/models/aot.py) build C++
+# with the system's g++: installed only when missing, and only as root (CI).
+compiler:
+	@if command -v g++ >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++; \
+	else echo "note: g++ is missing; install it (as root: apt-get install g++) or the compiled decode paths fail"; fi
 
 # The playground's browser test drives Debian's chromium through chromium-driver
 # (nothing downloads a browser at run time). Installed only when missing, and
