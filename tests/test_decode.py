@@ -266,3 +266,17 @@ def test_the_bench_flags_name_every_decode_path() -> None:
     from folio.commands.bench import DEFAULT_SAMPLE_PATHS, SAMPLE_PATHS
 
     assert tuple(PATHS) == SAMPLE_PATHS and DEFAULT_PATHS == DEFAULT_SAMPLE_PATHS
+
+
+def test_an_int8_prefill_of_many_rows_matches_the_int8_kernel() -> None:
+    """From _DEQUANTIZE_ROWS rows up, int8 weights are converted to bf16 for the call:
+    the same product as the int8 kernel's, to bf16 rounding."""
+    from folio.models import decode
+
+    torch.manual_seed(0)
+    x = torch.randn(2, decode._DEQUANTIZE_ROWS, 32)
+    lin = decode._pack(torch.randn(48, 32) * 0.2, torch.randn(48), "int8")
+    wide = decode._linear(x, lin)  # (2, 16, 48): 32 rows, the converted path
+    rows = torch.cat([decode._linear(x[b, t : t + 1], lin) for b in range(2) for t in range(16)])
+    assert wide.shape == (2, decode._DEQUANTIZE_ROWS, 48)
+    torch.testing.assert_close(wide.reshape(-1, 48), rows, atol=3e-2, rtol=2e-2)
