@@ -280,3 +280,17 @@ def test_an_int8_prefill_of_many_rows_matches_the_int8_kernel() -> None:
     rows = torch.cat([decode._linear(x[b, t : t + 1], lin) for b in range(2) for t in range(16)])
     assert wide.shape == (2, decode._DEQUANTIZE_ROWS, 48)
     torch.testing.assert_close(wide.reshape(-1, 48), rows, atol=3e-2, rtol=2e-2)
+
+
+def test_an_aot_compile_that_fails_is_one_folio_error(
+    model: GPT, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No C++ compiler, a full disk: one line naming the way out, and no temporary left."""
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("C++ compile error: g++ not found\nmore detail")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fail)
+    with pytest.raises(FolioError, match=r"ahead of time \(C\+\+ compile error: g\+\+ not found\)"):
+        StaticDecoder(model, batch=1).compile(ahead_of_time=True, aot_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from folio.errors import FolioError
 from folio.runtime import cache_dir, cpu_info
 
 if TYPE_CHECKING:
@@ -96,6 +97,12 @@ def _compile_step(decoder: StaticDecoder, directory: Path | None) -> tuple[Step,
         try:
             torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
             os.replace(tmp, path)
+        except (OSError, RuntimeError) as e:  # no C++ compiler, a full disk, ...
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FolioError(
+                f"cannot compile the decode step ahead of time ({why[:200]}); "
+                "use the decode path 'static'"
+            ) from None
         finally:
             tmp.unlink(missing_ok=True)
         runner = torch._inductor.aoti_load_package(str(path))
