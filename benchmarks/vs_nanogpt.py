@@ -287,7 +287,15 @@ def nanogpt_sample(copy: Path, plan: Plan) -> dict[str, Any]:
 def folio_sample(plan: Plan, quick: bool) -> dict[str, Any]:
     """`folio bench sample` at batch 1: the default (exact, float32) path and the fastest path;
     for a lower-precision path, its greedy agreement with float32 and max logit difference."""
-    paths = ["static", "compiled", "compiled-bf16", "compiled-int8", "aot-bf16", "aot-int8"]
+    paths = [
+        "static",
+        "compiled",
+        "compiled-bf16",
+        "compiled-int8",
+        "aot-bf16",
+        "aot-int8",
+        "aot-w8a8",
+    ]
     cmd = [
         sys.executable, "-m", "folio", "bench", "sample", "--preset", plan.shape.preset,
         "--batch-sizes", "1", "--new-tokens", str(plan.new_tokens), "--paths", *paths,

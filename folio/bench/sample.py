@@ -8,12 +8,13 @@ A path is how the cached step runs (`Sampler(decode=..., weights=...)`):
 
 - `uncached`: the video's loop, the whole window re-run for every token;
 - `module`: the model's forward with a `KVCache` (`module-bf16`: under bf16 autocast);
-- `static`, `static-bf16`, `static-int8`: `StaticDecoder`, eager, with float32,
-  bfloat16 or int8 weights;
-- `compiled`, `compiled-bf16`, `compiled-int8`: the same with its one-token step
-  compiled by `torch.compile` (the compile time is reported, not timed);
-- `aot`, `aot-bf16`, `aot-int8`: the step compiled ahead of time by AOTInductor
-  (`folio.models.aot`; compiled once per shape and kept in `$FOLIO_CACHE`).
+- `static`, `static-bf16`, `static-int8`, `static-w8a8`: `StaticDecoder`, eager,
+  with float32, bfloat16 or int8 weights, or int8 weights and activations
+  (`folio.models.w8a8`);
+- `compiled`, `compiled-bf16`, `compiled-int8`, `compiled-w8a8`: the same with its
+  one-token step compiled by `torch.compile` (the compile time is reported, not timed);
+- `aot`, `aot-bf16`, `aot-int8`, `aot-w8a8`: the step compiled ahead of time by
+  AOTInductor (`folio.models.aot`; compiled once per shape and kept in `$FOLIO_CACHE`).
 
 Every figure is new tokens x batch / seconds for one `Sampler.generate_ids`
 run from an empty prompt (the default start token) at temperature 1, after a
@@ -23,7 +24,7 @@ noisy neighbour slows every path alike rather than one. Uncached runs re-run
 the whole window for every token, so their cost grows with the context; they
 generate `--uncached-tokens` new tokens to keep the run short.
 
-For each path with bfloat16 or int8 weights, the float32 static path's greedy
+For each path with bfloat16, int8 or w8a8 weights, the float32 static path's greedy
 tokens over `--agreement-steps` steps (crossing block_size, so the window
 slides as in sampling) are fed back to both paths, and the table reports how
 often the two pick the same greedy token and the largest difference of any
@@ -56,12 +57,15 @@ PATHS = {
     "static": ("static", "float32", None),
     "static-bf16": ("static", "bfloat16", None),
     "static-int8": ("static", "int8", None),
+    "static-w8a8": ("static", "w8a8", None),
     "compiled": ("compiled", "float32", None),
     "compiled-bf16": ("compiled", "bfloat16", None),
     "compiled-int8": ("compiled", "int8", None),
+    "compiled-w8a8": ("compiled", "w8a8", None),
     "aot": ("aot", "float32", None),
     "aot-bf16": ("aot", "bfloat16", None),
     "aot-int8": ("aot", "int8", None),
+    "aot-w8a8": ("aot", "w8a8", None),
 }
 """Path name -> (Sampler decode, weights, autocast dtype)."""
 DEFAULT_PATHS = ("uncached", "module", "static", "compiled", "compiled-bf16", "compiled-int8")

@@ -37,7 +37,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 SAMPLE_PATHS = (
     "uncached", "module", "module-bf16", "static", "static-bf16", "static-int8",
-    "compiled", "compiled-bf16", "compiled-int8", "aot", "aot-bf16", "aot-int8",
+    "static-w8a8", "compiled", "compiled-bf16", "compiled-int8", "compiled-w8a8", "aot",
+    "aot-bf16", "aot-int8", "aot-w8a8",
 )  # fmt: skip
 """The decode paths `folio bench sample` measures (folio/bench/sample.py's PATHS)."""
 DEFAULT_SAMPLE_PATHS = (
@@ -69,7 +70,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
         "--agreement-steps",
         type=int,
         default=300,
-        help="greedy steps compared against float32 for bfloat16 and int8 paths",
+        help="greedy steps compared against float32 for the bfloat16, int8 and w8a8 paths",
     )
     p.add_argument("--repeats", type=int, default=2, help="rounds of timed runs, best kept")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

@@ -56,9 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights",
         default="float32",
-        choices=["float32", "bfloat16", "int8"],
+        choices=["float32", "bfloat16", "int8", "w8a8"],
         help="weights of the static and compiled paths: bfloat16 and int8 are faster where "
-        "the CPU supports them, and approximate",
+        "the CPU supports them, and approximate; w8a8 (int8 weights and activations, built "
+        "at first use) is the fastest where the CPU has AVX512-VNNI",
     )
     precision_arguments(parser)
 

@@ -23,7 +23,9 @@ with the module tree flattened into one loop over plain tensors:
 - the weights can be kept as they are (float32), in bfloat16 (on CPUs with
   AVX512-BF16 or AMX the matrix-vector products read half the bytes), or as
   int8 with one float scale per output row (weight-only quantization: the
-  activations stay in floating point; `torch.ops.aten._weight_int8pack_mm`).
+  activations stay in floating point; `torch.ops.aten._weight_int8pack_mm`),
+  or int8 with the activations quantized to int8 too at each product (w8a8:
+  `folio.models.w8a8`, whose kernel multiplies bytes with AVX512-VNNI).
   Only the float32 form computes the same function as the module path, up to
   float rounding; the others are approximations whose distance from it
   `folio bench sample` reports.
@@ -48,10 +50,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils import _pytree as pytree
 
+from folio.models import w8a8
 from folio.models.attention import CausalSelfAttention
 from folio.models.gpt import GPT, MLP, Block
 
-WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
+WEIGHT_FORMATS = ("float32", "bfloat16", "int8", "w8a8")
 
 
 class _Linear(NamedTuple):
@@ -63,6 +66,8 @@ class _Linear(NamedTuple):
     """(out,) float32, or None."""
     scale: torch.Tensor | None
     """(out,) the int8 rows' scales; None for float weights."""
+    wsum: torch.Tensor | None = None
+    """w8a8 only: each int8 row's sum, and `weight` in the kernel's blocks (`folio.models.w8a8`)."""
 
 
 def _pack(weight: torch.Tensor, bias: torch.Tensor | None, fmt: str) -> _Linear:
@@ -73,6 +78,9 @@ def _pack(weight: torch.Tensor, bias: torch.Tensor | None, fmt: str) -> _Linear:
     b = bias.detach().float().clone() if bias is not None else None
     if fmt == "bfloat16":
         return _Linear(w.to(torch.bfloat16).contiguous(), b, None)
+    if fmt == "w8a8":
+        blocks, wsum, scale = w8a8.quantize_weight(w)
+        return _Linear(blocks, b, scale, wsum)
     # Symmetric int8 per output row: w ~= q * scale, q in [-127, 127].
     scale = (w.float().abs().amax(dim=1) / 127.0).clamp_min(1e-12)  # (out,)
     q = torch.round(w.float() / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
@@ -86,6 +94,9 @@ int8 matrix-vector kernel (37 us for one row, 1,150 us for 128, against a consta
 
 def _linear(x: torch.Tensor, lin: _Linear) -> torch.Tensor:
     """(..., in) float32 -> (..., out) float32, whatever the weight format."""
+    if lin.wsum is not None:  # w8a8: int8 activations too, the same kernel for any rows
+        y = w8a8.linear(x, lin.weight, lin.wsum, lin.scale)
+        return y + lin.bias if lin.bias is not None else y
     if lin.scale is not None:
         # (N, in) bf16 activations: the kernel's fast form (with float32 ones it is
         # several times slower on CPU), and the scales in the same dtype.
@@ -232,6 +243,8 @@ class StaticDecoder:
             raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
         if not supports_static_decoding(model):
             raise ValueError("static decoding needs a GPT with causal attention in the fused form")
+        if weights == "w8a8":
+            w8a8.load()  # the kernel, built at first use (a FolioError if it cannot be)
         c = model.config
         self.config, self.weights, self.batch = c, weights, batch
         self.n_head, self.head_size = c.n_head, c.n_embd // c.n_head
