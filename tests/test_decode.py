@@ -163,11 +163,22 @@ def test_the_aot_step_reads_the_weights_it_is_given(model: GPT, aot_cache: Path)
     torch.testing.assert_close(got, full[:, -1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("top_k", [20, None], ids=["top-k, chosen by the sampler", "in the step"])
 @pytest.mark.parametrize("decode", ["static", "compiled"])
-def test_seeded_samples_are_the_same_on_every_path(model: GPT, decode: str) -> None:
-    cfg = SamplingConfig(max_new_tokens=60, seed=3, num_samples=3, top_k=20, context_keep=12)
+def test_seeded_samples_are_the_same_on_every_path(
+    model: GPT, decode: str, top_k: int | None
+) -> None:
+    cfg = SamplingConfig(max_new_tokens=60, seed=3, num_samples=3, top_k=top_k, context_keep=12)
     module = torch.stack(list(Sampler(model, decode="module").generate_ids([1], cfg)))
     fast = torch.stack(list(Sampler(model, decode=decode).generate_ids([1], cfg)))
+    assert torch.equal(module, fast)
+
+
+def test_a_seeded_sample_is_the_same_on_the_aot_path(model: GPT, aot_cache: Path) -> None:
+    """The AOT step draws its own token (temperature 0.8, 3 samples, across slides)."""
+    cfg = SamplingConfig(max_new_tokens=60, seed=4, num_samples=3, temperature=0.8)
+    module = torch.stack(list(Sampler(model, decode="module").generate_ids([1], cfg)))
+    fast = torch.stack(list(Sampler(model, decode="aot").generate_ids([1], cfg)))
     assert torch.equal(module, fast)
 
 

@@ -313,3 +313,33 @@ def test_a_draw_is_the_token_torch_multinomial_draws_for_the_same_seed() -> None
     for _ in range(2000):
         want = torch.multinomial(probs, 1, generator=theirs).squeeze(-1)
         assert torch.equal(choose_tokens(logits, cfg, ours), want)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7, 1.3])
+def test_the_decode_step_draws_what_choose_tokens_draws(temperature: float) -> None:
+    """The static decoder chooses inside its step (`decode.choose`): for the same logits and
+    the same variates it must pick choose_tokens' token, greedy and sampled."""
+    from folio.models.decode import choose
+    from folio.sample.sampler import choose_tokens
+
+    g = torch.Generator().manual_seed(1)
+    cfg = SamplingConfig(temperature=temperature)
+    t = torch.tensor([temperature])
+    for _ in range(200):
+        logits = torch.randn(4, 65, generator=g) * 3
+        noise = torch.empty(4, 65).exponential_(1.0, generator=g)
+        assert torch.equal(choose(logits, noise, t), choose_tokens(logits, cfg, g, noise))
+
+
+def test_a_noise_stream_gives_the_variates_of_one_draw_per_step() -> None:
+    """Drawn 64 steps at a time, the same numbers as a (B, V) draw per step: same seed, same text."""
+    from folio.sample.sampler import NoiseStream
+
+    stream = NoiseStream(torch.Generator().manual_seed(9), (2, 65), torch.device("cpu"))
+    steps = torch.Generator().manual_seed(9)
+    assert stream.chunk == 64
+    for _ in range(150):  # across refills
+        want = torch.empty(2, 65).exponential_(1.0, generator=steps)
+        assert torch.equal(stream.next(), want)
+    big = NoiseStream(torch.Generator(), (4, 50257), torch.device("cpu"))
+    assert big.chunk == 1 and big.next().shape == (4, 50257)

@@ -36,7 +36,10 @@ from folio.runtime import cache_dir, cpu_info
 if TYPE_CHECKING:
     from folio.models.decode import StaticDecoder
 
-Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Step = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+]
 
 
 class _Exported(torch.nn.Module):
@@ -46,8 +49,11 @@ class _Exported(torch.nn.Module):
         super().__init__()
         self.decoder = [decoder]  # in a list: not a submodule, nothing to register
 
-    def forward(self, idx: torch.Tensor, pos: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.decoder[0].traced_step(idx, pos, inputs)
+    def forward(
+        self, idx: torch.Tensor, pos: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+        *inputs: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        return self.decoder[0].traced_step(idx, pos, noise, t, inputs)
 
 
 def library_key(program: torch.export.ExportedProgram, inputs: list[torch.Tensor]) -> str:
@@ -67,7 +73,8 @@ def compile_step(decoder: StaticDecoder, directory: Path | None = None) -> tuple
     """The decoder's step as an AOTInductor library, and whether it came from the cache.
 
     The returned step takes the decoder's fixed (B, 1) token and (1,) position
-    tensors and passes them, with `decoder.step_inputs()`, to the library.
+    tensors, the draw's (B, V) noise and (1,) temperature (`StaticDecoder.advance`),
+    and passes them, with `decoder.step_inputs()`, to the library.
     """
     with warnings.catch_warnings():
         # torch's export and packaging warn about their own internals (deprecated
@@ -79,7 +86,7 @@ def compile_step(decoder: StaticDecoder, directory: Path | None = None) -> tuple
 
 def _compile_step(decoder: StaticDecoder, directory: Path | None) -> tuple[Step, bool]:
     inputs = decoder.step_inputs()
-    args = (decoder.token, decoder.pos, *inputs)
+    args = (decoder.token, decoder.pos, decoder.ones, decoder.zero, *inputs)
     with torch.no_grad():
         program = torch.export.export(_Exported(decoder), args, strict=False)
     directory = cache_dir() / "aot" if directory is None else directory
@@ -112,9 +119,11 @@ def _compile_step(decoder: StaticDecoder, directory: Path | None) -> tuple[Step,
     loader = getattr(runner, "loader", None)
     run = getattr(loader, "boxed_run", None)
 
-    def step(idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def step(
+        idx: torch.Tensor, pos: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if run is None:
-            return runner(idx, pos, *inputs)
-        return run([idx, pos, *inputs])[0]
+            return tuple(runner(idx, pos, noise, t, *inputs))
+        return tuple(run([idx, pos, noise, t, *inputs]))
 
     return step, cached

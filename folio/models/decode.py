@@ -149,6 +149,22 @@ def _attend_unrolled(
     return (p[..., None] * v[:, :, None]).sum(-2)  # (B, nh, T, L, hs) -> (B, nh, T, hs)
 
 
+def choose(logits: torch.Tensor, noise: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """The next token of each row of (B, V) logits: argmax where temperature (1,) is 0, else a draw.
+
+    The draw is argmax(softmax((logits - max) / T) / noise) with noise (B, V) of
+    Exp(1) variates: token v wins with probability softmax(...)[v], as
+    `torch.multinomial` draws on a CPU. The sampler's `choose_tokens` makes the
+    same draw (there with top-k and top-p too); here it runs inside the decode
+    step, so a compiled step returns its token with no Python in between.
+    """
+    greedy = logits.argmax(dim=-1)  # (B,)
+    divisor = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
+    scaled = (logits - logits.amax(dim=-1, keepdim=True)) / divisor  # (B, V)
+    drawn = (F.softmax(scaled, dim=-1) / noise).argmax(dim=-1)  # (B,)
+    return torch.where(temperature > 0, drawn, greedy)
+
+
 class _Layer(NamedTuple):
     """One block's tensors, in the order the step uses them."""
 
@@ -289,8 +305,11 @@ class StaticDecoder:
         self.slots = torch.arange(L, device=device)  # (L,) the cache positions
         self.pos = torch.zeros(1, dtype=torch.long, device=device)  # the next position, as data
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)  # the step's input
+        # A greedy step's stand-ins for the draw's noise and temperature (see `advance`).
+        self.ones = torch.ones(batch, c.vocab_size, device=device)
+        self.zero = torch.zeros(1, device=device)
         self.length = 0
-        self._step = self._forward
+        self._step = self._advance
         self.compiled = False
         self.from_cache = False
 
@@ -319,13 +338,18 @@ class StaticDecoder:
         return [*weights, *self.k, *self.v]
 
     def traced_step(
-        self, idx: torch.Tensor, pos: torch.Tensor, inputs: tuple[torch.Tensor, ...]
-    ) -> torch.Tensor:
-        """The one-token step as a function of `step_inputs()`, for ahead-of-time export.
+        self,
+        idx: torch.Tensor,
+        pos: torch.Tensor,
+        noise: torch.Tensor,
+        temperature: torch.Tensor,
+        inputs: tuple[torch.Tensor, ...],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`advance` as a function of `step_inputs()`, for ahead-of-time export.
 
         Everything the step reads comes in as an argument, so the exported
-        program's inputs are exactly (idx, pos, *inputs) and the caches among
-        them are written in place.
+        program's inputs are exactly (idx, pos, noise, temperature, *inputs), and
+        idx, pos and the caches among them are written in place.
         """
         n = self.config.n_layer
         weights, k, v = inputs[: -2 * n], list(inputs[-2 * n : -n]), list(inputs[-n:])
@@ -334,7 +358,27 @@ class StaticDecoder:
         else:  # the float32 form: put the absent tensors (None) back in their places
             given = iter(weights)
             leaves = [None if t is None else next(given) for t in _flatten(self._weights())[0]]
-        return self._forward(idx, pos, True, pytree.tree_unflatten(leaves, self._tree), (k, v))
+        weights = pytree.tree_unflatten(leaves, self._tree)
+        return self._advance(idx, pos, noise, temperature, True, weights, (k, v))
+
+    def _advance(
+        self,
+        idx: torch.Tensor,
+        pos: torch.Tensor,
+        noise: torch.Tensor,
+        temperature: torch.Tensor,
+        unrolled: bool = False,
+        weights: tuple[Any, ...] | None = None,
+        caches: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step: token idx (B, 1) at position pos (1,) -> logits (B, V), the next
+        tokens (B,) (`choose`), and whether every logit is finite (a 0-dim bool).
+        The next tokens are written into idx and pos is advanced, in place."""
+        logits = self._forward(idx, pos, unrolled, weights, caches)  # (B, V)
+        chosen = choose(logits, noise, temperature)  # (B,)
+        idx.copy_(chosen[:, None])
+        pos.add_(1)
+        return logits, chosen, torch.isfinite(logits).all()
 
     def _forward(
         self,
@@ -406,13 +450,26 @@ class StaticDecoder:
 
     def step(self, idx: torch.Tensor) -> torch.Tensor:
         """Append one token per sequence, idx (B, 1), and return the next logits (B, V)."""
+        self.token.copy_(idx)  # one fixed (B, 1) input, whatever idx's strides
+        return self.advance()[0]
+
+    def advance(
+        self, noise: torch.Tensor | None = None, temperature: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Append `token` (B, 1), then choose the next token of each sequence in the same call.
+
+        `noise` (B, V) Exp(1) variates and `temperature` (1,) make the draw of
+        `choose`; None for either: greedy. Returns the logits (B, V), the chosen
+        tokens (B,), left in `token` for the next call, and whether every logit
+        was finite (a 0-dim bool tensor). Set `token` after a prefill.
+        """
         if self.length >= self.config.block_size:
             raise ValueError(f"the cache holds {self.config.block_size} positions and is full")
-        self.token.copy_(idx)  # one fixed (B, 1) input, whatever idx's strides
-        logits = self._step(self.token, self.pos)
+        if noise is None or temperature is None:
+            noise, temperature = self.ones, self.zero
+        out = self._step(self.token, self.pos, noise, temperature)
         self.length += 1
-        self.pos.add_(1)
-        return logits
+        return out
 
     def compile(
         self, ahead_of_time: bool = False, aot_dir: Path | None = None, **options: object
@@ -434,6 +491,6 @@ class StaticDecoder:
             return
         if options.get("backend", "inductor") == "inductor":
             options.setdefault("options", {"cpp_wrapper": True})
-        step = torch.compile(self._forward, dynamic=False, **options)
-        self._step = lambda idx, pos: step(idx, pos, unrolled=True)
+        step = torch.compile(self._advance, dynamic=False, **options)
+        self._step = lambda idx, pos, noise, t: step(idx, pos, noise, t, unrolled=True)
         self.compiled = True

@@ -50,7 +50,11 @@ The slide policy above is the same on every path.
 Decoding follows the usual order: temperature, then top-k, then top-p (the
 nucleus of Holtzman et al., 2019, "The Curious Case of Neural Text
 Degeneration"), then one multinomial draw from a private `torch.Generator`, so
-a seed reproduces a sample and never touches the global RNG.
+a seed reproduces a sample and never touches the global RNG. On the static
+paths the step itself makes the draw when there is no top-k or top-p
+(`StaticDecoder.advance`: a compiled step returns its token with no Python
+between the logits and the choice), from the same variates (`NoiseStream`),
+so every path picks the same tokens for a seed.
 """
 
 from __future__ import annotations
@@ -179,9 +183,16 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
 
 
 def choose_tokens(
-    logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator
+    logits: torch.Tensor,
+    cfg: SamplingConfig,
+    generator: torch.Generator,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Pick one token per row of (B, V) float32 logits: argmax at temperature 0, else a draw."""
+    """Pick one token per row of (B, V) float32 logits: argmax at temperature 0, else a draw.
+
+    `noise`: the draw's (B, V) Exp(1) variates, when the caller drew them
+    already (`NoiseStream`); None draws them from `generator`.
+    """
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)  # (B,)
     # Subtracting the max first keeps a tiny temperature from overflowing to inf.
@@ -191,8 +202,37 @@ def choose_tokens(
     # exponential variates from the generator, so the same tokens for a seed):
     # argmax of probs / E with E ~ Exp(1) picks v with probability probs[v]. Written
     # out, it skips multinomial's input checks, over half its time at batch 1.
-    noise = torch.empty_like(probs).exponential_(1.0, generator=generator)  # (B, V)
+    if noise is None:
+        noise = torch.empty_like(probs).exponential_(1.0, generator=generator)  # (B, V)
     return (probs / noise).argmax(dim=-1)  # (B,)
+
+
+class NoiseStream:
+    """The Exp(1) variates of successive draws, (B, V) per step, drawn many steps at a time.
+
+    On a CPU, torch's generator fills a tensor in order, so one (S, B, V) draw
+    holds the same numbers as S draws of (B, V): a seed gives the same tokens,
+    for a fraction of the calls. Elsewhere (CUDA's generator draws in blocks)
+    it draws one step at a time. Buffers stay under about 1 MB.
+    """
+
+    def __init__(
+        self, generator: torch.Generator, shape: tuple[int, int], device: torch.device
+    ) -> None:
+        self.generator, self.shape, self.device = generator, shape, device
+        per_step = shape[0] * shape[1]
+        self.chunk = max(1, min(64, 262_144 // per_step)) if device.type == "cpu" else 1
+        self.buffer = torch.empty(0, *shape, device=device)
+        self.used = 0
+
+    def next(self) -> torch.Tensor:
+        """The next step's (B, V) variates."""
+        if self.used == len(self.buffer):
+            self.buffer = torch.empty(self.chunk, *self.shape, device=self.device)
+            self.buffer.exponential_(1.0, generator=self.generator)
+            self.used = 0
+        self.used += 1
+        return self.buffer[self.used - 1]
 
 
 def sampling_logprobs(
@@ -443,6 +483,12 @@ class Sampler:
         tokens[:, : len(ids)] = torch.tensor(ids, device=self.device)
         n, start = len(ids), 0  # the next logits condition on tokens[:, start:n]
         filled = False  # whether the static decoder holds tokens[:, start : n - 1]
+        draws = NoiseStream(generator, (B, self.vocab_size), self.device)
+        sampled = cfg.temperature > 0
+        # The static decoder's step makes the plain draw itself (`StaticDecoder.advance`);
+        # with top-k or top-p the choice is made here, from the same variates.
+        in_step = cfg.top_k is None and cfg.top_p is None
+        temperature = torch.tensor([cfg.temperature], device=self.device)
         for step in range(cfg.max_new_tokens):
             with self._compute():
                 if n - start > window:  # slide: keep the last `keep` tokens, re-prefill
@@ -450,26 +496,33 @@ class Sampler:
                     filled = False
                     if cache is not None:
                         cache.reset()
-                if decoder is not None:
-                    if filled:
-                        logits = decoder.step(tokens[:, n - 1 : n])  # (B, V)
-                    else:
+                noise = draws.next() if sampled else None
+                if decoder is not None and filled:
+                    logits, next_ids, finite = decoder.advance(noise, temperature)  # (B, V), (B,)
+                    if not in_step:
+                        next_ids = choose_tokens(logits, cfg, generator, noise)
+                        decoder.token.copy_(next_ids[:, None])
+                else:
+                    if decoder is not None:  # (re)fill the static cache from the window
                         logits = decoder.prefill(tokens[:, start:n])  # (B, V)
                         filled = True
-                    logits = logits[:, None, :]  # (B, 1, V), as the model returns it
-                elif cache is not None:  # the cache holds tokens[:, start : start + cache.length]
-                    logits, _ = self.model(
-                        tokens[:, start + cache.length : n], cache=cache, last_only=True
-                    )
-                else:
-                    logits, _ = self.model(tokens[:, start:n], last_only=True)
-                logits = logits[:, -1, :].float()  # (B, V)
-                if not torch.isfinite(logits).all():
+                    elif cache is not None:  # it holds tokens[:, start : start + cache.length]
+                        logits, _ = self.model(
+                            tokens[:, start + cache.length : n], cache=cache, last_only=True
+                        )
+                        logits = logits[:, -1, :]
+                    else:
+                        logits = self.model(tokens[:, start:n], last_only=True)[0][:, -1, :]
+                    logits = logits.float()  # (B, V)
+                    finite = torch.isfinite(logits).all()
+                    next_ids = choose_tokens(logits, cfg, generator, noise)  # (B,)
+                    if decoder is not None:
+                        decoder.token.copy_(next_ids[:, None])  # the next step's input
+                if not finite:
                     raise FolioError(
                         f"model produced non-finite logits at step {step} (NaN or inf); "
                         "the weights may be corrupt or training may have diverged"
                     )
-                next_ids = choose_tokens(logits, cfg, generator)  # (B,)
                 tokens[:, n] = next_ids
                 n += 1
             yield Step(logits, next_ids)
