@@ -141,3 +141,9 @@ def test_the_aot_w8a8_sampler_names_its_path_and_samples() -> None:
     traced.static_decoder(1).compile(backend="eager")  # the same trace, without inductor
     assert tokens == [int(i) for i in traced.generate_ids([5, 6, 7], cfg)]
     assert len(set(tokens)) > 5
+
+
+def test_w8a8_off_a_cpu_is_one_folio_error() -> None:
+    model = tiny_gpt().to("meta")  # any device but the CPU; meta allocates nothing
+    with pytest.raises(FolioError, match="w8a8 weights run on a CPU only"):
+        Sampler(model, decode="static", weights="w8a8")

@@ -260,6 +260,8 @@ class StaticDecoder:
         if not supports_static_decoding(model):
             raise ValueError("static decoding needs a GPT with causal attention in the fused form")
         if weights == "w8a8":
+            if model.transformer.wte.weight.device.type != "cpu":
+                raise ValueError("w8a8 weights run on a CPU only")
             w8a8.load()  # the kernel, built at first use (a FolioError if it cannot be)
         c = model.config
         self.config, self.weights, self.batch = c, weights, batch

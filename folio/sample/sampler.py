@@ -360,6 +360,11 @@ class Sampler:
             raise FolioError(
                 f"{weights} weights need the decode path 'static', 'compiled' or 'aot'"
             )
+        if weights == "w8a8" and self.device.type != "cpu":
+            raise FolioError(
+                f"w8a8 weights run on a CPU only (this model is on {self.device.type}); "
+                "use bfloat16 or int8 weights"
+            )
         self.decode, self.weights = decode, weights
         self._decoders: dict[int, tuple[StaticDecoder, list[int]]] = {}
 
