@@ -44,7 +44,7 @@ demo: install
 	$(FOLIO) sample --checkpoint runs/demo --prompt "ROMEO:" --max-new-tokens 400 --seed 1
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: install
 	$(VENV)/bin/ruff check folio tests benchmarks
