@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_decode import tiny_gpt
 
 from folio.bench.sample import precision_report
 from folio.errors import FolioError
-from folio.models import GPT, GPTConfig, w8a8
+from folio.models import w8a8
 from folio.models.decode import StaticDecoder
 from folio.sample import Sampler, SamplingConfig
-
-TINY = GPTConfig(vocab_size=40, n_layer=2, n_head=4, n_embd=32, block_size=16)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -89,16 +88,6 @@ def test_a_build_that_fails_is_one_folio_error(
     with pytest.raises(FolioError, match=r"cannot build the w8a8 kernel .*; use int8"):
         w8a8.build(tmp_path)
     assert list(tmp_path.iterdir()) == []
-
-
-def tiny_gpt() -> GPT:
-    torch.manual_seed(0)
-    model = GPT(TINY)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.2)
-    return model.eval()
 
 
 def test_w8a8_stays_close_to_float32() -> None:

@@ -40,31 +40,44 @@ constexpr int64_t kRows = 16;   // output rows per block: one 512-bit register o
 constexpr int64_t kGroup = 4;   // blocks per task: they share each broadcast activation
 constexpr int64_t kBatch = 4;   // activation rows per pass over a task's weights
 
-// Rows of x (M, K) to unsigned bytes u (M, Kp), zero point 128, padded with 128 (a zero).
-// s[m] is the row's step; NaN where the row holds a NaN or an infinity, so that the
+// One row's quantization, in three parts that both forms below share: the rest of the
+// scan for the largest magnitude (and a probe that is NaN if any entry is NaN or
+// infinite), the step, and the scalar rounding of the rest of the row plus padding.
+inline void scan_rest(const float* row, int64_t k0, int64_t K, float& amax, float& probe) {
+  for (int64_t k = k0; k < K; ++k) {
+    amax = std::max(amax, std::fabs(row[k]));
+    probe += row[k] * 0.f;
+  }
+}
+
+// s[m] = max|x| / 127 (1 for a zero row); NaN where the row is not finite, so that the
 // output row is NaN too (the sampler refuses non-finite logits).
+inline float row_step(float amax, float probe) {
+  if (!(probe == 0.f) || !std::isfinite(amax)) return std::numeric_limits<float>::quiet_NaN();
+  return amax > 0.f ? amax / 127.f : 1.f;
+}
+
+inline void round_rest(const float* row, int64_t k0, int64_t K, int64_t Kp, float step,
+                       uint8_t* out) {
+  if (std::isnan(step)) {
+    std::fill(out, out + Kp, uint8_t{128});  // the whole row: a zero
+    return;
+  }
+  const float inv = 1.f / step;
+  for (int64_t k = k0; k < K; ++k) {
+    const float r = std::nearbyint(row[k] * inv);  // |r| <= 127
+    out[k] = static_cast<uint8_t>(static_cast<int32_t>(r) + 128);
+  }
+  std::fill(out + K, out + Kp, uint8_t{128});  // padding: a zero
+}
+
+// Rows of x (M, K) to unsigned bytes u (M, Kp), zero point 128, and their steps s (M,).
 void quantize(const float* x, int64_t M, int64_t K, int64_t Kp, uint8_t* u, float* s) {
   for (int64_t m = 0; m < M; ++m) {
-    const float* row = x + m * K;
-    uint8_t* out = u + m * Kp;
     float amax = 0.f, probe = 0.f;
-    for (int64_t k = 0; k < K; ++k) {
-      amax = std::max(amax, std::fabs(row[k]));
-      probe += row[k] * 0.f;  // NaN if any entry is NaN or infinite
-    }
-    if (!(probe == 0.f) || !std::isfinite(amax)) {
-      std::fill(out, out + Kp, uint8_t{128});
-      s[m] = std::numeric_limits<float>::quiet_NaN();
-      continue;
-    }
-    const float step = amax > 0.f ? amax / 127.f : 1.f;
-    const float inv = 1.f / step;
-    for (int64_t k = 0; k < K; ++k) {
-      const float r = std::nearbyint(row[k] * inv);  // |r| <= 127
-      out[k] = static_cast<uint8_t>(static_cast<int32_t>(r) + 128);
-    }
-    std::fill(out + K, out + Kp, uint8_t{128});
-    s[m] = step;
+    scan_rest(x + m * K, 0, K, amax, probe);
+    s[m] = row_step(amax, probe);
+    round_rest(x + m * K, 0, K, Kp, s[m], u + m * Kp);
   }
 }
 
@@ -123,29 +136,18 @@ __attribute__((target("avx512f,avx512bw"))) void quantize_avx512(const float* x,
       vprobe = _mm512_add_ps(vprobe, _mm512_mul_ps(v, _mm512_setzero_ps()));
     }
     float amax = _mm512_reduce_max_ps(vmax), probe = _mm512_reduce_add_ps(vprobe);
-    for (int64_t k = K16; k < K; ++k) {
-      amax = std::max(amax, std::fabs(row[k]));
-      probe += row[k] * 0.f;
+    scan_rest(row, K16, K, amax, probe);
+    s[m] = row_step(amax, probe);
+    if (!std::isnan(s[m])) {
+      const __m512 vinv = _mm512_set1_ps(1.f / s[m]);
+      const __m512i zero_point = _mm512_set1_epi32(128);
+      for (int64_t k = 0; k < K16; k += 16) {
+        const __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(row + k), vinv));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k),
+                         _mm512_cvtepi32_epi8(_mm512_add_epi32(r, zero_point)));
+      }
     }
-    if (!(probe == 0.f) || !std::isfinite(amax)) {
-      std::fill(out, out + Kp, uint8_t{128});
-      s[m] = std::numeric_limits<float>::quiet_NaN();
-      continue;
-    }
-    const float step = amax > 0.f ? amax / 127.f : 1.f;
-    const float inv = 1.f / step;
-    const __m512 vinv = _mm512_set1_ps(inv);
-    const __m512i bias = _mm512_set1_epi32(128);
-    for (int64_t k = 0; k < K16; k += 16) {
-      const __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(row + k), vinv));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k),
-                       _mm512_cvtepi32_epi8(_mm512_add_epi32(r, bias)));
-    }
-    for (int64_t k = K16; k < K; ++k) {
-      out[k] = static_cast<uint8_t>(static_cast<int32_t>(std::nearbyint(row[k] * inv)) + 128);
-    }
-    std::fill(out + K, out + Kp, uint8_t{128});
-    s[m] = step;
+    round_rest(row, K16, K, Kp, s[m], out);
   }
 }
 
