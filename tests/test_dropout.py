@@ -58,6 +58,20 @@ def test_masks_follow_the_global_seed_and_differ_across_draws() -> None:
     assert not torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("scaled", [True, False])
+def test_16_bit_masks_are_the_float32_masks_rounded(dtype: torch.dtype, scaled: bool) -> None:
+    # 16-bit masks are built from the bits of the kept value, not by a conversion
+    for p in (0.05, 0.2, 0.7):
+        torch.manual_seed(5)
+        want = keep_multiplier((3, 777), p, torch.float32, CPU, scaled=scaled).to(dtype)
+        torch.manual_seed(5)
+        got = keep_multiplier((3, 777), p, dtype, CPU, scaled=scaled)
+        assert got.dtype == dtype and got.shape == (3, 777)
+        assert torch.equal(got, want)
+        assert 0 < int((got == 0).sum()) < got.numel()
+
+
 def test_unscaled_masks_are_zeros_and_ones_and_p_zero_keeps_everything() -> None:
     torch.manual_seed(0)
     m = keep_multiplier((999,), 0.25, torch.bfloat16, CPU, scaled=False)

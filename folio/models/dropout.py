@@ -88,7 +88,9 @@ def keep_multiplier(
     signed 16-bit lanes in [-32768, 32767], and keeps a lane at or
     above t = -32768 + round(p * 65536). The 0/1 is computed as clamp(lane, t - 1, t)
     - (t - 1) in int16: a bool mask would be cheaper to store but slower to apply on a
-    CPU (masked_fill and bool-by-float products do not vectorise).
+    CPU (masked_fill and bool-by-float products do not vectorise). For a 16-bit float
+    dtype (bf16, fp16) the 0/1 is multiplied by the bit pattern of the kept value, still
+    in int16, and reinterpreted: the same numbers without a conversion pass.
     """
     if not 0 <= drop_threshold(p) < LANES:
         raise ValueError(f"dropout probability must round into [0, 1), got {p}")
@@ -98,8 +100,14 @@ def keep_multiplier(
     lanes = random_words((n + 3) // 4, device).view(torch.int16)[:n]  # 4 lanes a word
     t = -32768 + drop_threshold(p)
     keep = lanes.clamp(t - 1, t).sub_(t - 1)  # 0 below t, 1 at or above
+    value = keep_scale(p) if scaled else 1.0
+    if dtype.itemsize == 2 and dtype.is_floating_point:
+        # A 16-bit float's bits fit the int16 lane: 0/1 times the bits of `value` is
+        # the bits of 0.0 or of `value`, so no conversion pass is needed.
+        bits = int(torch.tensor(value, dtype=dtype).view(torch.int16))
+        return keep.mul_(bits).view(dtype).view(shape)
     keep = keep.to(dtype)
-    return (keep.mul_(keep_scale(p)) if scaled else keep).view(shape)
+    return (keep.mul_(value) if scaled else keep).view(shape)
 
 
 class _MaskedDropout(torch.autograd.Function):
