@@ -690,6 +690,7 @@ def test_bench_train_json_has_the_headline_figures(capsys: pytest.CaptureFixture
     assert [m["mode"] for m in result["modes"]] == [
         "baseline (fp32, eager, list of heads)",
         "fused (fp32, eager)",
+        "fused + fast paths (fp32)",
     ]
     assert result["modes"][0]["speedup_vs_baseline"] == 1.0
 

@@ -266,6 +266,7 @@ def test_cross_attention_block_reads_its_context(form: str) -> None:
         (dict(n_layer=True), "n_layer"),
         (dict(n_head=2.0), "n_head"),
         (dict(bias="yes"), "bias"),
+        (dict(residual_precision="bfloat16"), "residual_precision"),
     ],
 )
 def test_bad_config_names_the_field(overrides: dict[str, Any], field: str) -> None:
@@ -280,6 +281,37 @@ def test_config_round_trips_and_rejects_unknown_keys() -> None:
         GPTConfig.from_dict({**cfg.to_dict(), "n_layers": 3})
     with pytest.raises(FolioError, match="unknown"):
         BigramConfig.from_dict({"vocab_size": V, "n_embd": 32})
+
+
+# --- the residual stream's precision under autocast -------------------------------------
+
+
+def _bf16_loss_and_grads(model: GPT, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", torch.bfloat16):
+        _, loss = model(idx, idx)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_a_bf16_residual_stream_is_bf16_under_autocast_and_close_to_fp32() -> None:
+    idx = _tokens()
+    fp32 = _model(seed=1)
+    bf16 = _model(seed=1, residual_precision="autocast")
+    seen: list[torch.dtype] = []
+    bf16.transformer.h[1].register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    fp32.transformer.h[1].register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    loss_a, grads_a = _bf16_loss_and_grads(fp32, idx)
+    loss_b, grads_b = _bf16_loss_and_grads(bf16, idx)
+    assert seen == [torch.float32, torch.bfloat16]  # the stream entering block 1
+    assert loss_b.dtype == torch.float32 and abs(float(loss_a - loss_b)) < 0.02
+    named = list(bf16.named_parameters())
+    for (name, p), a, b in zip(named, grads_a, grads_b, strict=True):
+        assert p.dtype == torch.float32 and b.dtype == torch.float32, name  # fp32 master weights
+        cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
+        assert cos > 0.97, name
+    # without autocast the setting changes nothing: the same model, bit for bit
+    assert torch.equal(_logits(fp32, idx), _logits(bf16, idx))
 
 
 # --- bigram ---------------------------------------------------------------------------------------------

@@ -8,9 +8,14 @@ the dtype the mode computes in). Modes:
 
 - baseline: fp32, eager, the teaching list-of-Heads attention (how the video's code runs);
 - fused: fp32, eager, the fused attention kernel;
+- + fast paths: the CPU's cheap dropout masks and chunked attention
+  (folio/models/dropout.py), and the Linear layers' biases and ReLU inside oneDNN's
+  matmul (folio/models/linear.py);
 - fused+compile: fp32, torch.compile (CPU inductor);
 - fused+bf16: bf16 autocast. On a CPU without AMX or AVX512-BF16 bf16 is emulated
-  and very slow, so it runs only with --bf16 there (and with fewer steps).
+  and very slow, so it runs only with --bf16 there (and with fewer steps);
+- + bf16 residual: the same with the residual stream in bf16 too
+  (`model.residual_precision = "autocast"`), which removes the stream's casts.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ def measure_mode(
     *,
     attention: str,
     dtype: torch.dtype,
-    fast_dropout: bool = True,
+    fast_paths: bool = True,
+    residual_precision: str | None = None,  # None: the preset's
     compile: bool,
     steps: int,
     warmup: int,
@@ -54,7 +60,9 @@ def measure_mode(
     """Train `steps` optimizer steps of the preset's model and time them."""
     cfg = preset_model_config(preset)
     cfg.attention = attention
-    cfg.fast_dropout = fast_dropout
+    cfg.fast_dropout = cfg.fused_linear = fast_paths
+    if residual_precision is not None:
+        cfg.residual_precision = residual_precision
     torch.manual_seed(0)
     model = GPT(cfg).to(device)
     from folio.train.config import TrainConfig, load_preset_dict
@@ -107,28 +115,29 @@ def measure_mode(
 
 def _modes(
     compile: bool, bf16: bool, dropout: bool = True
-) -> list[tuple[str, str, torch.dtype, bool, bool]]:
-    """(name, attention form, dtype, compiled, fast dropout) of every mode to measure.
+) -> list[tuple[str, str, torch.dtype, bool, bool, str]]:
+    """(name, attention form, dtype, compiled, fast paths, residual precision) of every
+    mode to measure; the residual stream is fp32 but in the last mode.
 
-    The fast-dropout modes (folio/models/dropout.py) are measured only where the
-    preset has dropout; without it they compute exactly what their plain twins do.
+    The fast paths are the CPU's cheap dropout masks and chunked attention
+    (folio/models/dropout.py) and the fused Linear layers (folio/models/linear.py).
     """
     f32, bf = torch.float32, torch.bfloat16
-    fast = " + fast dropout" if dropout else ""
-    modes = [
-        ("baseline (fp32, eager, list of heads)", "heads", f32, False, False),
-        ("fused (fp32, eager)", "fused", f32, False, False),
+    modes: list[tuple[str, str, torch.dtype, bool, bool, str]] = [
+        ("baseline (fp32, eager, list of heads)", "heads", f32, False, False, "float32"),
+        ("fused (fp32, eager)", "fused", f32, False, False, "float32"),
+        ("fused + fast paths (fp32)", "fused", f32, False, True, "float32"),
     ]
-    if dropout:
-        modes.append(("fused + fast dropout (fp32)", "fused", f32, False, True))
     if compile:
-        modes.append((f"fused{fast} + compile (fp32)", "fused", f32, True, dropout))
+        modes.append(("fused + compile (fp32)", "fused", f32, True, dropout, "float32"))
     if bf16:
-        modes.append(("fused + bf16 autocast", "fused", bf, False, False))
-        if dropout:
-            modes.append(("fused + fast dropout + bf16", "fused", bf, False, True))
+        modes.append(("fused + bf16 autocast", "fused", bf, False, False, "float32"))
+        modes.append(("fused + fast paths + bf16", "fused", bf, False, True, "float32"))
         if compile:
-            modes.append((f"fused{fast} + compile + bf16", "fused", bf, True, dropout))
+            modes.append(("fused + compile + bf16", "fused", bf, True, dropout, "float32"))
+        modes.append(
+            ("fused + fast paths + bf16 + bf16 residual", "fused", bf, False, True, "autocast")
+        )
     return modes
 
 
@@ -165,7 +174,7 @@ def bench_train(
         bf16 = fast_bf16
     rows = []
     has_dropout = preset_model_config(preset).dropout > 0
-    for name, attention, dtype, comp, fast in _modes(compile, bf16, has_dropout):
+    for name, attention, dtype, comp, fast, residual in _modes(compile, bf16, has_dropout):
         log(f"measuring {name} ...")
         n = steps if (dtype == torch.float32 or fast_bf16) else 1
         rows.append(
@@ -176,7 +185,8 @@ def bench_train(
                 attention=attention,
                 dtype=dtype,
                 compile=comp,
-                fast_dropout=fast,
+                fast_paths=fast,
+                residual_precision=residual,
                 steps=n,
                 warmup=warmup,
                 batch_size=batch_size,

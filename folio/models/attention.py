@@ -36,6 +36,7 @@ from torch import nn
 
 from folio.models.dropout import Dropout, attention_with_dropout, usable
 from folio.models.kv_cache import LayerCacheGroup
+from folio.models.linear import Linear
 
 if TYPE_CHECKING:
     from folio.models.kv_cache import LayerKVCache
@@ -178,11 +179,12 @@ class CausalSelfAttention(nn.Module):
         bias: bool = True,
         causal: bool = True,
         fast_dropout: bool = False,
+        fused_linear: bool = False,
     ) -> None:
         super().__init__()
         self.n_embd, self.n_head, self.causal = n_embd, n_head, causal
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.c_attn = Linear(n_embd, 3 * n_embd, bias=bias, fused=fused_linear)
+        self.c_proj = Linear(n_embd, n_embd, bias=bias, fused=fused_linear)
         self.dropout = dropout
         self.fast_dropout = fast_dropout
         self.resid_dropout = Dropout(dropout) if fast_dropout else nn.Dropout(dropout)

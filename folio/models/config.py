@@ -15,6 +15,7 @@ from folio.errors import FolioError
 ATTENTION_FORMS = ("fused", "heads")
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 INITS = ("gpt2", "pytorch")
+RESIDUAL_PRECISIONS = ("float32", "autocast")
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -94,6 +95,18 @@ class GPTConfig:
     1/65536) and run the fused attention's dropout one chunk of queries at a time, skipping
     the masked future (folio/models/dropout.py). False: PyTorch's bernoulli masks and its
     math attention path. A GPU always uses PyTorch's kernels."""
+    fused_linear: bool = True
+    """On a CPU in training, add the Linear layers' biases, and the feed-forward's ReLU,
+    inside oneDNN's matmul instead of in separate passes over the output
+    (folio/models/linear.py); the same sums. False: PyTorch's `F.linear` and `F.relu`."""
+    residual_precision: str = "float32"
+    """Under autocast (bf16 training), the residual stream's dtype. 'float32': the stream
+    stays fp32 and each branch's bf16 output is cast up to be added to it (PyTorch's
+    autocast default). 'autocast': the stream is cast once, after the embeddings, to
+    autocast's dtype, so every add, LayerNorm and branch input is bf16, as in Megatron-LM's
+    default; this halves the stream's memory traffic and removes its casts, at the cost of
+    adding each branch to the stream in bf16. Parameters and optimizer state stay fp32, and
+    without autocast the two are the same model."""
     bias: bool = True
     """Biases in Linear layers and LayerNorms (GPT-2: true)."""
     attention: str = "fused"
@@ -127,6 +140,7 @@ class GPTConfig:
         for name in (
             "bias",
             "fast_dropout",
+            "fused_linear",
             "tie_weights",
             "pos_embedding",
             "causal",
@@ -151,6 +165,11 @@ class GPTConfig:
         if self.attention not in ATTENTION_FORMS:
             raise FolioError(
                 f"model config: attention must be one of {ATTENTION_FORMS}, got {self.attention!r}"
+            )
+        if self.residual_precision not in RESIDUAL_PRECISIONS:
+            raise FolioError(
+                f"model config: residual_precision must be one of {RESIDUAL_PRECISIONS}, "
+                f"got {self.residual_precision!r}"
             )
         if self.init not in INITS:
             raise FolioError(f"model config: init must be one of {INITS}, got {self.init!r}")

@@ -26,6 +26,7 @@ from folio.models.attention import (
 from folio.models.config import GPTConfig
 from folio.models.dropout import Dropout
 from folio.models.kv_cache import CacheBatch, KVCache, LayerCacheGroup, LayerKVCache
+from folio.models.linear import Linear, linear
 
 
 def _activation(name: str) -> nn.Module:
@@ -48,14 +49,18 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         hidden = config.mlp_ratio * config.n_embd
-        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        fused = config.fused_linear
+        self.c_fc = Linear(config.n_embd, hidden, bias=config.bias, fused=fused)
         self.act = _activation(config.activation)
-        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.c_proj = Linear(hidden, config.n_embd, bias=config.bias, fused=fused)
         self.dropout = _dropout(config)
+        # the ReLU can run inside c_fc's matmul (folio/models/linear.py)
+        self.fuse_relu = fused and config.activation == "relu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, T, C) -> (B, T, 4C) -> (B, T, C)
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+        h = linear(x, self.c_fc, relu=True) if self.fuse_relu else self.act(self.c_fc(x))
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -72,7 +77,10 @@ class Block(nn.Module):
         self.ln_1 = _layer_norm(config)
         if config.attention == "fused":
             self.attn = CausalSelfAttention(
-                *args, causal=config.causal, fast_dropout=config.fast_dropout
+                *args,
+                causal=config.causal,
+                fast_dropout=config.fast_dropout,
+                fused_linear=config.fused_linear,
             )
         else:
             self.attn = MultiHeadAttention(*args, causal=config.causal)
@@ -211,6 +219,10 @@ class GPT(nn.Module):
                 pos = cache.positions(T, idx.device)  # (T,), or (B, T) for a CacheBatch
             x = x + self.transformer.wpe(pos)  # (B, T, C) + (T, C) or (B, T, C) -> (B, T, C)
         x = self.transformer.drop(x)
+        if self.config.residual_precision == "autocast" and torch.is_autocast_enabled(
+            x.device.type
+        ):
+            x = x.to(torch.get_autocast_dtype(x.device.type))  # the stream in bf16
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache.layers[i] if cache is not None else None)
         return self.transformer.ln_f(x)
