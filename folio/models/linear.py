@@ -13,7 +13,7 @@ layer with its ReLU from about 41 to 18 ms (BENCHMARKS.md), with the same number
 sum is the same, only where the bias is added changes.
 
 `Linear` is `nn.Linear` (same parameters, names and state dict) that takes this path
-when it can, and `linear_relu` is relu(linear(x)); the backward pass is the usual one:
+when it can, and `linear(x, layer, relu=True)` is relu(layer(x)); the backward pass is the usual one:
 dX = dY W, dW = dY^T X, db = the column sums of dY, through the ReLU's mask first.
 Where it cannot (not a CPU, not float32 or bfloat16, no oneDNN, inside torch.compile,
 or no gradient wanted: evaluation and sampling keep PyTorch's own kernels) they are
@@ -108,4 +108,4 @@ class Linear(nn.Linear):
         self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self) if self.fused else F.linear(x, self.weight, self.bias)
+        return linear(x, self) if self.fused else super().forward(x)
