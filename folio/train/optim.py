@@ -155,6 +155,11 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return x.T if tall else x
 
 
+def _undecorated(method: Any) -> Any:
+    """`method` without the decorators functools.wraps recorded (itself if it has none)."""
+    return inspect.unwrap(method)
+
+
 class MuonAdamW(torch.optim.Optimizer):
     """Muon for the matrices inside the blocks, AdamW for everything else, as one optimizer.
 
@@ -191,6 +196,30 @@ class MuonAdamW(torch.optim.Optimizer):
             lr_scale=1.0,
         )
         super().__init__(groups, defaults)
+
+    # torch.optim.Optimizer wraps these four in `torch._disable_dynamo`, which imports
+    # torch._dynamo (about 1.3 s, sympy included) the first time one is called. That guard
+    # matters only when the optimizer itself is traced by torch.compile, which Folio never
+    # does, so MuonAdamW calls the undecorated methods and a short run does not pay the import.
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        _undecorated(torch.optim.Optimizer.add_param_group)(self, param_group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad.detach_().zero_()
+
+    def state_dict(self) -> dict[str, Any]:
+        return _undecorated(torch.optim.Optimizer.state_dict)(self)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        _undecorated(torch.optim.Optimizer.load_state_dict)(self, state_dict)
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
