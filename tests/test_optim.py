@@ -24,12 +24,14 @@ from folio.errors import FolioError
 from folio.models import GPT, GPTConfig
 from folio.train.config import TrainConfig, build_run_config
 from folio.train.optim import (
+    NS_COEFFICIENTS,
     SCHEDULES,
     MuonAdamW,
     learning_rate,
     make_optimizer,
     muon_param_groups,
     orthogonalize,
+    orthogonalize_many,
     param_groups,
 )
 from folio.train.pretrain import train
@@ -108,6 +110,39 @@ def test_orthogonalize_pushes_every_singular_value_towards_one(shape: tuple[int,
     # The directions are kept: o is close to u v^T, the exact orthogonal factor.
     cos = (o * (u @ v.T)).sum() / (o.norm() * (u @ v.T).norm())
     assert cos > 0.95
+
+
+def _newton_schulz_by_hand(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """The iteration written term by term, one matrix at a time: the reference for the fused form."""
+    a, b, c = NS_COEFFICIENTS
+    x = g / (g.norm() + 1e-7)
+    if x.shape[0] > x.shape[1]:
+        return _newton_schulz_by_hand(g.T, steps).T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + b * (gram @ x) + c * (gram @ (gram @ x))
+    return x
+
+
+def test_orthogonalize_equals_the_iteration_written_out() -> None:
+    g = torch.Generator().manual_seed(4)
+    for shape in [(48, 16), (16, 48), (24, 24)]:
+        m = torch.randn(*shape, generator=g)
+        torch.testing.assert_close(orthogonalize(m), _newton_schulz_by_hand(m), rtol=0, atol=1e-5)
+
+
+def test_orthogonalize_many_equals_one_matrix_at_a_time() -> None:
+    # Two matrices of each of three shapes (batched), one of a fourth (alone), in mixed order.
+    g = torch.Generator().manual_seed(5)
+    shapes = [(48, 16), (16, 16), (16, 48), (48, 16), (16, 48), (16, 16), (32, 16)]
+    grads = [torch.randn(*s, generator=g) for s in shapes]
+    out = orthogonalize_many(grads)
+    assert [tuple(o.shape) for o in out] == shapes
+    for grad, o in zip(grads, out, strict=True):
+        torch.testing.assert_close(o, orthogonalize(grad), rtol=0, atol=1e-5)
+    # Each matrix is normalised on its own: scaling one does not change another's result.
+    grads[0] = grads[0] * 100
+    torch.testing.assert_close(orthogonalize_many(grads)[3], out[3], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("tie", [False, True])

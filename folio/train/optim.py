@@ -136,23 +136,51 @@ def learning_rate(
 # --- Muon: orthogonalised momentum for the hidden matrices --------------------------------
 
 
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+"""(a, b, c) of the quintic Newton-Schulz step x <- a x + (b A + c A^2) x, A = x x^T."""
+
+
 def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """An approximation of U V^T, where g = U S V^T: g with every singular value pushed towards 1.
 
     A quintic Newton-Schulz iteration (the coefficients of Keller Jordan's Muon),
     tuned to raise small singular values fast rather than to converge exactly:
     the result's singular values land roughly in [0.7, 1.2], which is all the
-    optimizer needs. Works on (rows, cols) matrices of either orientation.
+    optimizer needs. Works on (rows, cols) matrices of either orientation, and on
+    a stack of same-shaped matrices (batch, rows, cols), each on its own.
     """
-    a, b, c = 3.4445, -4.7750, 2.0315
-    x = g / (g.norm() + 1e-7)  # every singular value now <= 1
-    tall = x.shape[0] > x.shape[1]
+    a, b, c = NS_COEFFICIENTS
+    x = g / (torch.linalg.vector_norm(g, dim=(-2, -1), keepdim=True) + 1e-7)  # singular values <= 1
+    tall = x.shape[-2] > x.shape[-1]
     if tall:
-        x = x.T  # iterate on the smaller Gram matrix
+        x = x.mT  # iterate on the smaller Gram matrix
+    mm = torch.addmm if x.dim() == 2 else torch.baddbmm
     for _ in range(steps):
-        gram = x @ x.T  # (r, c) @ (c, r) -> (r, r)
-        x = a * x + (b * gram + c * gram @ gram) @ x  # (r, r) @ (r, c) -> (r, c)
-    return x.T if tall else x
+        gram = x @ x.mT  # (r, c) @ (c, r) -> (r, r)
+        poly = mm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2, one kernel
+        x = mm(x, poly, x, beta=a)  # a x + poly @ x, one kernel
+    return x.mT if tall else x
+
+
+def orthogonalize_many(grads: list[torch.Tensor], steps: int = 5) -> list[torch.Tensor]:
+    """`orthogonalize` of each matrix, computed as one batch per shape.
+
+    A small model's matrices are too small to keep the CPU busy one at a time:
+    stacking the layers' same-shaped matrices turns each iteration's many small
+    products into a few batched ones. Each matrix is still orthogonalised on its own.
+    """
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, g in enumerate(grads):
+        by_shape.setdefault(tuple(g.shape), []).append(i)
+    out: list[torch.Tensor] = [grads[0]] * len(grads)
+    for indices in by_shape.values():
+        if len(indices) == 1:
+            out[indices[0]] = orthogonalize(grads[indices[0]], steps)
+            continue
+        stacked = orthogonalize(torch.stack([grads[i] for i in indices]), steps)
+        for i, o in zip(indices, stacked.unbind(0), strict=True):
+            out[i] = o
+    return out
 
 
 def _undecorated(method: Any) -> Any:
@@ -231,42 +259,55 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def _muon_step(self, group: dict) -> None:
         lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        grads = [p.grad for p in params]
+        bufs = []
+        for p in params:
             state = self.state[p]
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p)
-            buf = state["momentum_buffer"]
-            buf.mul_(mom).add_(p.grad)
-            update = orthogonalize(p.grad.add(buf, alpha=mom), group["ns_steps"])  # Nesterov
+            bufs.append(state["momentum_buffer"])
+        torch._foreach_mul_(bufs, mom)
+        torch._foreach_add_(bufs, grads)
+        nesterov = torch._foreach_add(grads, bufs, alpha=mom)
+        updates = orthogonalize_many(nesterov, group["ns_steps"])
+        if wd:
+            torch._foreach_mul_(params, 1.0 - lr * wd)
+        for p, update in zip(params, updates, strict=True):
             # An orthogonal (r, c) matrix has entries of size ~1/sqrt(max(r, c));
             # rescale tall matrices so their update's RMS matches square ones.
             scale = max(1.0, p.shape[0] / p.shape[1]) ** 0.5
-            if wd:
-                p.mul_(1.0 - lr * wd)
             p.add_(update, alpha=-lr * scale)
 
     def _adamw_step(self, group: dict) -> None:
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
         beta1, beta2 = group["betas"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        grads = [p.grad for p in params]
+        ms, vs, steps = [], [], []
+        for p in params:
             state = self.state[p]
             if "step" not in state:
                 state["step"] = torch.zeros((), dtype=torch.float32)
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
             state["step"] += 1
-            t = float(state["step"])
-            m, v = state["exp_avg"], state["exp_avg_sq"]
-            m.lerp_(p.grad, 1.0 - beta1)
-            v.mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
-            if wd:
-                p.mul_(1.0 - lr * wd)
-            denom = (v / (1.0 - beta2**t)).sqrt_().add_(eps)
-            p.addcdiv_(m, denom, value=-lr / (1.0 - beta1**t))
+            ms.append(state["exp_avg"])
+            vs.append(state["exp_avg_sq"])
+            steps.append(float(state["step"]))
+        torch._foreach_lerp_(ms, grads, 1.0 - beta1)
+        torch._foreach_mul_(vs, beta2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1.0 - beta2)
+        if wd:
+            torch._foreach_mul_(params, 1.0 - lr * wd)
+        denom = torch._foreach_div(vs, [1.0 - beta2**t for t in steps])
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, ms, denom, [-lr / (1.0 - beta1**t) for t in steps])
 
 
 def muon_param_groups(
