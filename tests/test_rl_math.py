@@ -18,6 +18,7 @@ from folio.train.rl_math import (
     kl_penalized_rewards,
     masked_mean,
     policy_loss,
+    reply_mean,
     sequence_logprobs,
     token_logprobs,
     value_loss,
@@ -63,6 +64,29 @@ def test_masked_mean_and_sequence_logprobs() -> None:
     assert masked_mean(x, mask).item() == pytest.approx((1 + 2 + 6) / 3)
     assert masked_mean(x, torch.zeros_like(mask)).item() == 0.0
     assert sequence_logprobs(x, mask).tolist() == [3.0, 6.0]
+
+
+def test_reply_mean_weighs_every_reply_alike_by_hand() -> None:
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    mask = torch.tensor([[1, 1, 0], [0, 0, 1], [0, 0, 0]])
+    # row means 1.5 and 6; the empty third row does not count
+    assert reply_mean(x, mask).item() == pytest.approx((1.5 + 6.0) / 2)
+    assert masked_mean(x, mask).item() == pytest.approx((1 + 2 + 6) / 3)  # tokens alike
+    assert reply_mean(x, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_policy_loss_averaged_per_reply_by_hand() -> None:
+    # Reply 0 has 3 tokens, reply 1 one token; ratio 1 everywhere, so each token's term is A.
+    logp = torch.zeros(2, 3, requires_grad=True)
+    adv = torch.tensor([[1.0], [-3.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    by_token = policy_loss(logp, torch.zeros(2, 3), adv, mask, 0.2)
+    assert by_token.item() == pytest.approx(-(1 + 1 + 1 - 3) / 4)
+    by_reply = policy_loss(logp, torch.zeros(2, 3), adv, mask, 0.2, mean="reply")
+    assert by_reply.item() == pytest.approx(-(1.0 + -3.0) / 2)
+    by_reply.backward()
+    # d/d logp_t of -A * ratio_t / (n_tokens of the reply * n_replies), at ratio 1
+    assert logp.grad.flatten().tolist() == pytest.approx([-1 / 6, -1 / 6, -1 / 6, 3 / 2, 0.0, 0.0])
 
 
 def test_group_advantages_by_hand_and_they_sum_to_zero_in_each_group() -> None:

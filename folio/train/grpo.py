@@ -50,7 +50,7 @@ from folio.tokenizers.chat import end_of_turn_id, render_prompt
 from folio.train.config import RunConfig
 from folio.train.policy import load_policy, policy_config, same_tokenizer
 from folio.train.rl_config import RLConfig
-from folio.train.rl_math import group_advantages, k3_kl, masked_mean, policy_loss
+from folio.train.rl_math import LOSS_MEANS, group_advantages, k3_kl, policy_loss
 from folio.train.rollout import RolloutBuffer, reply_logprobs, sample_rollout
 from folio.train.trainer import Trainer, TrainResult
 
@@ -252,9 +252,11 @@ class GRPOObjective:
         tokens, mask, old_logprobs, ref_logprobs, advantages = batch
         c = self.cfg
         logprobs = reply_logprobs(model, tokens, mask, c.temperature, c.sampling_top_k)
-        loss = policy_loss(logprobs, old_logprobs, advantages[:, None], mask, c.clip_eps)
+        loss = policy_loss(
+            logprobs, old_logprobs, advantages[:, None], mask, c.clip_eps, c.loss_mean
+        )
         if c.kl_coef:
-            loss = loss + c.kl_coef * masked_mean(k3_kl(logprobs, ref_logprobs), mask)
+            loss = loss + c.kl_coef * LOSS_MEANS[c.loss_mean](k3_kl(logprobs, ref_logprobs), mask)
         return loss
 
     @torch.no_grad()

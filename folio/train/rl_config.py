@@ -48,6 +48,10 @@ class RLConfig:
     each token's reward."""
     scale_by_std: bool = True
     """GRPO: divide each group's advantages by the standard deviation of its rewards."""
+    loss_mean: str = "token"
+    """GRPO: how the loss averages over reply tokens. 'token': every token of the minibatch
+    weighs the same (DAPO), so long replies carry more of the gradient; 'reply': each reply's
+    tokens are averaged first and every reply weighs the same (the original GRPO)."""
     dynamic_sampling: int = 0
     """GRPO (DAPO's dynamic sampling): up to this many extra rollouts per update to replace
     groups whose replies all scored the same (their advantages are 0: no signal); 0: off."""
@@ -84,6 +88,10 @@ class RLConfig:
         for name in ("prompts_per_rollout", "minibatches", "epochs", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise FolioError(f"rl config: {name} must be positive, got {getattr(self, name)}")
+        if self.loss_mean not in ("token", "reply"):
+            raise FolioError(
+                f"rl config: loss_mean must be 'token' or 'reply', got {self.loss_mean!r}"
+            )
         if self.dynamic_sampling < 0:
             raise FolioError(
                 f"rl config: dynamic_sampling must not be negative, got {self.dynamic_sampling}"

@@ -58,6 +58,24 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def reply_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each row's masked mean, then the mean over rows that have a masked-in entry; 0 if none.
+
+    Every reply weighs the same whatever its length (GRPO's original averaging,
+    Shao et al. 2024): a task with 2-token answers counts as much per reply as one
+    with 10-token answers, where `masked_mean` would give it a fifth of the weight.
+    """
+    mask = mask.to(x.dtype)
+    counts = mask.sum(dim=-1)  # (B,)
+    rows = (x * mask).sum(dim=-1) / counts.clamp(min=1.0)  # (B,)
+    present = (counts > 0).to(x.dtype)
+    return (rows * present).sum() / present.sum().clamp(min=1.0)
+
+
+LOSS_MEANS = {"token": masked_mean, "reply": reply_mean}
+"""How a loss averages over reply tokens: every token alike, or every reply alike."""
+
+
 def sequence_logprobs(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """log pi(reply) = sum_t mask[t] * logprobs[t]: (B, T) -> (B,)."""
     return (logprobs * mask.to(logprobs.dtype)).sum(dim=-1)
@@ -99,17 +117,19 @@ def policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_eps: float,
+    mean: str = "token",
 ) -> torch.Tensor:
-    """PPO's clipped surrogate, negated to minimise, as a masked mean over reply tokens.
+    """PPO's clipped surrogate, negated to minimise, as a mean over reply tokens.
 
     ratio_t = exp(logprobs_t - old_logprobs_t),
     loss = -mean_t min(ratio_t * A_t, clip(ratio_t, 1 - eps, 1 + eps) * A_t).
     advantages broadcast against logprobs: (B, 1) for GRPO (one per reply), (B, T) for PPO.
+    `mean` is a key of LOSS_MEANS: 'token' (every token alike) or 'reply' (every reply alike).
     """
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = ratio * advantages
     clipped = ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * advantages
-    return -masked_mean(torch.minimum(unclipped, clipped), mask)
+    return -LOSS_MEANS[mean](torch.minimum(unclipped, clipped), mask)
 
 
 def clip_fraction(
