@@ -302,7 +302,7 @@ def test_folio_rl_bad_input_is_one_line(chat_run: Path, tmp_path: Path) -> None:
         ("dynamic_sampling", -1, "dynamic_sampling must not be negative"),
         ("group_size", "8", "group_size must be an integer"),
         ("max_new_tokens", 0, "max_new_tokens must be positive"),
-        ("loss_mean", "sequence", "loss_mean must be 'token' or 'reply'"),
+        ("loss_mean", "sequence", r"loss_mean must be one of \('token', 'reply'\)"),
     ],
 )
 def test_rl_config_rejects_bad_values_in_one_line(field: str, value, words: str) -> None:

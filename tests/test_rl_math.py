@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from folio.sample.sampler import SamplingConfig, choose_tokens, sampling_logprobs
+from folio.train.rl_config import LOSS_MEAN_NAMES
 from folio.train.rl_math import (
+    LOSS_MEANS,
     bradley_terry_loss,
     clip_fraction,
     dpo_loss,
@@ -73,6 +75,8 @@ def test_reply_mean_weighs_every_reply_alike_by_hand() -> None:
     assert reply_mean(x, mask).item() == pytest.approx((1.5 + 6.0) / 2)
     assert masked_mean(x, mask).item() == pytest.approx((1 + 2 + 6) / 3)  # tokens alike
     assert reply_mean(x, torch.zeros_like(mask)).item() == 0.0
+    # every name the config accepts has its function
+    assert tuple(LOSS_MEANS) == LOSS_MEAN_NAMES
 
 
 def test_policy_loss_averaged_per_reply_by_hand() -> None:

@@ -21,6 +21,9 @@ from typing import Any
 
 from folio.errors import FolioError
 
+LOSS_MEAN_NAMES = ("token", "reply")
+"""The values of `loss_mean` (folio.train.rl_math.LOSS_MEANS has one function per name)."""
+
 
 @dataclass
 class RLConfig:
@@ -88,9 +91,9 @@ class RLConfig:
         for name in ("prompts_per_rollout", "minibatches", "epochs", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise FolioError(f"rl config: {name} must be positive, got {getattr(self, name)}")
-        if self.loss_mean not in ("token", "reply"):
+        if self.loss_mean not in LOSS_MEAN_NAMES:
             raise FolioError(
-                f"rl config: loss_mean must be 'token' or 'reply', got {self.loss_mean!r}"
+                f"rl config: loss_mean must be one of {LOSS_MEAN_NAMES}, got {self.loss_mean!r}"
             )
         if self.dynamic_sampling < 0:
             raise FolioError(
