@@ -204,3 +204,50 @@ def test_frontier_times_the_folio_side_and_shifts_it_by_the_whole_command(
     assert curve[-1]["seconds"] == pytest.approx(folio["wall_s"])  # the whole command
     assert 3.0 <= folio["wall_s"] < 60 and folio["val_whole_split"] > 0
     assert "| seconds | step | val |" in r.stdout
+
+
+# ------------------------------------------------------------------ benchmarks/grpo_room.py
+
+
+def test_grpo_room_runs_sft_grpo_and_the_control_and_tabulates_them(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def folio(*args: str) -> None:
+        subprocess.run([sys.executable, "-m", "folio", *args], check=True, capture_output=True,
+                       env=env, timeout=300)  # fmt: skip
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("HAMLET:\nTo be, or not to be, 12+34=46.\n\n" * 40, encoding="utf-8")
+    folio("prepare", str(corpus), "--out", str(tmp_path / "ds"), "--tokenizer", "char")
+    folio("train", "--data", str(tmp_path / "ds"), "--preset", "tiny", "--model.block_size", "64",
+          "--max-iters", "2", "--set", "train.eval_iters=1", "--dtype", "float32",
+          "--out", str(tmp_path / "base"), "--quiet")  # fmt: skip
+    room = tmp_path / "room"
+    argv = [sys.executable, str(ROOT / "benchmarks" / "grpo_room.py"), "--out", str(room),
+            "--base", str(tmp_path / "base"), "--mix-data", str(tmp_path / "ds"), "--n", "40",
+            "--n-test", "8", "--n-val", "8", "--sft-iters", "3", "--grpo-iters", "2",
+            "--lr", "3e-5", "1e-4", "--dtype", "float32", "--threads", "1"]  # fmt: skip
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((room / "grpo_room.json").read_text())["rows"]
+    assert list(rows) == ["sft", "control", "grpo-3e-05", "grpo-0.0001"]
+    assert rows["sft"]["steps"] <= 3 and [rows[k]["steps"] for k in list(rows)[1:]] == [3, 2, 2]
+    assert len((room / "tasks" / "val.jsonl").read_text().splitlines()) == 8
+    assert len((room / "tasks" / "train.jsonl").read_text().splitlines()) == 32
+    assert all(0 <= row["pass_at_1"] <= row["pass_at_k"] <= 1 for row in rows.values())
+    assert "kl" in rows["grpo-3e-05"] and "kl" not in rows["sft"]
+    table = r.stdout.splitlines()
+    assert table[0].startswith("| model | steps | add pass@1 | vs SFT")
+    assert table[2].startswith("| sft | ") and "+0.0" in table[2]
+    # A rerun finds every step's record and runs nothing.
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    assert again.returncode == 0 and again.stderr == "" and again.stdout == r.stdout
+
+
+def test_grpo_room_wants_the_base_and_its_data_together(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "grpo_room.py"), "--out", str(tmp_path),
+         "--base", str(tmp_path)], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "--base and --mix-data go together" in r.stderr.splitlines()[-1]
