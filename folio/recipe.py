@@ -233,12 +233,12 @@ class Recipe:
             argv = self.command(step)
             self.log(f"[{time.strftime('%H:%M:%S')}] {step.name}: folio {' '.join(argv)}")
             start = time.perf_counter()
-            result = _run_folio(argv, self.out / "logs" / f"{step.name}.log", step.json)
+            result = run_folio(argv, self.out / "logs" / f"{step.name}.log", step.json)
             seconds = time.perf_counter() - start
         record = {"step": step.name, "stage": step.stage, "command": "folio " + " ".join(
             step.args), "seconds": round(seconds, 1), "result": result}  # fmt: skip
         if step.run is not None:
-            record["last_eval"] = _last_eval(step.run)
+            record["last_eval"] = last_eval(step.run)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, record)
         return record
@@ -300,7 +300,7 @@ def _finished(run: Path) -> bool:
         return False
 
 
-def _last_eval(run: Path) -> dict[str, Any]:
+def last_eval(run: Path) -> dict[str, Any]:
     """The last eval row of a run's metrics.jsonl ({} if none)."""
     try:
         lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
@@ -330,7 +330,7 @@ def _check_out(out: Path) -> None:
         )
 
 
-def _run_folio(argv: Sequence[str], log: Path, parse: bool = True) -> dict[str, Any]:
+def run_folio(argv: Sequence[str], log: Path, parse: bool = True) -> dict[str, Any]:
     """Run `python -m folio ARGV`, its output to `log`; return its last stdout line as JSON
     (or {} when `parse` is false)."""
     log.parent.mkdir(parents=True, exist_ok=True)
