@@ -28,7 +28,8 @@ comparison that keeps it honest:
 
     python benchmarks/grpo_room.py --out /tmp/room [--base RUN --mix-data DIR] [--threads 2]
 
-Finished steps (their records in OUT/records) are skipped on a rerun.
+Finished steps (their records in OUT/records) are skipped on a rerun, and a training
+step that was stopped part-way resumes from its last checkpoint.
 Prints a table and writes OUT/grpo_room.json.
 """
 
@@ -36,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,36 +44,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from folio.recipe import SCALES  # noqa: E402
+from folio.errors import FolioError  # noqa: E402
+from folio.recipe import SCALES, last_eval, run_folio  # noqa: E402
 
 SFT = ("--preset", "sft", "--mix-fraction", "0.1")
 EVAL = ("--k", "8", "--max-new-tokens", "32", "--seed", "0")
 
 
-def folio(args: list[str], log: Path, threads: int) -> str:
-    """Run `python -m folio ARGS --threads N` with its output in `log`; its last stdout line."""
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
-    started = time.perf_counter()
-    with log.open("w") as f:
-        proc = subprocess.run(
-            [sys.executable, "-m", "folio", *args], stdout=subprocess.PIPE, stderr=f,
-            text=True, env=env, check=False,
-        )  # fmt: skip
-        f.write(proc.stdout)
-    if proc.returncode:
-        sys.exit(f"folio {' '.join(args[:2])} failed (rc {proc.returncode}): see {log}")
-    print(f"  {' '.join(args[:2])}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    lines = proc.stdout.strip().splitlines()
-    return lines[-1] if lines else ""
-
-
-def last_eval(run: Path) -> dict:
-    """The last eval row of a run's metrics.jsonl."""
-    rows = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines() if s]
-    return [r for r in rows if r.get("eval")][-1]
-
-
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--base", type=Path, help="a pretrained character run (default: train one)")
@@ -95,76 +72,127 @@ def main() -> None:
     p.add_argument("--lr", type=float, nargs="+", default=[3e-5])
     p.add_argument("--dtype", default="auto", help="SFT precision (GRPO runs in float32)")
     p.add_argument("--threads", type=int, default=2)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if (a.base is None) != (a.mix_data is None):
         p.error("--base and --mix-data go together")
-    o = a.out.resolve()
-    for d in ("logs", "records"):
-        (o / d).mkdir(parents=True, exist_ok=True)
-    th = ["--threads", str(a.threads)]
+    if a.n_val < 1 or a.n_val >= a.n:
+        p.error(f"--n-val must be between 1 and {a.n - 1} (below --n), got {a.n_val}")
+    return a
 
-    def step(name: str, args: list[str], parse: bool = False) -> dict:
-        record = o / "records" / f"{name}.json"
+
+class Room:
+    """The steps of one benchmark in OUT; a step whose record exists is not rerun."""
+
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a, self.out = a, a.out.resolve()
+        self.threads = ["--threads", str(a.threads)]
+        self.tasks = self.out / "tasks"
+
+    def step(self, name: str, argv: list[str], parse: bool = False) -> dict:
+        """`folio ARGV` (its log in OUT/logs), recorded in OUT/records/NAME.json."""
+        record = self.out / "records" / f"{name}.json"
         if record.exists():
-            return json.loads(record.read_text())
-        line = folio(args, o / "logs" / f"{name}.log", a.threads)
-        result = json.loads(line) if parse else {}
-        record.with_suffix(".tmp").write_text(json.dumps(result))
-        record.with_suffix(".tmp").replace(record)
+            return json.loads(record.read_text(encoding="utf-8"))
+        if "--out" in argv and (Path(argv[argv.index("--out") + 1]) / "latest.json").exists():
+            argv = [*argv, "--resume"]  # a training step that was stopped part-way
+        started = time.perf_counter()
+        result = run_folio(argv, self.out / "logs" / f"{name}.log", parse)
+        if result.get("stopped") in ("terminated", "interrupted"):
+            raise FolioError(f"{name} was stopped at step {result.get('step')}; rerun to resume")
+        print(f"  {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result), encoding="utf-8")
+        tmp.replace(record)
         return result
 
-    base, data = a.base, a.mix_data
-    if base is None:
-        base, data = o / "base", o / "data"
-        step("data", ["prepare", "shakespeare", "--out", str(data), "--tokenizer", "char"])
-        step("base", ["train", "--data", str(data), *SCALES["laptop"].base, "--out", str(base),
-                      "--quiet", *th])  # fmt: skip
-    tasks = o / "tasks"
-    test = str(tasks / "test.jsonl")
-    step("tasks", ["tasks", "make", "--tasks", "add", "--n", str(a.n), "--n-test",
-                   str(a.n_test), "--seed", "0", "--out", str(tasks)])  # fmt: skip
+    def base(self) -> tuple[Path, Path]:
+        """The base run and its prepared data: the given ones, or the recipe's laptop base."""
+        if self.a.base is not None:
+            return self.a.base, self.a.mix_data
+        base, data = self.out / "base", self.out / "data"
+        self.step("data", ["prepare", "shakespeare", "--out", str(data), "--tokenizer", "char"])
+        argv = ["train", "--data", str(data), *SCALES["laptop"].base, "--out", str(base),
+                "--quiet", "--json", *self.threads]  # fmt: skip
+        self.step("base", argv, parse=True)
+        return base, data
 
-    if not (tasks / "val.jsonl").exists():
+    def make_tasks(self) -> None:
+        """The add conversations, with the last --n-val training ones moved to val.jsonl."""
+        a, tasks = self.a, self.tasks
+        self.step("tasks", ["tasks", "make", "--tasks", "add", "--n", str(a.n), "--n-test",
+                            str(a.n_test), "--seed", "0", "--out", str(tasks)])  # fmt: skip
+        if (tasks / "val.jsonl").exists():
+            return
         lines = (tasks / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
-        if not 0 < a.n_val < len(lines):
-            p.error(f"--n-val must be between 1 and {len(lines) - 1}, got {a.n_val}")
         for name, part in (("val.jsonl", lines[-a.n_val :]), ("train.jsonl", lines[: -a.n_val])):
             (tasks / f"{name}.tmp").write_text("".join(part), encoding="utf-8")
             (tasks / f"{name}.tmp").replace(tasks / name)
 
-    def score(name: str, run: Path) -> dict:
-        r = step(f"eval-{name}", ["eval", "tasks", "--checkpoint", str(run), "--data", test,
-                                  *EVAL, "--json"], parse=True)  # fmt: skip
-        return r["overall"]
+    def score(self, name: str, run: Path) -> dict:
+        """pass@1, pass@8 and the rest on the held-out add prompts."""
+        argv = ["eval", "tasks", "--checkpoint", str(run), "--data",
+                str(self.tasks / "test.jsonl"), *EVAL, "--json"]  # fmt: skip
+        return self.step(f"eval-{name}", argv, parse=True)["overall"]
 
-    rows: dict[str, dict] = {}
-    stop = ("--eval-interval", "25", "--eval-prompts", "0",
-            "--set", f"train.target_val_loss={a.sft_target}")  # fmt: skip
-    for name, flags in (("sft", stop), ("control", ("--eval-interval", "250"))):
-        run = o / name
-        step(name, ["sft", "--init-from", f"run:{base}", "--data", str(tasks), "--mix-data",
-                    str(data), *SFT, *flags, "--dtype", a.dtype, "--max-iters", str(a.sft_iters),
-                    "--out", str(run), "--quiet", *th])  # fmt: skip
-        rows[name] = score(name, run) | {"steps": last_eval(run)["step"]}
-    for lr in a.lr:
-        name, run = f"grpo-{lr:g}", o / f"grpo-{lr:g}"
-        step(name, ["rl", "--algo", "grpo", "--init-from", f"run:{o / 'sft'}", "--tasks", "add",
-                    "--max-iters", str(a.grpo_iters), "--rl.dynamic_sampling", "4",
-                    "--set", f"train.learning_rate={lr}", "--train.eval_interval", "250",
-                    "--out", str(run), "--quiet", *th])  # fmt: skip
-        rows[name] = score(name, run) | {"steps": a.grpo_iters, "kl": last_eval(run)["kl"]}
+    def sft(self, base: Path, data: Path) -> dict[str, dict]:
+        """SFT stopped by held-out loss, and the control run to the end of its schedule."""
+        a, rows = self.a, {}
+        stop = ("--eval-interval", "25", "--eval-prompts", "0",
+                "--set", f"train.target_val_loss={a.sft_target}")  # fmt: skip
+        for name, flags in (("sft", stop), ("control", ("--eval-interval", "250"))):
+            run = self.out / name
+            self.step(name, ["sft", "--init-from", f"run:{base}", "--data", str(self.tasks),
+                             "--mix-data", str(data), *SFT, *flags, "--dtype", a.dtype,
+                             "--max-iters", str(a.sft_iters), "--out", str(run), "--quiet",
+                             "--json", *self.threads], parse=True)  # fmt: skip
+            rows[name] = self.score(name, run) | {"steps": last_eval(run)["step"]}
+        return rows
 
+    def grpo(self, lr: float) -> dict:
+        """GRPO on add from the stopped SFT model at learning rate lr."""
+        name, run = f"grpo-{lr:g}", self.out / f"grpo-{lr:g}"
+        self.step(name, ["rl", "--algo", "grpo", "--init-from", f"run:{self.out / 'sft'}",
+                         "--tasks", "add", "--max-iters", str(self.a.grpo_iters),
+                         "--rl.dynamic_sampling", "4", "--set", f"train.learning_rate={lr}",
+                         "--train.eval_interval", "250", "--out", str(run), "--quiet",
+                         "--json", *self.threads], parse=True)  # fmt: skip
+        return self.score(name, run) | {"steps": self.a.grpo_iters, "kl": last_eval(run)["kl"]}
+
+    def run(self) -> dict[str, dict]:
+        base, data = self.base()
+        self.make_tasks()
+        rows = self.sft(base, data)
+        for lr in self.a.lr:
+            rows[f"grpo-{lr:g}"] = self.grpo(lr)
+        return rows
+
+
+def table(rows: dict[str, dict]) -> str:
+    """The rows as markdown, each model's gain in points over the stopped SFT model."""
     sft = rows["sft"]["pass_at_1"]
-    print("| model | steps | add pass@1 | vs SFT (points) | pass@8 | KL to SFT (nats/reply) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    out = ["| model | steps | add pass@1 | vs SFT (points) | pass@8 | KL to SFT (nats/reply) |",
+           "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for name, r in rows.items():
         kl = f"{r['kl']:.2f}" if "kl" in r else "-"
         gain = 100 * (r["pass_at_1"] - sft)
-        print(f"| {name} | {r['steps']} | {r['pass_at_1']:.3f} | {gain:+.1f} | "
-              f"{r['pass_at_k']:.3f} | {kl} |")  # fmt: skip
-    tmp = o / "grpo_room.json.tmp"
-    tmp.write_text(json.dumps({"argv": sys.argv[1:], "rows": rows}, indent=1))
-    tmp.replace(o / "grpo_room.json")
+        out.append(f"| {name} | {r['steps']} | {r['pass_at_1']:.3f} | {gain:+.1f} | "
+                   f"{r['pass_at_k']:.3f} | {kl} |")  # fmt: skip
+    return "\n".join(out)
+
+
+def main() -> None:
+    a = parse_args()
+    try:
+        rows = Room(a).run()
+    except FolioError as e:
+        sys.exit(f"grpo_room: {e}")
+    except KeyboardInterrupt:
+        sys.exit("grpo_room: interrupted; rerun the same command to continue")
+    print(table(rows))
+    out = a.out.resolve() / "grpo_room.json"
+    out.with_suffix(".tmp").write_text(json.dumps({"argv": sys.argv[1:], "rows": rows}, indent=1))
+    out.with_suffix(".tmp").replace(out)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -251,3 +252,25 @@ def test_grpo_room_wants_the_base_and_its_data_together(tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.returncode == 2
     assert "--base and --mix-data go together" in r.stderr.splitlines()[-1]
+
+
+def test_grpo_room_records_no_step_that_a_signal_stopped(tmp_path: Path, monkeypatch) -> None:
+    spec = importlib.util.spec_from_file_location("grpo_room", ROOT / "benchmarks" / "grpo_room.py")
+    room_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(room_module)
+    calls: list[list[str]] = []
+
+    def fake_run(argv, log, parse=True):
+        calls.append(list(argv))
+        return {"stopped": "terminated", "step": 7}
+
+    monkeypatch.setattr(room_module, "run_folio", fake_run)
+    args = room_module.parse_args(["--out", str(tmp_path), "--base", "b", "--mix-data", "d"])
+    room = room_module.Room(args)
+    run = tmp_path / "sft"
+    run.mkdir()
+    (run / "latest.json").write_text("{}")
+    with pytest.raises(room_module.FolioError, match="sft was stopped at step 7; rerun to resume"):
+        room.step("sft", ["sft", "--out", str(run)], parse=True)
+    assert calls == [["sft", "--out", str(run), "--resume"]]  # a started run is resumed
+    assert not (tmp_path / "records" / "sft.json").exists()
