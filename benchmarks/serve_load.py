@@ -18,7 +18,6 @@ Scenarios, all in one run so the ratios are side by side:
   more requests (32 at a time, 16 tokens each, streamed and not).
 
     python benchmarks/serve_load.py [--threads 2] [--tokens 200] [--requests 1000]
-    python benchmarks/serve_load.py --mkl-cbwr OFF --requests 0 --out ...   # without exactness
 """
 
 from __future__ import annotations
@@ -176,12 +175,6 @@ def main() -> None:
     ap.add_argument(
         "--requests", type=int, default=1000, help="requests between the memory readings"
     )
-    ap.add_argument(
-        "--mkl-cbwr",
-        default=None,
-        help="MKL_CBWR for the server (default: the server's AUTO,STRICT; OFF measures "
-        "what batch invariance costs)",
-    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/serve_load.json"))
     args = ap.parse_args()
 
@@ -189,8 +182,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(Path(tmp) / "video")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        if args.mkl_cbwr is not None:
-            env["MKL_CBWR"] = args.mkl_cbwr
         cmd = [
             sys.executable,
             "-m",
@@ -247,7 +238,6 @@ def main() -> None:
         "torch": torch.__version__,
         "server_threads": args.threads,
         "batch_invariant": health["batch_invariant"],
-        "mkl_cbwr": args.mkl_cbwr or "AUTO,STRICT (the server's default)",
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "model": "video-sized GPT, random weights (6 layers, 6 heads, 384 wide, block 256, vocab 65)",

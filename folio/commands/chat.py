@@ -79,9 +79,6 @@ def _command(session, line: str) -> bool:
 
 def run(args: argparse.Namespace) -> None:
     """Load the checkpoint and hold the conversation until /quit or end of input."""
-    from folio.sample.engine import enable_batch_invariance
-
-    enable_batch_invariance()  # before any matrix multiply, as the server does
     from folio.checkpoint import load_checkpoint
     from folio.runtime import pick_device
     from folio.sample.engine import Engine

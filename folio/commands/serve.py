@@ -116,9 +116,6 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def run(args: argparse.Namespace) -> None:
     """Load the checkpoints, bind, and serve until Ctrl-C or SIGTERM."""
-    from folio.sample.engine import enable_batch_invariance
-
-    enable_batch_invariance()  # before any matrix multiply of this process
     try:
         import uvicorn
 
@@ -168,7 +165,7 @@ def run(args: argparse.Namespace) -> None:
         print(warning, file=sys.stderr, flush=True)
     for m in models:
         mode = "chat" if m.chat else "completion"
-        exact = "" if m.engine.batch_invariant else " (batch invariance does not hold here)"
+        exact = "" if m.engine.batch_invariant else f" ({m.engine.invariance_note})"
         print(f"model {m.id!r}: {mode} mode, block_size {m.engine.block_size}{exact}")
     print(f"serving on http://{shown}:{port} (playground at /, API at /v1)", flush=True)
     config = uvicorn.Config(

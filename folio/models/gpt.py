@@ -124,7 +124,7 @@ class GPT(nn.Module):
         modules["h"] = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         modules["ln_f"] = _layer_norm(config)
         self.transformer = nn.ModuleDict(modules)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False, fused=False)
         if config.tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
         if config.init == "gpt2":

@@ -15,6 +15,8 @@ sum is the same, only where the bias is added changes.
 `Linear` is `nn.Linear` (same parameters, names and state dict) that takes this path
 when it can, and `linear(x, layer, relu=True)` is relu(layer(x)); the backward pass is the usual one:
 dX = dY W, dW = dY^T X, db = the column sums of dY, through the ReLU's mask first.
+Inside `folio.models.invariant.batch_invariant()` (the serving engine's decode step),
+float32 products without gradients run through Folio's batch-invariant operator instead.
 Where it cannot (not a CPU, not float32 or bfloat16, no oneDNN, inside torch.compile,
 or no gradient wanted: evaluation and sampling keep PyTorch's own kernels) they are
 exactly `F.linear` and `F.relu`.
@@ -27,6 +29,8 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from folio.models import invariant
 
 
 @functools.cache
@@ -91,6 +95,9 @@ class _FusedLinear(torch.autograd.Function):
 def linear(x: torch.Tensor, layer: nn.Linear, relu: bool = False) -> torch.Tensor:
     """`layer(x)` (then ReLU if `relu`), the bias and ReLU fused into the matmul where
     the path applies, else PyTorch's own kernels."""
+    if invariant.applies(x, layer.weight):  # the serving engine's batched decode step
+        y = invariant.linear(x, layer.weight, layer.bias)
+        return F.relu(y) if relu else y
     dtype = _compute_dtype(x, layer.weight)
     if dtype is None:
         y = F.linear(x, layer.weight, layer.bias)
@@ -108,4 +115,6 @@ class Linear(nn.Linear):
         self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self) if self.fused else super().forward(x)
+        if self.fused or invariant.applies(x, self.weight):
+            return linear(x, self)
+        return super().forward(x)

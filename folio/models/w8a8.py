@@ -24,79 +24,24 @@ computes the same integers and the same floats, bit for bit, only slower.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-from folio.errors import FolioError
-from folio.runtime import cache_dir
+from folio.models import kernels
 
 SOURCE = Path(__file__).with_name("w8a8.cpp")
 ROWS = 16
 """Output rows per weight block (one 512-bit register of int32 sums)."""
 
+_WHAT, _WAY_OUT = "the w8a8 kernel", "use int8 or bfloat16 weights"
 _loaded: Path | None = None
 
 
-def _compiler() -> str:
-    return os.environ.get("CXX", "g++")
-
-
-def _build_command(source: Path, out: Path) -> list[str]:
-    from torch.utils import cpp_extension
-
-    includes = [f"-I{p}" for p in cpp_extension.include_paths()]
-    lib = cpp_extension.library_paths()[0]
-    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    return [
-        _compiler(), "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w",
-        f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *includes, str(source),
-        f"-L{lib}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{lib}", "-o", str(out),
-    ]  # fmt: skip
-
-
-def library_key(source: Path = SOURCE) -> str:
-    """What the built library depends on: its source, torch, Python and the compiler's name."""
-    parts = [source.read_text(), torch.__version__, sys.version.split()[0], _compiler()]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
-
-
 def build(directory: Path | None = None) -> Path:
-    """The kernel's shared library, built unless already in `directory` ($FOLIO_CACHE/kernels).
-
-    Written to a temporary name and renamed, so a crash or a second process never
-    leaves a half-written library under the final name. A build that fails (no
-    compiler, a full disk) is one FolioError.
-    """
-    directory = cache_dir() / "kernels" if directory is None else directory
-    path = directory / f"w8a8-{library_key()}.so"
-    if path.exists():
-        return path
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            _build_command(SOURCE, tmp), capture_output=True, text=True, check=False
-        )
-        if done.returncode != 0:
-            why = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[0]
-            raise FolioError(
-                f"cannot build the w8a8 kernel with {_compiler()} ({why[:200]}); "
-                "use int8 or bfloat16 weights"
-            )
-        os.replace(tmp, path)
-    except OSError as e:  # no compiler at all, an unwritable cache
-        raise FolioError(
-            f"cannot build the w8a8 kernel with {_compiler()} ({e.strerror or e}); "
-            "use int8 or bfloat16 weights"
-        ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """The kernel's shared library, built unless already in `directory` ($FOLIO_CACHE/kernels);
+    see `folio.models.kernels.build`."""
+    return kernels.build(SOURCE, _WHAT, _WAY_OUT, directory)
 
 
 def load() -> None:
@@ -104,16 +49,7 @@ def load() -> None:
     global _loaded
     if _loaded is not None:
         return
-    path = build()
-    try:
-        torch.ops.load_library(str(path))
-    except OSError as e:  # a library that cannot be loaded (torn by another tool): rebuild
-        path.unlink(missing_ok=True)
-        path = build()
-        try:
-            torch.ops.load_library(str(path))
-        except OSError:
-            raise FolioError(f"cannot load the w8a8 kernel {path} ({e})") from None
+    path = kernels.load(SOURCE, _WHAT, _WAY_OUT)
 
     @torch.library.register_fake("folio::w8a8_linear")
     def _(x: torch.Tensor, w: torch.Tensor, wsum: torch.Tensor, scale: torch.Tensor):

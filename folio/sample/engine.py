@@ -27,22 +27,22 @@ make a sequence's floats differ between serving it alone and in a batch:
   float sums change. Here every sequence keeps its own KV cache of batch 1
   (`folio.models.kv_cache.CacheBatch`) and attention runs once per sequence,
   on exactly the keys it would see alone: no padding, no mask.
-- The batched matrix multiplies. MKL picks a different kernel for 1 row, for
-  2-15 rows and for 16 or more (measured on this project's machine), and the
-  kernels sum in different orders, so row 0 of a (16, C) @ (C, 4C) product
-  differs in the last bits from the same row computed alone. MKL's
-  conditional numerical reproducibility in strict mode (`MKL_CBWR=AUTO,STRICT`)
-  makes every row's result independent of how many rows there are.
-  `enable_batch_invariance()` sets it; it must run before the first matrix
-  multiply of the process, so `folio serve` and `folio chat` call it first
-  thing. `batch_invariance_holds()` checks it on the running machine (the
-  server reports the answer on /health), and the tests check that 32
-  concurrent seeded requests equal the same requests served alone.
+- The batched matrix multiplies. A BLAS picks a different kernel for 1 row,
+  for a few rows and for many, and the kernels sum in different orders, so
+  row 0 of a (16, C) @ (C, 4C) product differs in the last bits from the same
+  row computed alone. The decode step therefore runs its linear layers inside
+  `folio.models.invariant.batch_invariant()`: Folio's own operator sums every
+  output in one fixed order whatever the number of rows, on every CPU. The
+  other layers (embeddings, LayerNorm, activations, residual adds) work row
+  by row already.
 
 With both, the logits of a sequence are bitwise the same alone or batched,
-so greedy and seeded sampling give the same tokens. Where the check fails (a
-CUDA device, or a PyTorch built without MKL) the engine still serves, and
-outputs may differ between batch sizes in near ties.
+so greedy and seeded sampling give the same tokens, by construction rather
+than by a library setting. `Engine.batch_invariant` says whether it holds:
+it does for a float32 model on a CPU. Elsewhere (a CUDA device, bfloat16
+weights, or no C++ compiler to build the operator) the engine serves with
+PyTorch's own kernels, says why in `Engine.invariance_note`, and outputs may
+differ between batch sizes in near ties.
 
 Context policy, as in `folio.sample.Sampler`: when a sequence's window would
 exceed block_size, it keeps its last `context_keep` tokens (default
@@ -54,7 +54,6 @@ caches and reused; a finished sequence keeps nothing.
 
 from __future__ import annotations
 
-import os
 import queue
 import sys
 import threading
@@ -68,6 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from folio.errors import FolioError
+from folio.models import invariant
 from folio.models.kv_cache import CacheBatch, KVCache
 from folio.sample.sampler import SamplingConfig, choose_tokens
 
@@ -75,27 +75,19 @@ MAX_TOP_LOGPROBS = 20
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
 
 
-def enable_batch_invariance() -> None:
-    """Ask MKL for results that do not depend on the batch size (see the module docstring).
-
-    MKL reads MKL_CBWR when it first runs, so call this before any matrix
-    multiply; a value the user set is kept.
-    """
-    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
-
-
-def batch_invariance_holds(device: torch.device | str = "cpu") -> bool:
-    """Whether a row of a matrix multiply is the same computed alone or among 1 to 40 rows."""
-    device = torch.device(device)
-    g = torch.Generator().manual_seed(0)
-    for k, n in ((64, 256), (256, 64), (384, 1152)):
-        w = torch.randn(n, k, generator=g).to(device)
-        x = torch.randn(40, k, generator=g).to(device)
-        alone = x[:1] @ w.T  # (1, k) @ (k, n) -> (1, n)
-        for rows in (2, 5, 16, 33, 40):
-            if not torch.equal((x[:rows] @ w.T)[:1], alone):
-                return False
-    return True
+def _invariance(model: nn.Module, device: torch.device) -> tuple[bool, str]:
+    """Whether the batched decode step can run the batch-invariant operator, and if not, why."""
+    if device.type != "cpu":
+        return False, f"batch invariance holds on a CPU only, not on {device.type}"
+    dtypes = {p.dtype for p in model.parameters()}
+    if dtypes - {torch.float32}:
+        names = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+        return False, f"batch invariance needs float32 weights, not {names}"
+    try:
+        invariant.load()
+    except FolioError as e:
+        return False, f"batch invariance does not hold: {e}"
+    return True, "batch invariant: every row is summed in one fixed order"
 
 
 class EngineBusy(FolioError):
@@ -198,7 +190,7 @@ class Engine:
         self.context_keep = min(context_keep or max(1, self.block_size // 2), self.block_size)
         self.supports_cache: bool = model.supports_kv_cache
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.batch_invariant = batch_invariance_holds(self.device)
+        self.batch_invariant, self.invariance_note = _invariance(self.model, self.device)
         self._waiting: deque[Handle] = deque()
         self._active: list[_Sequence] = []
         self._free_caches: list[KVCache] = []
@@ -398,7 +390,11 @@ class Engine:
         """One token for each sequence, in one batched forward: (B, V) logits."""
         idx = torch.tensor([[s.tokens[-1]] for s in seqs], device=self.device)  # (B, 1)
         batch = CacheBatch([s.cache for s in seqs])
-        logits, _ = self.model(idx, cache=batch, last_only=True)  # (B, 1, V)
+        if self.batch_invariant:
+            with invariant.batch_invariant():
+                logits, _ = self.model(idx, cache=batch, last_only=True)  # (B, 1, V)
+        else:
+            logits, _ = self.model(idx, cache=batch, last_only=True)  # (B, 1, V)
         return logits[:, -1].float()  # (B, V)
 
     def _advance(self, seq: _Sequence, logits: torch.Tensor) -> None:
