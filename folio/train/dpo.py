@@ -14,6 +14,7 @@ from typing import Any
 from folio.data.prefs import (
     FLIP,
     LINE_PROMPT,
+    check_prefs_target,
     is_gold_prompt,
     line_prompts,
     make_pairs,
@@ -34,7 +35,13 @@ from folio.train.policy import (
     with_scalar_head,
 )
 from folio.train.preference import DPOObjective, PrefConfig, RewardObjective, pair_rows
+from folio.train.rundir import check_run_dir
 from folio.train.trainer import Trainer, TrainResult
+
+
+def _check_out(out_dir: str | Path, stage: str, trainer_args: dict[str, Any]) -> None:
+    resume, restart = trainer_args.get("resume", False), trainer_args.get("restart", False)
+    check_run_dir(out_dir, stage, resume=resume, restart=restart)
 
 
 def _rows(path: str | Path, tokenizer: Any, block_size: int):
@@ -55,6 +62,7 @@ def train_reward(
     The transformer's weights come from the chat model; the scalar head
     starts at zero, so every reply first scores 0 (the loss starts at ln 2).
     """
+    _check_out(out_dir, "reward", trainer_args)
     policy = load_policy(init_from)
     config, weights = with_scalar_head(policy, RewardModelConfig)
     rows, _ = _rows(data, policy.tokenizer, config.block_size)
@@ -75,6 +83,7 @@ def train_dpo(
 ) -> TrainResult:  # fmt: skip
     """DPO from the chat model `init_from` on the pairs in `data`, against a frozen reference
     (default: the same model). Dropout is off, so the log-ratio to the reference is 0 at step 0."""
+    _check_out(out_dir, "dpo", trainer_args)
     policy = load_policy(init_from)
     ref = policy if reference_from is None else load_policy(reference_from, "--reference")
     same_tokenizer(policy, ref)
@@ -104,11 +113,14 @@ def make_preferences(
     corpus: str = "shakespeare",
     max_new_tokens: int = 64,
     temperature: float = 1.0,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Sample `replies` replies to each of n train and n_test test prompts from the chat model
     `checkpoint` (run:DIR), rank them by the gold rule, flip a share `flip` of the labels, and
     write a preference directory. Prompts whose replies all score the same make no pair.
-    Returns the manifest written to prefs.json."""
+    Returns the manifest written to prefs.json. An earlier preference directory in out_dir
+    is replaced only if its files are as written, or with `force`."""
+    check_prefs_target(out_dir, force)  # before the slow sampling
     if isinstance(replies, bool) or not isinstance(replies, int) or replies < 2:
         raise FolioError(f"--replies must be at least 2 (a pair needs two), got {replies!r}")
     if not 0.0 <= flip < 0.5:
@@ -146,5 +158,5 @@ def make_preferences(
         "pairs": {"train": len(train), "test": len(test)}, "max_new_tokens": max_new_tokens,
         "temperature": temperature, "rule": LINE_PROMPT,
     }  # fmt: skip
-    write_pref_dir(out_dir, train, test, manifest)
+    write_pref_dir(out_dir, train, test, manifest, force)
     return manifest

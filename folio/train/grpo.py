@@ -52,6 +52,7 @@ from folio.train.policy import load_policy, policy_config, same_tokenizer
 from folio.train.rl_config import RLConfig
 from folio.train.rl_math import LOSS_MEANS, group_advantages, k3_kl, policy_loss
 from folio.train.rollout import RolloutBuffer, reply_logprobs, sample_rollout
+from folio.train.rundir import check_run_dir
 from folio.train.trainer import Trainer, TrainResult
 
 Reward = Callable[[Example, str, bool], float]
@@ -366,6 +367,7 @@ def train_grpo(
     the ratio would differ from 1 before any update and the clip would fire
     on noise. The reference (default: the initial checkpoint) is frozen.
     """
+    check_run_dir(out_dir, "grpo", resume=resume, restart=restart)
     names = parse_task_names(tasks)
     policy = load_policy(init_from)
     tokenizer = policy.tokenizer
@@ -380,6 +382,7 @@ def train_grpo(
         run, model=model_config, train=dataclasses.replace(run.train, batch_size=rl.minibatch_rows)
     )
     meta = {
+        "stage": "grpo",
         "algo": "grpo",
         "init_from": init_from,
         "reference": reference_from or init_from,

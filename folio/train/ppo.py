@@ -61,6 +61,7 @@ from folio.train.rl_math import (
     whiten,
 )
 from folio.train.rollout import RolloutBuffer, reply_logprobs, sample_rollout
+from folio.train.rundir import check_run_dir
 from folio.train.trainer import Trainer, TrainResult
 
 BATCH_KEYS = ("tokens", "mask", "old_logprobs", "advantages", "returns", "old_values")
@@ -264,6 +265,7 @@ def train_ppo(
     dropout off; the reference (default: the initial model) and the reward
     model are frozen and never stepped.
     """
+    check_run_dir(out_dir, "ppo", resume=resume, restart=restart)
     policy = load_policy(init_from)
     reward = load_reward_model(reward_model_from)
     ref = policy if reference_from is None else load_policy(reference_from, "--reference")
@@ -280,6 +282,7 @@ def train_ppo(
         run, model=config, train=dataclasses.replace(run.train, batch_size=rl.minibatch_rows)
     )
     meta = {
+        "stage": "ppo",
         "algo": "ppo",
         "init_from": init_from,
         "reference": reference_from or init_from,

@@ -25,6 +25,7 @@ from folio.train.init import (
     start_from_base,
 )
 from folio.train.objectives import LMObjective
+from folio.train.rundir import check_run_dir
 from folio.train.trainer import Trainer, TrainResult, run_dir_meta
 
 
@@ -71,6 +72,7 @@ def train(
     force: bool = False,
 ) -> TrainResult:
     """Train the model `run` describes on the dataset in `data_dir`, writing the run to `out_dir`."""
+    check_run_dir(out_dir, "pretrain", resume=resume, restart=restart)
     ds = Dataset.open(data_dir)
     start, lut = initial_weights(run, init_from, ds)
     run = start.run

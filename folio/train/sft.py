@@ -59,6 +59,7 @@ from folio.tokenizers.extend import token_id_map
 from folio.train.config import RunConfig
 from folio.train.init import covering_tokenizer, load_base, start_from_base
 from folio.train.objectives import MixedObjective
+from folio.train.rundir import check_run_dir
 from folio.train.sft_defaults import EVAL_PROMPTS, MIX_FRACTION, VAL_FRACTION
 from folio.train.trainer import Trainer, TrainResult
 
@@ -171,6 +172,7 @@ def train(
     MIX_FRACTION) of pretraining text rows into each training batch. The
     model's shape comes from the base; `run.train` is used as given.
     """
+    check_run_dir(out_dir, "sft", resume=resume, restart=restart)
     if mix_fraction is not None and mix_data is None:
         raise FolioError("--mix-fraction needs --mix-data (the pretraining dataset to mix in)")
     fraction = MIX_FRACTION if mix_fraction is None else mix_fraction

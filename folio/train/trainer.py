@@ -68,6 +68,7 @@ from folio.train.optim import (
     optimizer_state,
 )
 from folio.train.run_log import MetricsLog, NoMetrics, nan_snapshot, plot_losses
+from folio.train.rundir import check_run_dir
 from folio.train.state import StopFlag, TrainState, seed_everything
 
 
@@ -151,8 +152,9 @@ class Trainer:
         self.main = self.denv.is_main
         self.log = log if self.main else (lambda *a, **k: None)
         self.progress = progress and self.main
-        if self.main and not resume:
-            check_fresh_run_dir(self.out_dir, restart)  # before anything slow
+        self.stage = str((meta or {}).get("stage", "pretrain"))
+        if self.main:  # before anything slow: a fresh directory, or a run of this stage
+            check_run_dir(self.out_dir, self.stage, resume=resume, restart=restart)
         self.dtype = resolve_dtype(tc.dtype, self.device)
         # Refuse a config that cannot fit before allocating anything (force: try anyway).
         check_training_memory(run.model, tc, self.device, force=force)
@@ -599,4 +601,4 @@ class Trainer:
 
 def run_dir_meta(data_dir: str | Path, init_from: str | None) -> dict[str, Any]:
     """What run.json records beside the config: the absolute dataset path and the initial weights."""
-    return {"data": os.path.abspath(data_dir), "init_from": init_from}
+    return {"stage": "pretrain", "data": os.path.abspath(data_dir), "init_from": init_from}

@@ -1,0 +1,92 @@
+"""A run directory belongs to its stage: --resume never lets one stage take over another's run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from folio.errors import FolioError
+from folio.train.rundir import STAGES, check_run_dir, recorded_stage, stage_of
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fake_run(path: Path, record: dict) -> dict[str, bytes]:
+    """A run directory holding `record` as run.json and one checkpoint; returns its files."""
+    (path / "checkpoints" / "step-000004").mkdir(parents=True)
+    (path / "checkpoints" / "step-000004" / "model.safetensors").write_bytes(b"weights")
+    (path / "run.json").write_text(json.dumps(record))
+    (path / "latest.json").write_text(
+        json.dumps({"step": 4, "checkpoint": "checkpoints/step-000004"})
+    )
+    return snapshot(path)
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
+def test_stage_of_reads_stage_then_an_rl_algo_then_pretraining() -> None:
+    assert stage_of({"stage": "dpo"}) == "dpo"
+    assert stage_of({"algo": "ppo", "rl": {}}) == "ppo"
+    assert stage_of({"train": {}, "data": "d"}) == "pretrain"
+
+
+@pytest.mark.parametrize("held", STAGES)
+def test_resume_refuses_every_other_stages_run(tmp_path: Path, held: str) -> None:
+    fake_run(tmp_path, {"stage": held})
+    check_run_dir(tmp_path, held, resume=True, restart=False)  # its own stage: fine
+    for stage in STAGES:
+        if stage != held:
+            with pytest.raises(FolioError, match=f"holds a {held} run, not a {stage} run"):
+                check_run_dir(tmp_path, stage, resume=True, restart=False)
+    assert recorded_stage(tmp_path) == held
+
+
+def test_fresh_runs_and_restart_keep_their_rules(tmp_path: Path) -> None:
+    check_run_dir(tmp_path / "new", "sft", resume=False, restart=False)
+    fake_run(tmp_path, {"stage": "sft"})
+    with pytest.raises(FolioError, match="already holds a run at step 4"):
+        check_run_dir(tmp_path, "dpo", resume=False, restart=False)
+    check_run_dir(tmp_path, "dpo", resume=False, restart=True)  # moves aside later, never deletes
+    with pytest.raises(FolioError, match="choose one"):
+        check_run_dir(tmp_path, "dpo", resume=True, restart=True)
+    with pytest.raises(FolioError, match="nothing to resume"):
+        check_run_dir(tmp_path / "none", "dpo", resume=True, restart=False)
+
+
+def folio(*args: object) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "folio", *map(str, args)], capture_output=True, text=True, env=env
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["dpo", "--init-from", "run:{other}", "--data", "{other}"],
+        ["reward", "--init-from", "run:{other}", "--data", "{other}"],
+        ["sft", "--init-from", "run:{other}", "--data", "{other}"],
+        ["rl", "--algo", "grpo", "--init-from", "run:{other}", "--tasks", "add"],
+        ["train", "--data", "{other}", "--preset", "tiny"],
+    ],
+    ids=["dpo", "reward", "sft", "rl", "train"],
+)
+def test_a_command_resuming_another_stages_run_changes_nothing(tmp_path: Path, argv) -> None:
+    """Refused in one line before anything is loaded: every file of the other run is kept."""
+    run = tmp_path / "run"
+    held = "ppo" if argv[0] != "rl" else "sft"
+    before = fake_run(run, {"stage": held})
+    other = tmp_path / "missing"
+    r = folio(*[a.format(other=other) for a in argv], "--out", run, "--resume")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and f"holds a {held} run" in r.stderr, r.stderr
+    assert snapshot(run) == before
