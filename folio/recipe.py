@@ -23,12 +23,17 @@ BENCHMARKS.md, minutes on 2 cores) and `tiny` (seconds: what the tests run).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +155,7 @@ class Recipe:
     """The base's tokenizer when the recipe pretrains it: char, or a byte-level BPE."""
     bpe_vocab: int = 1024
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+    supervisor: Supervisor = field(default_factory=lambda: Supervisor())
 
     @property
     def prepare(self) -> list[str]:
@@ -218,6 +224,9 @@ class Recipe:
             args += ["--quiet", "--out", str(step.run)]
             if (step.run / "latest.json").exists():
                 args.append("--resume")
+            elif step.run.is_dir() and any(step.run.iterdir()):
+                # stopped before its first checkpoint: start over, the old files moved aside
+                args.append("--restart")
         return args
 
     def run_step(self, step: Step) -> dict[str, Any]:
@@ -233,8 +242,11 @@ class Recipe:
             argv = self.command(step)
             self.log(f"[{time.strftime('%H:%M:%S')}] {step.name}: folio {' '.join(argv)}")
             start = time.perf_counter()
-            result = run_folio(argv, self.out / "logs" / f"{step.name}.log", step.json)
+            log = self.out / "logs" / f"{step.name}.log"
+            result = self.supervisor.run(argv, log, step.json, step.name)
             seconds = time.perf_counter() - start
+            if result.get("stopped") in ("interrupted", "terminated"):  # not done: never recorded
+                raise Stopped(self.supervisor.signum or signal.SIGTERM, step.name)
         record = {"step": step.name, "stage": step.stage, "command": "folio " + " ".join(
             step.args), "seconds": round(seconds, 1), "result": result}  # fmt: skip
         if step.run is not None:
@@ -245,9 +257,16 @@ class Recipe:
 
     def run(self) -> dict[str, Any]:
         """Every step (skipping the finished ones), then the table as one dict."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        _check_out(self.out)
-        records = {step.name: self.run_step(step) for step in self.steps()}
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _check_out(self.out)
+        except OSError as e:
+            raise FolioError(f"--out {self.out}: {e.strerror or e}") from None
+        records = {}
+        with self.supervisor.installed():
+            for step in self.steps():
+                self.supervisor.check(step.name)
+                records[step.name] = self.run_step(step)
         return self.table(records)
 
     def table(self, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -316,12 +335,18 @@ def last_eval(run: Path) -> dict[str, Any]:
     return {}
 
 
+_MOVED_ASIDE = re.compile(r"(base|sft|grpo|reward|ppo|dpo)\.old-[0-9]+")
+"""A step's run directory that a restart moved aside (it stopped before its first checkpoint)."""
+
+
 def _check_out(out: Path) -> None:
     """Refuse an OUT that holds something other than a recipe's (nothing a user has is lost)."""
     ours = {"data", "base", "tasks", "sft", "grpo", "prefs", "reward", "ppo", "dpo", "stages",
             "logs", "table.json", "table.md", "ppo-kl0", "overoptimisation.png",
             "overoptimisation.json"}  # fmt: skip
-    others = sorted(p.name for p in out.iterdir() if p.name not in ours)
+    others = sorted(
+        p.name for p in out.iterdir() if p.name not in ours and not _MOVED_ASIDE.match(p.name)
+    )
     if others:
         shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
         raise FolioError(
@@ -330,34 +355,130 @@ def _check_out(out: Path) -> None:
         )
 
 
-def run_folio(argv: Sequence[str], log: Path, parse: bool = True) -> dict[str, Any]:
-    """Run `python -m folio ARGV`, its output to `log`; return its last stdout line as JSON
-    (or {} when `parse` is false)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w", encoding="utf-8") as f:
-        f.write(f"$ folio {' '.join(argv)}\n")
-        f.flush()
-        proc = subprocess.run(
-            [sys.executable, "-m", "folio", *argv],
-            stdout=subprocess.PIPE, stderr=f, text=True, env=_child_env(),
-        )  # fmt: skip
-        f.write(proc.stdout)
-    if proc.returncode != 0:
-        last = _last_error(log)
-        raise FolioError(f"{argv[0]} failed (exit {proc.returncode}): {last} (log: {log})")
-    lines = proc.stdout.strip().splitlines()
-    if not parse:
-        return {}
+class Stopped(FolioError):
+    """The recipe was asked to stop (SIGINT or SIGTERM) and its running step has stopped."""
+
+    def __init__(self, signum: int, step: str) -> None:
+        self.signum = signum
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name} during step {step}: it stopped cleanly (a training step keeps its "
+            f"checkpoint); rerun the same command to continue"
+        )
+
+
+class Supervisor:
+    """Runs one step's process at a time and passes SIGINT and SIGTERM on to it.
+
+    The step runs in its own session, so a Ctrl-C at the terminal reaches the
+    recipe alone, which forwards it once: a training step then saves its
+    checkpoint at the next step boundary and exits, and the recipe waits for
+    that rather than killing it. A second Ctrl-C is forwarded too (a trainer
+    then aborts at once). If the recipe itself is killed, the kernel sends
+    the step SIGTERM (Linux's parent-death signal), so no step outlives it.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._child: subprocess.Popen | None = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        child = self._child
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Catch SIGINT and SIGTERM while the block runs (from the main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+    def check(self, step: str) -> None:
+        """Raise Stopped if a stop was asked for."""
+        if self.signum is not None:
+            raise Stopped(self.signum, step)
+
+    def run(
+        self, argv: Sequence[str], log: Path, parse: bool = True, name: str | None = None
+    ) -> dict[str, Any]:
+        """Run `python -m folio ARGV`, its output to `log`; return its last stdout line as
+        JSON (or {} when `parse` is false). Raises Stopped when a signal stopped it."""
+        log.parent.mkdir(parents=True, exist_ok=True)
+        # stdout goes to a file, not a pipe: a step that outlives a killed recipe by a
+        # moment (to save its checkpoint) must not die writing to a pipe nobody reads
+        out = log.with_name(f"{log.name}.stdout")
+        with log.open("w", encoding="utf-8") as f, out.open("w+", encoding="utf-8") as o:
+            f.write(f"$ folio {' '.join(argv)}\n")
+            f.flush()
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", "folio", *argv], stdout=o, stderr=f, env=_child_env(),
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )  # fmt: skip
+            try:
+                _wait(self._child)
+            finally:
+                child, self._child = self._child, None
+                if child.poll() is None:  # only if this process is going down
+                    child.kill()
+                    child.wait()
+            f.flush()
+            error = _last_error(log)
+            o.seek(0)
+            stdout = o.read()
+            f.write(stdout)
+        out.unlink()
+        self.check(name or argv[0])
+        if child.returncode != 0:
+            raise FolioError(f"{argv[0]} failed (exit {child.returncode}): {error} (log: {log})")
+        lines = stdout.strip().splitlines()
+        if not parse:
+            return {}
+        try:
+            return json.loads(lines[-1]) if lines else {}
+        except ValueError as e:
+            raise FolioError(f"{argv[0]} printed no JSON result (log: {log})") from e
+
+
+def _wait(child: subprocess.Popen) -> None:
+    """Until the child has exited (a signal handled here interrupts the wait, not the child)."""
+    while True:
+        try:
+            child.wait()
+            return
+        except InterruptedError:  # pragma: no cover - Python retries EINTR itself
+            continue
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the recipe dies."""
     try:
-        return json.loads(lines[-1]) if lines else {}
-    except ValueError as e:
-        raise FolioError(f"{argv[0]} printed no JSON result (log: {log})") from e
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the recipe's handlers still forward
+        pass
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def run_folio(argv: Sequence[str], log: Path, parse: bool = True) -> dict[str, Any]:
+    """Run one `folio` command as a recipe step would (without a recipe's signal handling)."""
+    return Supervisor().run(argv, log, parse)
 
 
 def _last_error(log: Path) -> str:
-    """The last non-empty line of a step's log (its one-line error)."""
+    """A step's one-line error: the last `folio: error:` line of its log, else its last line."""
     lines = [s for s in log.read_text(encoding="utf-8", errors="replace").splitlines() if s.strip()]
-    return lines[-1].strip() if lines else "no output"
+    errors = [s for s in lines if s.startswith("folio: error:")]
+    return (errors or lines or ["no output"])[-1].strip()
 
 
 def _child_env() -> dict[str, str]:

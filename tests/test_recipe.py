@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from folio.recipe import SCALES, STAGES, TABLE_KEYS, Recipe, Step, _finished, format_table
+from folio.errors import FolioError
+from folio.recipe import (
+    SCALES,
+    STAGES,
+    TABLE_KEYS,
+    Recipe,
+    Step,
+    _check_out,
+    _finished,
+    _last_error,
+    format_table,
+    run_folio,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,3 +127,110 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
 def test_a_step_is_the_folio_command_a_user_would_type() -> None:
     step = Step("x", ["eval", "prefs", "--checkpoint", "rm", "--data", "p"])
     assert Recipe(Path("/tmp/none"), SCALES["tiny"]).command(step) == [*step.args, "--json"]
+
+
+LONG_BASE = """
+import sys
+from dataclasses import replace
+from pathlib import Path
+from folio.recipe import SCALES, Recipe, Stopped
+base = tuple(a if a != "4" else "100000" for a in SCALES["tiny"].base)  # never ends by itself
+try:
+    Recipe(Path(sys.argv[1]), replace(SCALES["tiny"], base=base)).run()
+except Stopped as e:
+    print(f"folio: {e}", file=sys.stderr)
+    raise SystemExit(128 + e.signum)
+"""
+
+
+def processes_naming(path: Path) -> list[int]:
+    """Live processes whose command line names `path` (a recipe's steps do)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and proc.name != str(os.getpid()):
+            try:
+                if str(path).encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def start_long_recipe(out: Path, past_step: int) -> subprocess.Popen:
+    """The recipe with a base stage that never ends, once its training is past `past_step`."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LONG_BASE, str(out)], env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 90
+    metrics = out / "base" / "metrics.jsonl"
+    while not (metrics.exists() and last_logged_step(metrics) > past_step):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.2)
+    return proc
+
+
+def last_logged_step(metrics: Path) -> int:
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.endswith("}")]
+    return max((row.get("step", -1) for row in rows), default=-1)
+
+
+def latest_step(run: Path) -> int:
+    return json.loads((run / "latest.json").read_text())["step"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux's /proc")
+def test_sigint_sigterm_and_sigkill_stop_the_recipe_keep_the_stage_and_leave_no_orphan(
+    tmp_path: Path,
+) -> None:
+    """Each signal ends in a checkpoint of the running stage, no record of it as done, no
+    process left behind, and a rerun that resumes the stage from where it stopped."""
+    out = tmp_path / "recipe"
+    base = out / "base"
+    recipe = Recipe(out, SCALES["tiny"])
+    base_step = next(s for s in recipe.steps() if s.name == "base")
+    steps = 0
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)):
+        proc = start_long_recipe(out, past_step=steps + 1)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == code, err
+        if signum != signal.SIGKILL:
+            assert err.strip().splitlines()[-1] == (
+                f"folio: {signal.Signals(signum).name} during step base: it stopped cleanly "
+                "(a training step keeps its checkpoint); rerun the same command to continue"
+            )
+        deadline = time.monotonic() + 30  # a killed recipe's stage gets SIGTERM from the kernel
+        while processes_naming(out):
+            assert time.monotonic() < deadline, "a step outlived its recipe"
+            time.sleep(0.2)
+        assert latest_step(base) > steps
+        if signum != signal.SIGKILL:
+            assert "checkpoint saved" in (out / "logs" / "base.log").read_text()
+        else:  # its output went on to a file after the recipe was gone
+            assert "checkpoint saved" in (out / "logs" / "base.log.stdout").read_text()
+        steps = latest_step(base)
+        assert not recipe.record_path(base_step).exists()  # not done: it resumes on a rerun
+        assert recipe.command(base_step)[-1] == "--resume"
+    assert sorted(p.name for p in out.iterdir()) == ["base", "data", "logs", "stages"]
+
+
+def test_a_stage_stopped_before_its_first_checkpoint_restarts_its_run_moved_aside(
+    tmp_path: Path,
+) -> None:
+    recipe = Recipe(tmp_path, SCALES["tiny"])
+    step = next(s for s in recipe.steps() if s.name == "sft")
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / "run.json").write_text("{}")
+    assert recipe.command(step)[-1] == "--restart"
+    (tmp_path / "sft.old-1").mkdir()  # what the restart leaves is the recipe's own
+    _check_out(tmp_path)
+
+
+def test_a_failed_step_quotes_its_error_line_not_its_summary(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    args = ["train", "--data", str(tmp_path / "none"), "--preset", "tiny", "--json"]
+    with pytest.raises(FolioError, match=r"train failed \(exit 2\): folio: error: .*none"):
+        run_folio([*args, "--out", str(tmp_path / "run")], log)
+    log.write_text('$ folio x\nfolio: error: the refusal\n{"summary": 1}\n')
+    assert _last_error(log) == "folio: error: the refusal"

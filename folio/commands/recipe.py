@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 HELP = "the whole assistant pipeline (pretrain -> SFT -> GRPO -> reward model -> PPO, DPO)"
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> None:
 
     from folio.errors import FolioError
     from folio.fsutil import atomic_write_json, atomic_write_text
-    from folio.recipe import SCALES, Recipe, format_table
+    from folio.recipe import SCALES, Recipe, Stopped, format_table
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -56,7 +57,11 @@ def run(args: argparse.Namespace) -> None:
         if args.tokenizer != "char":
             raise FolioError("--tokenizer applies when the recipe pretrains; --base has its own")
     recipe = Recipe(out, SCALES[args.scale], base, args.tokenizer, args.bpe_vocab)
-    table = recipe.run()
+    try:
+        table = recipe.run()
+    except Stopped as e:  # exit as a shell reports the signal, the step's work kept
+        print(f"folio: {e}", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
     atomic_write_json(out / "table.json", table)
     text = format_table(table)
     atomic_write_text(out / "table.md", text + "\n")
