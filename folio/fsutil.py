@@ -8,10 +8,11 @@ either the old file or the new one, never a mixture.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,13 +138,60 @@ def describe_entries(entries: list[str]) -> str:
     return f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: {shown}"
 
 
-def check_replaceable_dir(out_dir: str | Path, is_ours: Callable[[Path], bool], what: str) -> Path:
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file's bytes, in hex (read in blocks)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digests(directory: Path, names: Iterable[str]) -> dict[str, str]:
+    """{name: SHA-256} of the named files in `directory`: what a manifest records as written."""
+    return {name: file_digest(directory / name) for name in names}
+
+
+def edited_files(directory: Path, manifest: str) -> list[str]:
+    """The files of `directory` that are not exactly as the command that wrote it left them.
+
+    The manifest's "files" maps each written file to its SHA-256. A file that
+    differs, one the manifest does not list, and every file of a manifest that
+    lists none (written before manifests did) count as edited.
+    """
+    try:
+        recorded = json.loads((directory / manifest).read_text(encoding="utf-8")).get("files")
+        names = sorted(p.name for p in directory.iterdir() if p.name != manifest)
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return [manifest]
+    if not isinstance(recorded, dict):
+        return names
+    edited = []
+    for name in names:
+        try:
+            same = recorded.get(name) == file_digest(directory / name)
+        except OSError:
+            same = False
+        if not same:
+            edited.append(name)
+    return edited
+
+
+def check_replaceable_dir(
+    out_dir: str | Path,
+    is_ours: Callable[[Path], bool],
+    what: str,
+    manifest: str | None = None,
+    force: bool = False,
+) -> Path:
     """The absolute path a command may (re)write as a whole directory, or a FolioError.
 
     A new or empty directory, or one `is_ours` recognises (something the same
     command wrote, replaced atomically), may be written; anything else holds
     something of the user's and is refused, naming what is there. `what` names
-    the kind of directory ("a Folio dataset").
+    the kind of directory ("a Folio dataset"). With a `manifest` (the file that
+    records each written file's digest), a directory of ours whose files were
+    edited since is refused too, unless `force`: hand-made changes are the user's.
     """
     out = Path(os.path.abspath(Path(out_dir).expanduser()))  # "." and ".." get real names
     if out.parent == out:
@@ -160,5 +208,10 @@ def check_replaceable_dir(out_dir: str | Path, is_ours: Callable[[Path], bool], 
         raise FolioError(
             f"--out {out_dir}: refusing to replace a directory that is not {what} "
             f"(it holds {describe_entries(entries)}); choose a new or empty directory"
+        )
+    if entries and manifest is not None and not force and (edited := edited_files(out, manifest)):
+        raise FolioError(
+            f"--out {out_dir}: {', '.join(edited[:3])} changed since it was written (edited by "
+            f"hand?); choose a new directory, or pass --force to replace it"
         )
     return out

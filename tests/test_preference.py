@@ -15,7 +15,15 @@ import torch
 
 from folio.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
 from folio.cli import main
-from folio.data.prefs import Pair, gold_score, rank_replies, read_pairs, read_pref_dir
+from folio.data.prefs import (
+    Pair,
+    check_prefs_target,
+    gold_score,
+    rank_replies,
+    read_pairs,
+    read_pref_dir,
+    write_pref_dir,
+)
 from folio.errors import FolioError
 from folio.models import GPT, GPTConfig, build_model
 from folio.models.config import RewardModelConfig
@@ -289,3 +297,25 @@ def test_the_gold_rule_by_its_three_tests() -> None:
     assert gold_tests(prompt, "LOVE" + "x" * 60, False) == (True, False, False)
     assert gold_tests("Reverse: love", "I love thee, and I will ever love.", True) == (False,) * 3
     assert gold_score(prompt, "", True) == pytest.approx(1 / 3)
+
+
+def test_a_preference_directory_edited_by_hand_is_not_replaced_without_force(
+    tmp_path: Path,
+) -> None:
+    """Pairs written by hand are the user's: a rerun of `prefs make` refuses to replace them."""
+    out = tmp_path / "p"
+    write_pref_dir(out, pairs_ab([1, 2]), pairs_ab([3]), {"seed": 0})
+    write_pref_dir(out, pairs_ab([1, 2]), pairs_ab([3]), {"seed": 0})  # untouched: replaced
+    mine = (out / "train.jsonl").read_text().replace('"a"', '"mine"', 1)
+    (out / "train.jsonl").write_text(mine)
+    with pytest.raises(FolioError, match=r"train\.jsonl changed since it was written.*--force"):
+        write_pref_dir(out, pairs_ab([1]), pairs_ab([3]), {"seed": 1})
+    with pytest.raises(FolioError, match="--force"):
+        check_prefs_target(out)
+    assert (out / "train.jsonl").read_text() == mine
+    (out / "notes.txt").write_text("x")
+    with pytest.raises(FolioError, match="not a Folio preference directory"):
+        write_pref_dir(out, pairs_ab([1]), pairs_ab([3]), {"seed": 1}, force=True)
+    (out / "notes.txt").unlink()
+    write_pref_dir(out, pairs_ab([1]), pairs_ab([3]), {"seed": 1}, force=True)
+    assert (out / "train.jsonl").read_text() != mine

@@ -209,3 +209,17 @@ def test_tinyshakespeare_speakers_are_its_name_lines(tinyshakespeare_path: Path)
     for line, speaker in m.lines[:50]:
         assert f"\n{speaker}:\n" in f"\n{text}" and line in text
     assert len(m.speakers) == 3 and len(m.words) > 1000
+
+
+def test_a_tasks_directory_edited_by_hand_is_not_replaced_without_force(tmp_path: Path) -> None:
+    """A rerun may replace its own files as written; a hand-edited file needs --force."""
+    out = tmp_path / "t"
+    args = ["tasks", "make", "--tasks", "reverse", "--n", "3", "--n-test", "2", "--out", str(out)]
+    assert main(args) == 0
+    assert main(args) == 0  # untouched: regenerated
+    edited = (out / "test.jsonl").read_text() + '{"messages": []}\n'
+    (out / "test.jsonl").write_text(edited)
+    assert main(args) == 2
+    assert (out / "test.jsonl").read_text() == edited
+    assert main([*args, "--force"]) == 0
+    assert (out / "test.jsonl").read_text() != edited

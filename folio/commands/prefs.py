@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pm.add_argument("--corpus", default="shakespeare", help="where speakers and words come from")
     pm.add_argument("--max-new-tokens", type=int, default=64, help="reply length limit")
     pm.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    pm.add_argument(
+        "--force", action="store_true", help="replace a preference directory edited by hand"
+    )
     pm.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
     pc = sub.add_parser(
         "check", help="read a preference directory (or one JSONL file) and count its pairs",
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> None:
     manifest = make_preferences(
         args.checkpoint, args.out, n=args.n, n_test=args.n_test, replies=args.replies,
         flip=args.flip, seed=args.seed, corpus=args.corpus, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
+        temperature=args.temperature, force=args.force,
     )  # fmt: skip
     if args.json:
         print(json.dumps({"out": args.out, **manifest}))

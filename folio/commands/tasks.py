@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=SPEAKERS,
         help="the speaker task uses the lines of this many speakers (those with most lines)",
     )
+    pm.add_argument("--force", action="store_true", help="replace a tasks directory edited by hand")
     pm.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
 
 
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> None:
         n_test=args.n_test,
         corpus=args.corpus,
         n_speakers=args.speakers,
+        force=args.force,
     )
     if args.json:
         print(json.dumps({"out": args.out, **manifest}))

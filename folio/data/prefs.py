@@ -40,6 +40,7 @@ from folio.fsutil import (
     atomic_write_json,
     atomic_write_text,
     check_replaceable_dir,
+    file_digests,
     replace_dir,
     scratch_dir,
 )
@@ -226,15 +227,29 @@ def _is_prefs_dir(path: Path) -> bool:
     return names <= {*PREFS_FILES, "prefs.json"} and meta.get("format") == PREFS_FORMAT
 
 
+def check_prefs_target(out_dir: str | Path, force: bool = False) -> Path:
+    """The absolute path `folio prefs make` may write to: new, empty, or a preference
+    directory whose files are as it wrote them (any, with `force`)."""
+    return check_replaceable_dir(
+        out_dir, _is_prefs_dir, "a Folio preference directory", manifest="prefs.json", force=force
+    )
+
+
 def write_pref_dir(
-    out_dir: str | Path, train: list[Pair], test: list[Pair], manifest: dict[str, Any]
+    out_dir: str | Path,
+    train: list[Pair],
+    test: list[Pair],
+    manifest: dict[str, Any],
+    force: bool = False,
 ) -> Path:
     """Write train.jsonl, test.jsonl and prefs.json, built aside and renamed into place.
 
-    A new or empty directory, or an earlier preference directory, may be
-    written; a directory holding anything else is refused.
+    A new or empty directory, or an earlier preference directory whose files
+    are as written (prefs.json keeps their digests; pairs edited by hand are
+    the user's), may be written, or any preference directory with `force`; a
+    directory holding anything else is refused.
     """
-    out = check_replaceable_dir(out_dir, _is_prefs_dir, "a Folio preference directory")
+    out = check_prefs_target(out_dir, force)
     if not train or not test:
         raise FolioError(
             f"no {'training' if not train else 'held-out'} pairs: every sampled reply scored the "
@@ -248,6 +263,7 @@ def write_pref_dir(
     with scratch_dir(tmp, f"cannot write preferences to {out_dir}: {{why}}"):
         atomic_write_text(tmp / "train.jsonl", jsonl(train))
         atomic_write_text(tmp / "test.jsonl", jsonl(test))
-        atomic_write_json(tmp / "prefs.json", {"format": PREFS_FORMAT, **manifest})
+        files = file_digests(tmp, ["train.jsonl", "test.jsonl"])
+        atomic_write_json(tmp / "prefs.json", {"format": PREFS_FORMAT, **manifest, "files": files})
         replace_dir(tmp, out)
     return out

@@ -47,6 +47,7 @@ from folio.fsutil import (
     atomic_write_json,
     atomic_write_text,
     check_replaceable_dir,
+    file_digests,
     replace_dir,
     scratch_dir,
 )
@@ -327,9 +328,12 @@ def _is_tasks_dir(path: Path) -> bool:
     return names <= TASKS_FILES and isinstance(meta, dict) and meta.get("format") == TASKS_FORMAT
 
 
-def check_tasks_target(out_dir: str | Path) -> Path:
-    """The absolute path `folio tasks make` may write to: new, empty, or a tasks directory."""
-    return check_replaceable_dir(out_dir, _is_tasks_dir, "a Folio tasks directory")
+def check_tasks_target(out_dir: str | Path, force: bool = False) -> Path:
+    """The absolute path `folio tasks make` may write to: new, empty, or a tasks directory
+    whose files are as it wrote them (any, with `force`)."""
+    return check_replaceable_dir(
+        out_dir, _is_tasks_dir, "a Folio tasks directory", manifest="tasks.json", force=force
+    )
 
 
 def _jsonl(examples: list[Example]) -> str:
@@ -344,15 +348,17 @@ def make_task_files(
     n_test: int = 500,
     corpus: str = "shakespeare",
     n_speakers: int = SPEAKERS,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Write train.jsonl (n per task), test.jsonl (n_test per task) and tasks.json to out_dir.
 
     The directory is built under a temporary name and renamed into place, so a
-    failure or a kill leaves the old directory (or none). Returns the manifest
-    written to tasks.json.
+    failure or a kill leaves the old directory (or none). An earlier tasks
+    directory is replaced only if its files are as written (tasks.json keeps
+    their digests), or with `force`. Returns the manifest written to tasks.json.
     """
     names = parse_task_names(names)
-    out = check_tasks_target(out_dir)
+    out = check_tasks_target(out_dir, force)
     tasks = [get_task(name) for name in names]
     material = load_material(corpus, n_speakers) if any(t.needs_corpus for t in tasks) else None
     train = make_examples(names, "train", n, seed, material)
@@ -372,6 +378,7 @@ def make_task_files(
     with scratch_dir(tmp, f"cannot write tasks to {out_dir}: {{why}}", catch=(OSError, FolioError)):
         atomic_write_text(tmp / "train.jsonl", _jsonl(train))
         atomic_write_text(tmp / "test.jsonl", _jsonl(test))
+        manifest["files"] = file_digests(tmp, ["train.jsonl", "test.jsonl"])
         atomic_write_json(tmp / "tasks.json", manifest)  # written last: marks completion
         replace_dir(tmp, out)
     return manifest
