@@ -168,7 +168,8 @@ class Engine:
 
     Use it from one thread with `stream()` (the chat REPL), or call `start()`
     to run the decode loop in a background thread and `submit()` from any
-    thread (the server).
+    thread (the server). `batch_invariant=False` keeps PyTorch's own kernels
+    in the decode step (what benchmarks/engine_invariance.py compares against).
     """
 
     def __init__(
@@ -179,6 +180,7 @@ class Engine:
         max_queue: int = 64,
         context_keep: int | None = None,
         device: torch.device | str | None = None,
+        batch_invariant: bool = True,
     ) -> None:
         for name, value in (("max_batch", max_batch), ("max_queue", max_queue)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -190,7 +192,11 @@ class Engine:
         self.context_keep = min(context_keep or max(1, self.block_size // 2), self.block_size)
         self.supports_cache: bool = model.supports_kv_cache
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.batch_invariant, self.invariance_note = _invariance(self.model, self.device)
+        self.batch_invariant, self.invariance_note = (
+            _invariance(self.model, self.device)
+            if batch_invariant
+            else (False, "batch invariance turned off: PyTorch's own kernels")
+        )
         self._waiting: deque[Handle] = deque()
         self._active: list[_Sequence] = []
         self._free_caches: list[KVCache] = []
