@@ -5,7 +5,7 @@ Three measurements on one randomly initialised model (default: the `video` prese
 1. the block matrices alone, as matrix-vector products (the floor set by
    reading the weights from memory), with the bandwidth that implies;
 2. the model's own KV-cached decode loop, no sampling;
-3. `StaticDecoder` steps (folio/models/decode.py), no sampling: eager float32,
+3. `StaticDecoder` steps (folio/sample/decode.py), no sampling: eager float32,
    and compiled with float32, bfloat16 and int8 weights;
 4. `Sampler.generate_ids`, the whole engine (sampling, checks, bookkeeping), on
    its default path and on the module path.
@@ -20,11 +20,11 @@ import time
 
 import torch
 
+from folio.config.run import preset_model_config
 from folio.models import GPT
-from folio.models.decode import StaticDecoder
 from folio.runtime import cpu_info
+from folio.sample.decode import StaticDecoder
 from folio.sample.sampler import Sampler, SamplingConfig
-from folio.train.config import preset_model_config
 
 
 def matmul_floor(model: GPT, repeats: int) -> tuple[float, int]:

@@ -83,7 +83,7 @@ echo "${MACHINE%$'\n'*}"
 
 # ------------------------------------------------------------ anywhere
 check "preset $PRESET parses and stops at val 1.47" "$PY" -c "
-from folio.train.config import build_run_config
+from folio.config.run import build_run_config
 run = build_run_config('$PRESET', [])
 t, m = run.train, run.model
 assert t.target_val_loss == 1.47 and t.max_time > 0, (t.target_val_loss, t.max_time)

@@ -45,7 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from folio.errors import FolioError  # noqa: E402
-from folio.recipe import SCALES, last_eval, run_folio  # noqa: E402
+from folio.recipes.assistant import SCALES  # noqa: E402
+from folio.recipes.runner import last_eval, run_folio  # noqa: E402
 
 SFT = ("--preset", "sft", "--mix-fraction", "0.1")
 EVAL = ("--k", "8", "--max-new-tokens", "32", "--seed", "0")

@@ -20,9 +20,9 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from folio.config.run import TrainConfig, load_preset_dict, preset_model_config
 from folio.models import GPT
 from folio.runtime import autocast, cpu_info, flops_per_token
-from folio.train.config import TrainConfig, load_preset_dict, preset_model_config
 from folio.train.optim import make_optimizer_for
 
 KINDS = {

@@ -89,7 +89,7 @@ class Shape:
 
 
 VIDEO = Shape(6, 6, 384, 256, 64, 0.2, "video")
-TINY = Shape(2, 2, 32, 16, 8, 0.0, "tiny")  # folio/configs/tiny.toml, for --quick
+TINY = Shape(2, 2, 32, 16, 8, 0.0, "tiny")  # folio/config/presets/tiny.toml, for --quick
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Tests for folio.models.decode: the static-cache decode step, equal to the model's own forward,
+"""Tests for folio.sample.decode: the static-cache decode step, equal to the model's own forward,
 and the sampler's decode paths, equal to the uncached reference."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from torch._dynamo.testing import CompileCounter
 from folio.bench.sample import precision_report
 from folio.errors import FolioError
 from folio.models import GPT, GPTConfig
-from folio.models.decode import StaticDecoder, _Packed, supports_static_decoding
 from folio.sample import Sampler, SamplingConfig
+from folio.sample.decode import StaticDecoder, _Packed, supports_static_decoding
 
 BLOCK = 16
 TINY = GPTConfig(vocab_size=40, n_layer=2, n_head=4, n_embd=32, block_size=BLOCK)
@@ -283,7 +283,7 @@ def test_the_bench_flags_name_every_decode_path() -> None:
 def test_an_int8_prefill_of_many_rows_matches_the_int8_kernel() -> None:
     """From _DEQUANTIZE_ROWS rows up, int8 weights are converted to bf16 for the call:
     the same product as the int8 kernel's, to bf16 rounding."""
-    from folio.models import decode
+    from folio.sample import decode
 
     torch.manual_seed(0)
     x = torch.randn(2, decode._DEQUANTIZE_ROWS, 32)

@@ -21,15 +21,15 @@ import torch
 
 from folio import runtime
 from folio.checkpoint import load_checkpoint
+from folio.config.run import build_run_config
 from folio.data.batches import Dataset, get_batch
 from folio.data.corpora import load_corpus
 from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
 from folio.models import build_model
+from folio.stages.pretrain import train
 from folio.train import distributed
-from folio.train.config import build_run_config
 from folio.train.optim import make_optimizer
-from folio.train.pretrain import train
 
 pytestmark = pytest.mark.distributed
 

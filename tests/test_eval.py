@@ -1,4 +1,4 @@
-"""Tests for folio/eval.py's own checks: a batch size or batch limit below 1 is refused."""
+"""Tests for folio/eval/loss.py's own checks: a batch size or batch limit below 1 is refused."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from folio.errors import FolioError
-from folio.eval import evaluate_split
+from folio.eval.loss import evaluate_split
 from folio.models import GPT, GPTConfig
 
 

@@ -1,4 +1,4 @@
-"""Tests for folio/eval_tasks.py and `folio eval tasks`: decoding, scoring, pass@k, the CLI."""
+"""Tests for folio/eval/tasks.py and `folio eval tasks`: decoding, scoring, pass@k, the CLI."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from folio.data.corpora import Corpus
 from folio.data.prepare import prepare_dataset
 from folio.data.tasks import make_task_files
 from folio.errors import FolioError
-from folio.eval_tasks import evaluate_tasks, generate_replies, pass_at_k, task_items
+from folio.eval.tasks import evaluate_tasks, generate_replies, pass_at_k, task_items
 from folio.models import GPT, BigramConfig, BigramLanguageModel, GPTConfig
 from folio.sample import Sampler, SamplingConfig
 from folio.tokenizers import CharTokenizer

@@ -23,13 +23,13 @@ from hypothesis import strategies as st
 
 import folio.train.trainer as trainer_module
 from folio.cli import main
+from folio.config.run import TrainConfig
 from folio.data.corpora import load_corpus, read_text_file
 from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
 from folio.models.config import GPTConfig, model_config_from_dict
 from folio.sample.sampler import SamplingConfig
 from folio.tokenizers import CharTokenizer
-from folio.train.config import TrainConfig
 
 TRIED: Counter[str] = Counter()
 

@@ -1,4 +1,4 @@
-"""The gold evaluator (folio/train/gold.py, `folio eval gold`): the same draws for every call,
+"""The gold evaluator (folio/eval/gold.py, `folio eval gold`): the same draws for every call,
 the rule's score of exactly those replies, and a KL to the reference that is 0 for the model
 itself and the k3 sum by hand otherwise."""
 
@@ -15,8 +15,10 @@ import torch
 from folio.checkpoint import clean_state_dict, save_checkpoint
 from folio.cli import main
 from folio.data.prefs import gold_score
+from folio.eval.gold import gold_report
 from folio.models import GPT, GPTConfig, build_model
 from folio.models.reward import RewardModelConfig
+from folio.rl.rollout import reply_logprobs, sample_rollout
 from folio.tokenizers import CharTokenizer
 from folio.tokenizers.chat import (
     cut_at_turn_token,
@@ -24,8 +26,6 @@ from folio.tokenizers.chat import (
     render_prompt,
     with_chat_tokens,
 )
-from folio.train.gold import gold_report
-from folio.train.rollout import reply_logprobs, sample_rollout
 
 PROMPTS = ["Write a line for HAMLET about love", "Write a line for JULIET about night"]
 

@@ -19,12 +19,12 @@ import pytest
 import torch
 
 from folio.checkpoint import load_checkpoint
+from folio.config.run import build_run_config
 from folio.data.corpora import load_corpus
 from folio.data.prepare import prepare_dataset
 from folio.models import GPT, GPTConfig
 from folio.sample import Sampler, SamplingConfig
-from folio.train.config import build_run_config
-from folio.train.pretrain import train
+from folio.stages.pretrain import train
 
 pytestmark = [
     pytest.mark.gpu,

@@ -1,4 +1,4 @@
-"""GRPO's mechanics (folio/train/rollout.py, folio/train/grpo.py, `folio rl`).
+"""GRPO's mechanics (folio/rl/rollout.py, folio/stages/grpo.py, `folio rl`).
 
 Tiny models (2 layers, 32 wide, block 16), fp32 on CPU, seeded. The smoke
 test fine-tunes a model to pick one of four letters at random, then rewards
@@ -20,15 +20,15 @@ from rl_models import picker, tiny, tokenizer
 
 from folio.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
 from folio.cli import main
+from folio.config.rl import RLConfig
+from folio.config.run import build_run_config
 from folio.data.tasks import Example
 from folio.errors import FolioError
 from folio.models import GPT
+from folio.rl.rollout import reply_logprobs, sample_rollout
+from folio.stages.grpo import GRPOObjective, informative_groups, keep_informative
 from folio.tokenizers import CharTokenizer
 from folio.tokenizers.chat import END, with_chat_tokens
-from folio.train.config import build_run_config
-from folio.train.grpo import GRPOObjective, informative_groups, keep_informative
-from folio.train.rl_config import RLConfig
-from folio.train.rollout import reply_logprobs, sample_rollout
 from folio.train.run_log import extra_metrics
 from folio.train.trainer import Trainer
 

@@ -19,7 +19,7 @@ from folio.data.batches import Dataset
 from folio.data.corpora import load_corpus
 from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
-from folio.eval import estimate_loss
+from folio.eval.loss import estimate_loss
 from folio.hf import export_hf, load_hf_gpt2
 from folio.models import GPT, GPTConfig
 from folio.tokenizers import CharTokenizer

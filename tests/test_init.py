@@ -13,24 +13,24 @@ import torch
 
 from folio.checkpoint import load_checkpoint
 from folio.cli import main
+from folio.config.run import build_run_config
 from folio.data.batches import Dataset, RemappedTokens, get_batch, remapped
 from folio.data.corpora import load_corpus
 from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
-from folio.eval import evaluate_checkpoint
+from folio.eval.loss import evaluate_checkpoint
 from folio.models import build_model
+from folio.stages.pretrain import initial_weights, train
 from folio.tokenizers import BPETokenizer, CharTokenizer
 from folio.tokenizers.chat import CHAT_TOKENS, has_chat_template
 from folio.tokenizers.extend import added_tokens, token_id_map
 from folio.train import trainer as trainer_module
-from folio.train.config import build_run_config
 from folio.train.init import (
     check_model_overrides,
     covering_tokenizer,
     load_base,
     require_extension,
 )
-from folio.train.pretrain import initial_weights, train
 
 WORDS = ["the", "king", "queen", "of", "and", "to", "my", "lord", "thou", "art", "good"]
 # New text: characters the base never saw ('Z', 'é', '0'), and a vocabulary sorted otherwise.

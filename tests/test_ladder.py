@@ -7,7 +7,7 @@ import pytest
 from folio.cli import main
 from folio.data.corpora import load_corpus
 from folio.data.prepare import prepare_dataset
-from folio.ladder import RUNGS, markdown_table, run_ladder
+from folio.recipes.ladder import RUNGS, markdown_table, run_ladder
 
 TEXT = "".join(
     f"LINE {i % 7}:\nto be or not to be, that is the question {i % 5}.\n\n" for i in range(120)

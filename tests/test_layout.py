@@ -1,11 +1,12 @@
 """The shape of the package: imports run one way, and every test the docs cite exists.
 
 Layers, bottom to top (a module may import its own layer and those below):
-  0  errors, fsutil
-  1  tokenizers, models, runtime, memory
-  2  data, checkpoint, eval, sample, hf
-  3  train, eval_tasks, ladder, bench, serve
-  4  commands, cli, __main__
+  0  errors, fsutil, lazy
+  1  tokenizers, models, runtime, memory, config
+  2  data, checkpoint, sample, hf
+  3  train, rl, eval, bench, serve
+  4  stages, recipes
+  5  commands, cli, __main__
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "folio"
 LAYERS = {
     "errors": 0, "fsutil": 0, "lazy": 0,
-    "tokenizers": 1, "models": 1, "runtime": 1, "memory": 1,
-    "data": 2, "checkpoint": 2, "eval": 2, "sample": 2, "hf": 2,
-    "train": 3, "eval_tasks": 3, "ladder": 3, "recipe": 3, "bench": 3, "serve": 3,
-    "commands": 4, "cli": 4, "__main__": 4, "__init__": 4,
+    "tokenizers": 1, "models": 1, "runtime": 1, "memory": 1, "config": 1,
+    "data": 2, "checkpoint": 2, "sample": 2, "hf": 2,
+    "train": 3, "rl": 3, "eval": 3, "bench": 3, "serve": 3,
+    "stages": 4, "recipes": 4,
+    "commands": 5, "cli": 5, "__main__": 5, "__init__": 5,
 }  # fmt: skip
 
 
@@ -48,7 +50,7 @@ def _imports(path: Path) -> list[tuple[int, str]]:
 
 def test_every_package_part_has_a_layer() -> None:
     parts = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()}
-    parts -= {"configs", "__pycache__", "py"}
+    parts -= {"__pycache__", "py"}
     assert parts <= set(LAYERS), parts - set(LAYERS)
 
 

@@ -11,6 +11,7 @@ import torch
 import folio.memory as memory
 import folio.train.trainer as trainer_module
 from folio.cli import main
+from folio.config.run import TrainConfig, build_run_config
 from folio.data.corpora import load_corpus
 from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
@@ -21,7 +22,6 @@ from folio.memory import (
     estimate_training_memory,
 )
 from folio.models import BigramConfig, GPTConfig, build_model
-from folio.train.config import TrainConfig, build_run_config
 
 GiB = 2**30
 

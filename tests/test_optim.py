@@ -18,11 +18,12 @@ import torch
 
 from folio.checkpoint import resolve_checkpoint
 from folio.cli import main as cli_main
+from folio.config.run import TrainConfig, build_run_config
 from folio.data.corpora import load_corpus
 from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
 from folio.models import GPT, GPTConfig
-from folio.train.config import TrainConfig, build_run_config
+from folio.stages.pretrain import train
 from folio.train.optim import (
     NS_COEFFICIENTS,
     SCHEDULES,
@@ -34,7 +35,6 @@ from folio.train.optim import (
     orthogonalize_many,
     param_groups,
 )
-from folio.train.pretrain import train
 
 V, BLOCK = 20, 16
 

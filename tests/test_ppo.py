@@ -1,4 +1,4 @@
-"""PPO's mechanics (folio/train/ppo.py, `folio rl --algo ppo`).
+"""PPO's mechanics (folio/stages/ppo.py, `folio rl --algo ppo`).
 
 Tiny models, fp32 on CPU, seeded. The smoke test trains a reward model to
 prefer the reply "a", then PPO must raise its score on a policy fine-tuned to
@@ -19,18 +19,18 @@ from rl_models import picker, tokenizer
 
 from folio.checkpoint import clean_state_dict, save_checkpoint
 from folio.cli import main
+from folio.config.rl import RLConfig
+from folio.config.run import build_run_config
 from folio.data.prefs import Pair
 from folio.models import build_model
 from folio.models.config import GPTConfig, PolicyValueConfig, RewardModelConfig
+from folio.rl.rollout import reply_logprobs
+from folio.stages.ppo import PPOObjective, end_positions
+from folio.stages.preference import RewardObjective, pair_rows
 from folio.tokenizers import CharTokenizer
 from folio.tokenizers.chat import END, with_chat_tokens
-from folio.train.config import build_run_config
 from folio.train.init import Base
 from folio.train.policy import with_scalar_head
-from folio.train.ppo import PPOObjective, end_positions
-from folio.train.preference import RewardObjective, pair_rows
-from folio.train.rl_config import RLConfig
-from folio.train.rollout import reply_logprobs
 from folio.train.trainer import Trainer
 
 USER = [{"role": "user", "content": "Pick"}]

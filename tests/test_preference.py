@@ -1,5 +1,5 @@
-"""Preference pairs, the reward model and DPO (folio/data/prefs.py, folio/train/preference.py,
-folio/train/dpo.py, `folio prefs`, `folio reward`, `folio dpo`, `folio eval prefs`)."""
+"""Preference pairs, the reward model and DPO (folio/data/prefs.py, folio/stages/preference.py,
+folio/stages/, `folio prefs`, `folio reward`, `folio dpo`, `folio eval prefs`)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ from folio.data.prefs import (
 from folio.errors import FolioError
 from folio.models import GPT, GPTConfig, build_model
 from folio.models.config import RewardModelConfig
+from folio.stages.preference import DPOObjective, PrefConfig, RewardObjective, pair_rows
 from folio.tokenizers import CharTokenizer
 from folio.tokenizers.chat import END, with_chat_tokens
-from folio.train.preference import DPOObjective, PrefConfig, RewardObjective, pair_rows
 
 USER = [{"role": "user", "content": "Pick"}]
 
@@ -263,9 +263,9 @@ def test_prefs_make_cuts_a_reply_at_a_turn_token_and_counts_it_unended(
 ) -> None:
     """A reply that writes <|user|> would otherwise put "<|user|>" into the pair file as text,
     which the model's tokenizer cannot encode, and the reward model could not read."""
-    import folio.train.dpo as dpo
+    import folio.stages.prefs as prefs_stage
     from folio.data.tasks import load_material
-    from folio.eval_tasks import Reply
+    from folio.eval.tasks import Reply
     from folio.tokenizers.chat import USER
 
     m = load_material()
@@ -279,7 +279,7 @@ def test_prefs_make_cuts_a_reply_at_a_turn_token_and_counts_it_unended(
         a, b = tok.encode("about a line"), tok.encode("x")
         return [[Reply([*a, user, *b], True), Reply(b, True)] for _ in ids]
 
-    monkeypatch.setattr(dpo, "generate_replies", fake)
+    monkeypatch.setattr(prefs_stage, "generate_replies", fake)
     code, _, err = cli("prefs", "make", "--checkpoint", f"run:{tmp_path / 'sft'}", "--out",
                        tmp_path / "p", "--n", 4, "--n-test", 2, "--replies", 2)  # fmt: skip
     assert code == 0, err

@@ -2,8 +2,8 @@
 
 import pytest
 
+from folio.config.run import build_run_config, list_presets
 from folio.models import build_model
-from folio.train.config import build_run_config, list_presets
 
 
 @pytest.mark.parametrize("name", list_presets())

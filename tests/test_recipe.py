@@ -13,18 +13,8 @@ from pathlib import Path
 import pytest
 
 from folio.errors import FolioError
-from folio.recipe import (
-    SCALES,
-    STAGES,
-    TABLE_KEYS,
-    Recipe,
-    Step,
-    _check_out,
-    _finished,
-    _last_error,
-    format_table,
-    run_folio,
-)
+from folio.recipes.assistant import SCALES, STAGES, TABLE_KEYS, Recipe, _check_out, format_table
+from folio.recipes.runner import Step, _last_error, finished, run_folio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,9 +69,9 @@ def test_a_stopped_training_step_resumes_and_a_finished_one_is_not_rerun(tmp_pat
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"train": {"max_iters": 3}}))
     (run / "latest.json").write_text(json.dumps({"step": 2}))
-    assert recipe.command(step)[-1] == "--resume" and not _finished(run)
+    assert recipe.command(step)[-1] == "--resume" and not finished(run)
     (run / "latest.json").write_text(json.dumps({"step": 3}))
-    assert _finished(run)
+    assert finished(run)
     record = recipe.run_step(step)  # finished: recorded without running anything
     assert record["result"] == {"recovered": True} and recipe.record_path(step).exists()
 
@@ -133,7 +123,8 @@ LONG_BASE = """
 import sys
 from dataclasses import replace
 from pathlib import Path
-from folio.recipe import SCALES, Recipe, Stopped
+from folio.recipes.assistant import SCALES, Recipe
+from folio.recipes.runner import Stopped
 base = tuple(a if a != "4" else "100000" for a in SCALES["tiny"].base)  # never ends by itself
 try:
     Recipe(Path(sys.argv[1]), replace(SCALES["tiny"], base=base)).run()

@@ -1,4 +1,4 @@
-"""Each RL and preference estimator against a case computed by hand (folio/train/rl_math.py)."""
+"""Each RL and preference estimator against a case computed by hand (folio/rl/estimators.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import math
 import pytest
 import torch
 
-from folio.sample.sampler import SamplingConfig, choose_tokens, sampling_logprobs
-from folio.train.rl_config import LOSS_MEAN_NAMES
-from folio.train.rl_math import (
+from folio.config.rl import LOSS_MEAN_NAMES
+from folio.rl.estimators import (
     LOSS_MEANS,
     bradley_terry_loss,
     clip_fraction,
@@ -26,6 +25,7 @@ from folio.train.rl_math import (
     value_loss,
     whiten,
 )
+from folio.sample.sampler import SamplingConfig, choose_tokens, sampling_logprobs
 
 LN = math.log
 

@@ -319,7 +319,7 @@ def test_a_draw_is_the_token_torch_multinomial_draws_for_the_same_seed() -> None
 def test_the_decode_step_draws_what_choose_tokens_draws(temperature: float) -> None:
     """The static decoder chooses inside its step (`decode.choose`): for the same logits and
     the same variates it must pick choose_tokens' token, greedy and sampled."""
-    from folio.models.decode import choose
+    from folio.sample.decode import choose
     from folio.sample.sampler import choose_tokens
 
     g = torch.Generator().manual_seed(1)

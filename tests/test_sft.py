@@ -1,4 +1,4 @@
-"""Tests for folio/train/sft.py, `folio sft` and MixedObjective: fine-tuning on conversations.
+"""Tests for folio/stages/sft.py, `folio sft` and MixedObjective: fine-tuning on conversations.
 
 The base is the tiny preset (2 layers, 32 wide, block 16) trained 20 steps on a
 small word corpus; the conversations are a task it can learn in seconds: the
@@ -17,18 +17,18 @@ import torch
 
 from folio.checkpoint import load_checkpoint
 from folio.cli import main
+from folio.config.run import build_run_config
 from folio.data.corpora import load_corpus
 from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
-from folio.eval_tasks import evaluate_tasks, read_test_set, task_items
+from folio.eval.tasks import evaluate_tasks, read_test_set, task_items
+from folio.stages.pretrain import train as pretrain
+from folio.stages.sft import read_sft_data
+from folio.stages.sft import train as sft
 from folio.tokenizers.chat import CHAT_TOKENS, has_chat_template
 from folio.tokenizers.extend import added_tokens
 from folio.train import trainer as trainer_module
-from folio.train.config import build_run_config
 from folio.train.objectives import MixedObjective
-from folio.train.pretrain import train as pretrain
-from folio.train.sft import read_sft_data
-from folio.train.sft import train as sft
 
 WORDS = ["the", "king", "queen", "of", "and", "to", "my", "lord", "thou", "art", "good"]
 

@@ -1,5 +1,5 @@
 """The training loop and the run directory it writes (folio.train.trainer, folio.checkpoint),
-the evaluation helpers (folio.eval) and device/precision choices (folio.runtime).
+the evaluation helpers (folio.eval.loss) and device/precision choices (folio.runtime).
 
 Every run is the 'tiny' preset (2 layers, 32 wide, block 16) on CPU, seeded, one thread,
 on a small word corpus. Rendering loss.png costs about 0.35 s per eval here, so tests
@@ -42,17 +42,17 @@ from folio.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from folio.config.run import build_run_config
 from folio.data.batches import Dataset
 from folio.data.corpora import load_corpus
 from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
-from folio.eval import estimate_loss, evaluate_split
+from folio.eval.loss import estimate_loss, evaluate_split
 from folio.models import GPT, GPTConfig
 from folio.runtime import peak_flops, pick_device, resolve_dtype
+from folio.stages.pretrain import train
 from folio.tokenizers import CharTokenizer
-from folio.train.config import build_run_config
 from folio.train.optim import make_optimizer
-from folio.train.pretrain import train
 from folio.train.trainer import TrainResult
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ from test_decode import tiny_gpt
 from folio.bench.sample import precision_report
 from folio.errors import FolioError
 from folio.models import w8a8
-from folio.models.decode import StaticDecoder
 from folio.sample import Sampler, SamplingConfig
+from folio.sample.decode import StaticDecoder
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,7 +14,7 @@ A path is how the cached step runs (`Sampler(decode=..., weights=...)`):
 - `compiled`, `compiled-bf16`, `compiled-int8`, `compiled-w8a8`: the same with its
   one-token step compiled by `torch.compile` (the compile time is reported, not timed);
 - `aot`, `aot-bf16`, `aot-int8`, `aot-w8a8`: the step compiled ahead of time by
-  AOTInductor (`folio.models.aot`; compiled once per shape and kept in `$FOLIO_CACHE`).
+  AOTInductor (`folio.sample.aot`; compiled once per shape and kept in `$FOLIO_CACHE`).
 
 Every figure is new tokens x batch / seconds for one `Sampler.generate_ids`
 run from an empty prompt (the default start token) at temperature 1, after a
@@ -43,12 +43,12 @@ from typing import Any
 
 import torch
 
+from folio.config.run import preset_model_config
 from folio.errors import FolioError
 from folio.models import GPT, GPTConfig
-from folio.models.decode import StaticDecoder
 from folio.runtime import cpu_info, machine_name
 from folio.sample import Sampler, SamplingConfig
-from folio.train.config import preset_model_config
+from folio.sample.decode import StaticDecoder
 
 PATHS = {
     "uncached": ("module", "float32", None),

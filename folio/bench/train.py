@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from folio.config.run import preset_model_config
 from folio.models import GPT
 from folio.runtime import (
     autocast,
@@ -40,7 +41,6 @@ from folio.runtime import (
     pick_device,
     set_threads,
 )
-from folio.train.config import preset_model_config
 from folio.train.optim import make_optimizer_for
 
 
@@ -65,7 +65,7 @@ def measure_mode(
         cfg.residual_precision = residual_precision
     torch.manual_seed(0)
     model = GPT(cfg).to(device)
-    from folio.train.config import TrainConfig, load_preset_dict
+    from folio.config.run import TrainConfig, load_preset_dict
 
     tc = TrainConfig(**load_preset_dict(preset).get("train", {}))
     B = batch_size or tc.batch_size

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     """Train with DPO, then print the held-out margin, accuracy and gold score."""
     run_config, cfg = configs(args)
-    from folio.train.dpo import train_dpo  # torch, only once the flags are known to be good
+    from folio.stages.dpo import train_dpo  # torch, only once the flags are known to be good
 
     result = train_dpo(
         run_config, cfg, args.init_from, args.data, args.out, reference_from=args.reference,

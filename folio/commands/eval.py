@@ -1,5 +1,5 @@
 """`folio eval`: a checkpoint's loss, perplexity and bits per character/byte on a dataset
-(folio/eval.py); `folio eval tasks` scores replies to task prompts (folio/commands/eval_tasks.py),
+(folio/eval/loss.py); `folio eval tasks` scores replies to task prompts (folio/commands/eval_tasks.py),
 `folio eval prefs` a reward model's pairwise accuracy, `folio eval gold` a chat model's gold score."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Evaluate the checkpoint on each split and print the figures."""
-    from folio.eval import check_eval_limits, evaluate_checkpoint
+    from folio.eval.loss import check_eval_limits, evaluate_checkpoint
     from folio.runtime import pick_device, resolve_dtype
 
     if args.checkpoint is None:

@@ -1,5 +1,5 @@
 """`folio eval gold`: a chat model's score by the hidden gold rule on held-out prompts, and its KL
-to a reference model (folio/train/gold.py)."""
+to a reference model (folio/eval/gold.py)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> None:
     """Sample replies to held-out gold prompts and score them."""
     from folio.data.prefs import line_prompts
     from folio.data.tasks import load_material
-    from folio.train.gold import gold_report
+    from folio.eval.gold import gold_report
     from folio.train.policy import load_policy, same_tokenizer
 
     policy = load_policy(_spec(args.checkpoint), "--checkpoint")

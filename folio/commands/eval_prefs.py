@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> None:
     from folio.data.prefs import read_pairs, read_pref_dir
     from folio.errors import FolioError
     from folio.runtime import pick_device
-    from folio.train.preference import pair_rows, pairwise_accuracy
+    from folio.stages.preference import pair_rows, pairwise_accuracy
 
     ck = load_checkpoint(args.checkpoint, args.which, pick_device(args.device))
     if ck.model_config.model_type != "reward":

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from folio.checkpoint import load_checkpoint
-    from folio.eval_tasks import evaluate_tasks, read_test_set, task_items
+    from folio.eval.tasks import evaluate_tasks, read_test_set, task_items
     from folio.models.resize import resize_vocab
     from folio.runtime import pick_device, resolve_dtype
     from folio.tokenizers.chat import has_chat_template, with_chat_tokens

@@ -1,4 +1,4 @@
-"""`folio ladder`: the video's build-up, rung by rung, as one table (folio/ladder.py)."""
+"""`folio ladder`: the video's build-up, rung by rung, as one table (folio/recipes/ladder.py)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Train every rung and print the table."""
-    from folio.ladder import markdown_table, rows_json, run_ladder
+    from folio.recipes.ladder import markdown_table, rows_json, run_ladder
 
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     rows = run_ladder(

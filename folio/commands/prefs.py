@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> None:
             else ", ".join(f"{k}: {v} pairs" for k, v in counts.items())
         )
         return
-    from folio.train.dpo import make_preferences
+    from folio.stages.prefs import make_preferences
 
     manifest = make_preferences(
         args.checkpoint, args.out, n=args.n, n_test=args.n_test, replies=args.replies,

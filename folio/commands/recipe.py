@@ -1,5 +1,5 @@
 """`folio recipe assistant`: pretrain, SFT, GRPO, preference pairs, a reward model, PPO and DPO in
-one resumable command, with a table of held-out figures per stage (folio/recipe.py)."""
+one resumable command, with a table of held-out figures per stage (folio/recipes/assistant.py)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> None:
 
     from folio.errors import FolioError
     from folio.fsutil import atomic_write_json, atomic_write_text
-    from folio.recipe import SCALES, Recipe, Stopped, format_table
+    from folio.recipes.assistant import SCALES, Recipe, format_table
+    from folio.recipes.runner import Stopped
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():

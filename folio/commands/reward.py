@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from folio.train.config import add_config_flags, add_stage_flags
-from folio.train.pref_config import PrefConfig
+from folio.config.prefs import PrefConfig
+from folio.config.run import add_config_flags, add_stage_flags
 
 HELP = "train a reward model on preference pairs (scalar head at the end-of-turn token)"
 
@@ -38,8 +38,8 @@ def add_preference_arguments(parser: argparse.ArgumentParser, preset: str) -> No
 
 def configs(args: argparse.Namespace):
     """(run config, PrefConfig) from the preset and flags; model settings are refused."""
+    from folio.config.run import build_run_config, config_overrides, stage_config
     from folio.errors import FolioError
-    from folio.train.config import build_run_config, config_overrides, stage_config
 
     overrides = config_overrides(args)
     for key, _ in overrides:
@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     """Train the reward model, then print its held-out pairwise accuracy."""
     run_config, cfg = configs(args)
-    from folio.train.dpo import train_reward  # torch, only once the flags are known to be good
+    from folio.stages.reward import train_reward  # torch, only once the flags are known to be good
 
     result = train_reward(
         run_config, cfg, args.init_from, args.data, args.out, **trainer_args(args)

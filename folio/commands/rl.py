@@ -1,5 +1,5 @@
-"""`folio rl`: RL from a chat checkpoint: GRPO on task rewards (folio/train/grpo.py), or PPO
-against a reward model (folio/train/ppo.py)."""
+"""`folio rl`: RL from a chat checkpoint: GRPO on task rewards (folio/stages/grpo.py), or PPO
+against a reward model (folio/stages/ppo.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import argparse
 import json
 import sys
 
+from folio.config.rl import RLConfig
+from folio.config.run import add_config_flags, add_stage_flags, list_presets
 from folio.errors import FolioError
-from folio.train.config import add_config_flags, add_stage_flags, list_presets
-from folio.train.rl_config import RLConfig
 
 HELP = "RL from a chat model: GRPO on task rewards, or PPO against a reward model"
 
@@ -64,8 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Train with RL, then print the result and the last held-out figures."""
+    from folio.config.run import build_run_config, config_overrides, stage_config
     from folio.runtime import env_from_environ
-    from folio.train.config import build_run_config, config_overrides, stage_config
 
     overrides = config_overrides(args)
     for key, _ in overrides:
@@ -93,13 +93,13 @@ def run(args: argparse.Namespace) -> None:
             raise FolioError(
                 "--algo grpo takes --tasks (their checkers are the reward) and no --reward-model"
             )
-        from folio.train.grpo import train_grpo  # torch, only once the flags are known to be good
+        from folio.stages.grpo import train_grpo  # torch, only once the flags are known to be good
 
         result = train_grpo(run_config, rl, args.init_from, args.tasks, args.out, **common)
     else:
         if args.reward_model is None or args.tasks is not None:
             raise FolioError("--algo ppo takes --reward-model (its reward) and no --tasks")
-        from folio.train.ppo import train_ppo  # torch, only once the flags are known to be good
+        from folio.stages.ppo import train_ppo  # torch, only once the flags are known to be good
 
         result = train_ppo(run_config, rl, args.init_from, args.reward_model, args.out, **common)
     last = result.history[-1] if result.history else {}

@@ -1,12 +1,12 @@
-"""`folio sft`: fine-tune a trained model on conversations (folio/train/sft.py)."""
+"""`folio sft`: fine-tune a trained model on conversations (folio/stages/sft.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from folio.train.config import add_config_flags
-from folio.train.sft_defaults import EVAL_PROMPTS, MIX_FRACTION, VAL_FRACTION
+from folio.config.run import add_config_flags
+from folio.config.sft import EVAL_PROMPTS, MIX_FRACTION, VAL_FRACTION
 
 HELP = "fine-tune a trained model on conversations (loss on the assistant's tokens only)"
 
@@ -83,13 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Fine-tune, then print the result (rank 0 only under torchrun)."""
+    from folio.config.run import build_run_config, check_model_overrides, config_overrides
     from folio.runtime import is_main
-    from folio.train.config import build_run_config, check_model_overrides, config_overrides
 
     overrides = config_overrides(args)
     check_model_overrides(overrides, args.init_from)
     run_config = build_run_config(args.preset, overrides)
-    from folio.train.sft import train  # torch, only once the flags are known to be good
+    from folio.stages.sft import train  # torch, only once the flags are known to be good
 
     result = train(
         run_config,

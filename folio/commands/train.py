@@ -1,12 +1,12 @@
-"""`folio train`: pretrain a model on a prepared dataset (folio/train/pretrain.py)."""
+"""`folio train`: pretrain a model on a prepared dataset (folio/stages/pretrain.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from folio.config.run import add_config_flags, list_presets
 from folio.errors import FolioError
-from folio.train.config import add_config_flags, list_presets
 
 HELP = "train a model on a prepared dataset"
 
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Train, then print the result (rank 0 only under torchrun)."""
-    from folio.train.config import build_run_config, check_model_overrides, config_overrides
+    from folio.config.run import build_run_config, check_model_overrides, config_overrides
 
     if args.preset is None:
         raise FolioError(
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> None:
     overrides = config_overrides(args)
     check_model_overrides(overrides, args.init_from)
     run = build_run_config(args.preset, overrides)
-    from folio.train.pretrain import train  # torch, only once the flags are known to be good
+    from folio.stages.pretrain import train  # torch, only once the flags are known to be good
 
     result = train(
         run,

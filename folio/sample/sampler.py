@@ -32,13 +32,13 @@ in one line when it exceeds what is available, unless told to try anyway.
 Decode paths (`Sampler(decode=...)`). The cached step runs in one of two forms,
 which compute the same function: "module", the model's own forward with a
 `KVCache` (the readable form: every block a module call), and "static",
-`folio.models.decode.StaticDecoder`, the same stack flattened into one loop
+`folio.sample.decode.StaticDecoder`, the same stack flattened into one loop
 over a preallocated cache of block_size positions, with fewer calls and no
 per-token allocation of Python objects. "compiled" is "static" with its
 one-token step compiled by `torch.compile` (fixed shapes, compiled once per
 sampler and batch size; the first step pays the compile time). "aot" is
 "static" with its step compiled ahead of time by AOTInductor into a library
-kept on disk (`folio.models.aot`): the fastest per token, since a call skips
+kept on disk (`folio.sample.aot`): the fastest per token, since a call skips
 dynamo's guards and Python wrapper; the first use of a model shape, weight
 format and batch size pays 20-30 s, later ones, in any process, a few. "auto", the
 default, takes "static" where the model supports it and the sampler computes
@@ -72,8 +72,8 @@ from torch import nn
 
 from folio.errors import FolioError
 from folio.memory import check_sampling_memory
-from folio.models.decode import WEIGHT_FORMATS, StaticDecoder, supports_static_decoding
 from folio.runtime import TORCH_DTYPES
+from folio.sample.decode import WEIGHT_FORMATS, StaticDecoder, supports_static_decoding
 from folio.tokenizers.stream import TextStream, TokenBytes
 
 

@@ -40,6 +40,8 @@ import torch
 from torch import nn
 
 from folio.checkpoint import load_checkpoint
+from folio.config.run import RunConfig
+from folio.config.run import check_model_overrides as check_model_overrides
 from folio.errors import FolioError
 from folio.fsutil import read_json
 from folio.models.config import ModelConfig
@@ -47,8 +49,6 @@ from folio.models.resize import resize_vocab
 from folio.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, tokenizer_from_dict
 from folio.tokenizers.chat import with_chat_tokens
 from folio.tokenizers.extend import added_tokens, extend_for_text
-from folio.train.config import RunConfig
-from folio.train.config import check_model_overrides as check_model_overrides
 
 RUN_PREFIX = "run:"
 HF_PREFIX = "hf:"

@@ -16,11 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from folio.errors import FolioError
-
 # The names a config may give live in the config, which the CLI imports without torch.
-from folio.train.config import OPTIMIZERS as OPTIMIZERS
-from folio.train.config import SCHEDULES as SCHEDULES
+from folio.config.run import OPTIMIZERS as OPTIMIZERS
+from folio.config.run import SCHEDULES as SCHEDULES
+from folio.errors import FolioError
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

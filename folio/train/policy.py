@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from torch import nn
+
 from folio.errors import FolioError
 from folio.models import build_model
 from folio.models.config import GPTConfig
@@ -87,3 +89,9 @@ def with_scalar_head(ck: Base, config_class: type, **changes) -> tuple[GPTConfig
 def policy_config(ck: Base) -> GPTConfig:
     """The policy's config with dropout off (RL and DPO rescore what they sampled)."""
     return dataclasses.replace(ck.config, dropout=0.0)
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    """`model` as a fixed reference: no gradients, eval mode (no dropout), never stepped."""
+    model.requires_grad_(False)
+    return model.eval()

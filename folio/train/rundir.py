@@ -77,3 +77,17 @@ def check_run_dir(out_dir: str | Path, stage: str, *, resume: bool, restart: boo
             f"{out_dir}: holds a {held} run, not a {stage} run; resume it with "
             f"`{COMMANDS.get(held, held)} --resume`, or give {COMMANDS[stage]} another --out"
         )
+
+
+def check_same_settings(out_dir: Path, meta: dict[str, Any]) -> None:
+    """A resumed run must keep what `meta` records: its models, prompts and RL settings."""
+    path = out_dir / "run.json"
+    if not path.exists():
+        return
+    saved = read_json(path, "run config")
+    for key in meta:
+        if isinstance(saved, dict) and saved.get(key) != meta[key]:
+            raise FolioError(
+                f"{path}: the run was started with another {key} ({saved.get(key)!r}); "
+                f"resume it with the same flags"
+            )

@@ -40,8 +40,9 @@ from folio.checkpoint import (
     move_run_aside,
     save_checkpoint,
 )
+from folio.config.run import RunConfig
 from folio.errors import FolioError
-from folio.eval import estimate_objective
+from folio.eval.loss import estimate_objective
 from folio.fsutil import atomic_write_json
 from folio.memory import check_training_memory
 from folio.models import build_model
@@ -59,7 +60,6 @@ from folio.runtime import (
 )
 from folio.tokenizers import check_same_tokenizer
 from folio.train import distributed
-from folio.train.config import RunConfig
 from folio.train.objectives import Batch, Objective
 from folio.train.optim import (
     learning_rate,

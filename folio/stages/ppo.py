@@ -14,7 +14,7 @@ the reward model never learned to judge:
 
 The value V is a scalar head on the policy's own transformer (a
 `PolicyValueModel`), trained with the clipped value loss towards the returns
-R = A + V_old. As in GRPO (folio/train/grpo.py), each rollout is learned from
+R = A + V_old. As in GRPO (folio/stages/grpo.py), each rollout is learned from
 for epochs x minibatches steps, dropout is off, and the objective plugs into
 the one `Trainer`, the rollout being learned from saved with each checkpoint.
 
@@ -35,21 +35,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from folio.config.rl import RLConfig
+from folio.config.run import RunConfig
 from folio.data.prefs import GOLD_TESTS, gold_tests, line_prompts
 from folio.data.tasks import load_material
 from folio.models.config import PolicyValueConfig
-from folio.tokenizers.chat import cut_at_turn_token, end_of_turn_id, render_prompt
-from folio.train.config import RunConfig
-from folio.train.grpo import check_resume, frozen
-from folio.train.policy import (
-    load_policy,
-    load_reward_model,
-    policy_config,
-    same_tokenizer,
-    with_scalar_head,
-)
-from folio.train.rl_config import RLConfig
-from folio.train.rl_math import (
+from folio.rl.estimators import (
     clip_fraction,
     gae,
     k3_kl,
@@ -60,8 +51,17 @@ from folio.train.rl_math import (
     value_loss,
     whiten,
 )
-from folio.train.rollout import RolloutBuffer, reply_logprobs, sample_rollout
-from folio.train.rundir import check_run_dir
+from folio.rl.rollout import RolloutBuffer, reply_logprobs, sample_rollout
+from folio.tokenizers.chat import cut_at_turn_token, end_of_turn_id, render_prompt
+from folio.train.policy import (
+    frozen,
+    load_policy,
+    load_reward_model,
+    policy_config,
+    same_tokenizer,
+    with_scalar_head,
+)
+from folio.train.rundir import check_run_dir, check_same_settings
 from folio.train.trainer import Trainer, TrainResult
 
 BATCH_KEYS = ("tokens", "mask", "old_logprobs", "advantages", "returns", "old_values")
@@ -292,7 +292,7 @@ def train_ppo(
         "rl": rl.to_dict(),
     }
     if resume:
-        check_resume(Path(out_dir), meta)
+        check_same_settings(Path(out_dir), meta)
     objective = PPOObjective(
         rl, policy.tokenizer, ref.model, reward.model, train_prompts, test_prompts
     )

@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from folio.data.prefs import GOLD_TESTS, gold_tests
+from folio.rl.estimators import k3_kl
+from folio.rl.rollout import reply_logprobs, sample_rollout
 from folio.tokenizers.chat import cut_at_turn_token, end_of_turn_id, render_prompt
-from folio.train.rl_math import k3_kl
-from folio.train.rollout import reply_logprobs, sample_rollout
 
 
 @torch.no_grad()

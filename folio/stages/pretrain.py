@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from folio.config.run import RunConfig
 from folio.data.batches import Dataset, remapped
 from folio.tokenizers.extend import token_id_map
-from folio.train.config import RunConfig
 from folio.train.init import (
     HF_PREFIX,
     Start,

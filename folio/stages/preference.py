@@ -27,18 +27,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from folio.data.prefs import Pair
+from folio.config.prefs import PrefConfig as PrefConfig
+from folio.data.prefs import Pair, read_pref_dir
 from folio.errors import FolioError
+from folio.eval.gold import gold_report
+from folio.rl.estimators import bradley_terry_loss, dpo_loss, sequence_logprobs
+from folio.rl.rollout import reply_logprobs
 from folio.tokenizers.chat import end_of_turn_id, render_prompt
-from folio.train.gold import gold_report
-from folio.train.pref_config import PrefConfig as PrefConfig
-from folio.train.rl_math import bradley_terry_loss, dpo_loss, sequence_logprobs
-from folio.train.rollout import reply_logprobs
 
 GOLD_SEED = 0
 """Seed of the replies the gold score samples: the same draws at every eval."""
@@ -191,7 +192,7 @@ class DPOObjective:
     def metrics(self, model: nn.Module) -> dict[str, float]:
         """On every held-out pair: the implicit reward margin, pairwise accuracy, and the chosen
         and rejected log-probs; and, on replies sampled to held-out prompts, the gold score, the
-        end rate and the KL to the reference (folio/train/gold.py, as `folio eval gold`)."""
+        end rate and the KL to the reference (folio/eval/gold.py, as `folio eval gold`)."""
         d, ref = self.data["val"], self.ref_logprobs["val"]
         lp = sequence_logprobs_of(model, d)
         chosen, rejected = lp.chunk(2)
@@ -212,3 +213,18 @@ class DPOObjective:
                 k: v for k, v in gold.items() if k.startswith("gold_") or k in ("kl", "end_rate")
             }
         return out
+
+
+def run_flags(trainer_args: dict[str, Any]) -> dict[str, bool]:
+    """The resume and restart flags among a stage's Trainer arguments (for check_run_dir)."""
+    return {k: bool(trainer_args.get(k, False)) for k in ("resume", "restart")}
+
+
+def preference_rows(path: str | Path, tokenizer: Any, block_size: int):
+    """A preference directory's pairs as rows {"train", "val"}, and its held-out pairs."""
+    train, test = read_pref_dir(path)
+    rows = {
+        "train": pair_rows(train, tokenizer, block_size),
+        "val": pair_rows(test, tokenizer, block_size),
+    }
+    return rows, test

@@ -23,11 +23,11 @@ from typing import Any
 import torch
 
 from folio.checkpoint import load_checkpoint
+from folio.config.run import build_run_config
 from folio.data.batches import Dataset
-from folio.eval import evaluate_split
+from folio.eval.loss import evaluate_split
 from folio.fsutil import atomic_write_json, atomic_write_text
-from folio.train.config import build_run_config
-from folio.train.pretrain import train
+from folio.stages.pretrain import train
 
 SMALL = {
     "model.type": "gpt",

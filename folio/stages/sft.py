@@ -51,16 +51,16 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from folio.config.run import RunConfig
+from folio.config.sft import EVAL_PROMPTS, MIX_FRACTION, VAL_FRACTION
 from folio.data.batches import Dataset, remapped
 from folio.data.conversations import Conversation, read_conversations, read_jsonl_file, sft_rows
 from folio.errors import FolioError
-from folio.eval_tasks import TaskItem, evaluate_tasks, task_items
+from folio.eval.tasks import TaskItem, evaluate_tasks, task_items
 from folio.tokenizers.extend import token_id_map
-from folio.train.config import RunConfig
 from folio.train.init import covering_tokenizer, load_base, start_from_base
 from folio.train.objectives import MixedObjective
 from folio.train.rundir import check_run_dir
-from folio.train.sft_defaults import EVAL_PROMPTS, MIX_FRACTION, VAL_FRACTION
 from folio.train.trainer import Trainer, TrainResult
 
 REPLY_TOKENS = 32
@@ -118,7 +118,7 @@ class SFTObjective(MixedObjective):
 
     `metrics` adds, besides the text's val loss when mixing, `pass_at_1` and
     `end_rate`: greedy replies (at most REPLY_TOKENS tokens) to `items`,
-    scored by their tasks' checkers (folio/eval_tasks.py).
+    scored by their tasks' checkers (folio/eval/tasks.py).
     """
 
     def __init__(

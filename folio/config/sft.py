@@ -1,6 +1,6 @@
 """The defaults of `folio sft` that its flags show, in a module without torch.
 
-folio/train/sft.py uses them; `folio sft --help` reads them from here, so the
+folio/stages/sft.py uses them; `folio sft --help` reads them from here, so the
 help answers without loading the trainer.
 """
 

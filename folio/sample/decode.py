@@ -482,13 +482,17 @@ class StaticDecoder:
         options default to the C++ wrapper, which cuts the per-token cost of
         calling the kernels. `ahead_of_time`: AOTInductor instead, a library
         kept on disk and reused by later decoders of the same shapes
-        (`folio.models.aot`; `aot_dir` overrides where), and `self.from_cache`
+        (`folio.sample.aot`; `aot_dir` overrides where), and `self.from_cache`
         says whether it was.
         """
         if ahead_of_time:
-            from folio.models.aot import compile_step
+            from folio.sample.aot import compile_step
 
-            self._step, self.from_cache = compile_step(self, aot_dir)
+            def traced(idx, pos, noise, t, *inputs):  # every tensor it reads is an input
+                return self.traced_step(idx, pos, noise, t, inputs)
+
+            example = (self.token, self.pos, self.ones, self.zero)
+            self._step, self.from_cache = compile_step(traced, example, self.step_inputs(), aot_dir)
             self.compiled = True
             return
         if options.get("backend", "inductor") == "inductor":

@@ -1,6 +1,8 @@
-"""A `StaticDecoder`'s one-token step compiled ahead of time, and kept on disk.
+"""A fixed-shape step compiled ahead of time, and kept on disk.
 
-`StaticDecoder.compile()` hands the step to `torch.compile`: it compiles in
+Used for `StaticDecoder`'s one-token step (folio/sample/decode.py), but it
+knows nothing of decoders: any function of tensors whose shapes never change
+can be compiled. `StaticDecoder.compile()` hands the step to `torch.compile`: it compiles in
 the process, and every call then goes through dynamo's guards and a runtime
 wrapper before the kernels run. At batch 1 on a CPU those per-call costs were
 a quarter of a token's time (benchmarks/decode_profile.py). Here the step is
@@ -26,34 +28,25 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from folio.errors import FolioError
 from folio.runtime import cache_dir, cpu_info
 
-if TYPE_CHECKING:
-    from folio.models.decode import StaticDecoder
-
-Step = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-    tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-]
+Step = Callable[..., tuple[torch.Tensor, ...]]
+"""A compiled step: called with the per-call tensors, it returns the function's outputs."""
 
 
 class _Exported(torch.nn.Module):
-    """The decoder's step as a module whose inputs are every tensor it reads."""
+    """A function of tensors as a module whose inputs are every tensor it reads."""
 
-    def __init__(self, decoder: StaticDecoder) -> None:
+    def __init__(self, fn: Callable[..., tuple[torch.Tensor, ...]]) -> None:
         super().__init__()
-        self.decoder = [decoder]  # in a list: not a submodule, nothing to register
+        self.fn = [fn]  # in a list: not a submodule, nothing to register
 
-    def forward(
-        self, idx: torch.Tensor, pos: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-        *inputs: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-        return self.decoder[0].traced_step(idx, pos, noise, t, inputs)
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.fn[0](*inputs)
 
 
 def library_key(program: torch.export.ExportedProgram, inputs: list[torch.Tensor]) -> str:
@@ -69,26 +62,36 @@ def library_key(program: torch.export.ExportedProgram, inputs: list[torch.Tensor
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
-def compile_step(decoder: StaticDecoder, directory: Path | None = None) -> tuple[Step, bool]:
-    """The decoder's step as an AOTInductor library, and whether it came from the cache.
+def compile_step(
+    fn: Callable[..., tuple[torch.Tensor, ...]],
+    call_args: tuple[torch.Tensor, ...],
+    bound: list[torch.Tensor],
+    directory: Path | None = None,
+) -> tuple[Step, bool]:
+    """`fn` as an AOTInductor library, and whether it came from the cache.
 
-    The returned step takes the decoder's fixed (B, 1) token and (1,) position
-    tensors, the draw's (B, V) noise and (1,) temperature (`StaticDecoder.advance`),
-    and passes them, with `decoder.step_inputs()`, to the library.
+    `fn(*call_args, *bound)` is exported with these example tensors: the
+    returned step takes tensors shaped like `call_args` and passes them, with
+    the same `bound` tensors (weights, caches: read, or written in place), to
+    the library.
     """
     with warnings.catch_warnings():
         # torch's export and packaging warn about their own internals (deprecated
         # torch.jit and pytree names): nothing a user can act on.
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        return _compile_step(decoder, directory)
+        return _compile_step(fn, call_args, bound, directory)
 
 
-def _compile_step(decoder: StaticDecoder, directory: Path | None) -> tuple[Step, bool]:
-    inputs = decoder.step_inputs()
-    args = (decoder.token, decoder.pos, decoder.ones, decoder.zero, *inputs)
+def _compile_step(
+    fn: Callable[..., tuple[torch.Tensor, ...]],
+    call_args: tuple[torch.Tensor, ...],
+    inputs: list[torch.Tensor],
+    directory: Path | None,
+) -> tuple[Step, bool]:
+    args = (*call_args, *inputs)
     with torch.no_grad():
-        program = torch.export.export(_Exported(decoder), args, strict=False)
+        program = torch.export.export(_Exported(fn), args, strict=False)
     directory = cache_dir() / "aot" if directory is None else directory
     path = directory / f"step-{library_key(program, [*args])}.pt2"
     cached = path.exists()
@@ -119,11 +122,9 @@ def _compile_step(decoder: StaticDecoder, directory: Path | None) -> tuple[Step,
     loader = getattr(runner, "loader", None)
     run = getattr(loader, "boxed_run", None)
 
-    def step(
-        idx: torch.Tensor, pos: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(*per_call: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if run is None:
-            return tuple(runner(idx, pos, noise, t, *inputs))
-        return tuple(run([idx, pos, noise, t, *inputs]))
+            return tuple(runner(*per_call, *inputs))
+        return tuple(run([*per_call, *inputs]))
 
     return step, cached

@@ -1,6 +1,6 @@
 """The settings of RL on a chat model: how rollouts are sampled, scored and learned from.
 
-The [rl] table of a preset (folio/configs/rl.toml) and the `--rl.FIELD`
+The [rl] table of a preset (folio/config/presets/rl.toml) and the `--rl.FIELD`
 flags of `folio rl` fill an `RLConfig`; the model comes from the initial
 checkpoint and the optimizer and schedule from the [train] table, as for
 every stage.
@@ -22,7 +22,7 @@ from typing import Any
 from folio.errors import FolioError
 
 LOSS_MEAN_NAMES = ("token", "reply")
-"""The values of `loss_mean` (folio.train.rl_math.LOSS_MEANS has one function per name)."""
+"""The values of `loss_mean` (folio.rl.estimators.LOSS_MEANS has one function per name)."""
 
 
 @dataclass

@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from folio.config.rl import RLConfig
+from folio.config.run import RunConfig
 from folio.data.tasks import (
     Example,
     check_reply,
@@ -44,15 +46,12 @@ from folio.data.tasks import (
     parse_task_names,
 )
 from folio.errors import FolioError
-from folio.eval_tasks import generate_replies
-from folio.fsutil import read_json
+from folio.eval.tasks import generate_replies
+from folio.rl.estimators import LOSS_MEANS, group_advantages, k3_kl, policy_loss
+from folio.rl.rollout import RolloutBuffer, reply_logprobs, sample_rollout
 from folio.tokenizers.chat import end_of_turn_id, render_prompt
-from folio.train.config import RunConfig
-from folio.train.policy import load_policy, policy_config, same_tokenizer
-from folio.train.rl_config import RLConfig
-from folio.train.rl_math import LOSS_MEANS, group_advantages, k3_kl, policy_loss
-from folio.train.rollout import RolloutBuffer, reply_logprobs, sample_rollout
-from folio.train.rundir import check_run_dir
+from folio.train.policy import frozen, load_policy, policy_config, same_tokenizer
+from folio.train.rundir import check_run_dir, check_same_settings
 from folio.train.trainer import Trainer, TrainResult
 
 Reward = Callable[[Example, str, bool], float]
@@ -75,12 +74,6 @@ def task_reward(no_end_penalty: float = 0.0) -> Reward:
         return right - (0.0 if ended else no_end_penalty)
 
     return reward
-
-
-def frozen(model: nn.Module) -> nn.Module:
-    """`model` as a fixed reference: no gradients, eval mode (no dropout), never stepped."""
-    model.requires_grad_(False)
-    return model.eval()
 
 
 def informative_groups(rewards: torch.Tensor, group_size: int) -> list[int]:
@@ -330,20 +323,6 @@ class GRPOObjective:
 # ------------------------------------------------------------------ the stage
 
 
-def check_resume(out_dir: Path, meta: dict[str, Any]) -> None:
-    """A resumed run must keep what `meta` records: its models, prompts and RL settings."""
-    path = out_dir / "run.json"
-    if not path.exists():
-        return
-    saved = read_json(path, "run config")
-    for key in meta:
-        if isinstance(saved, dict) and saved.get(key) != meta[key]:
-            raise FolioError(
-                f"{path}: the run was started with another {key} ({saved.get(key)!r}); "
-                f"resume it with the same flags"
-            )
-
-
 def train_grpo(
     run: RunConfig,
     rl: RLConfig,
@@ -391,7 +370,7 @@ def train_grpo(
         "rl": rl.to_dict(),
     }
     if resume:
-        check_resume(Path(out_dir), meta)
+        check_same_settings(Path(out_dir), meta)
     objective = GRPOObjective(rl, tokenizer, ref.model, train_examples, test_examples)
     trainer = Trainer(
         run, objective, out_dir, tokenizer,

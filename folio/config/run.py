@@ -2,7 +2,7 @@
 
 A run is `RunConfig(model, train)`: a typed model config (`GPTConfig` or
 `BigramConfig`, from folio/models/config.py) and a `TrainConfig`. A preset is
-a small TOML file in folio/configs/ with a [model] table (its `type` is
+a small TOML file in folio/config/presets/ with a [model] table (its `type` is
 "bigram" or "gpt", the rest are that model's fields) and a [train] table.
 
 Every field is a flag: `--train.learning_rate 3e-4`, `--model.n_layer 4`,
@@ -48,7 +48,7 @@ SCHEDULES = ("constant", "cosine", "wsd")
 CLOCKS = ("steps", "time")
 """What `train.schedule_clock` accepts."""
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 
 @dataclass
@@ -241,7 +241,7 @@ def list_presets() -> list[str]:
 
 
 def load_preset_dict(name_or_path: str) -> dict[str, Any]:
-    """A preset by name (folio/configs/NAME.toml) or by path to a TOML file."""
+    """A preset by name (folio/config/presets/NAME.toml) or by path to a TOML file."""
     path = Path(name_or_path)
     if not (path.suffix == ".toml" and path.is_file()):
         path = PRESET_DIR / f"{name_or_path}.toml"

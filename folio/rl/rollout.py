@@ -4,7 +4,7 @@ Notation: P prompts, G replies per prompt (a group), B = P * G rows, T positions
 
 The policy samples G replies to each prompt with the KV cache, at a
 temperature and top-k, through the same decoder `folio eval tasks` uses
-(`folio.eval_tasks.generate_replies`). Each row is laid out for one forward
+(`folio.eval.tasks.generate_replies`). Each row is laid out for one forward
 pass of the loss:
 
     tokens  = prompt, reply (its END included when it ended), padding
@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from folio.errors import FolioError
-from folio.eval_tasks import generate_replies
-from folio.train.rl_math import token_logprobs
+from folio.eval.tasks import generate_replies
+from folio.rl.estimators import token_logprobs
 
 
 @dataclass

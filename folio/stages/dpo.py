@@ -1,0 +1,45 @@
+"""`folio dpo`: Direct Preference Optimization on ranked pairs, against a frozen reference.
+
+It loads the chat model it starts from (`run:DIR`) and its reference, reads a
+preference directory and hands `DPOObjective` (folio/stages/preference.py)
+to the one `Trainer`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from folio.config.prefs import PrefConfig
+from folio.config.run import RunConfig
+from folio.data.prefs import is_gold_prompt
+from folio.stages.preference import DPOObjective, preference_rows, run_flags
+from folio.train.policy import load_policy, policy_config, same_tokenizer
+from folio.train.rundir import check_run_dir
+from folio.train.trainer import Trainer, TrainResult
+
+
+def train_dpo(
+    run: RunConfig, cfg: PrefConfig, init_from: str, data: str | Path, out_dir: str | Path,
+    reference_from: str | None = None, **trainer_args: Any,
+) -> TrainResult:  # fmt: skip
+    """DPO from the chat model `init_from` on the pairs in `data`, against a frozen reference
+    (default: the same model). Dropout is off, so the log-ratio to the reference is 0 at step 0."""
+    check_run_dir(out_dir, "dpo", **run_flags(trainer_args))
+    policy = load_policy(init_from)
+    ref = policy if reference_from is None else load_policy(reference_from, "--reference")
+    same_tokenizer(policy, ref)
+    config = policy_config(policy)
+    rows, test = preference_rows(data, policy.tokenizer, config.block_size)
+    prompts = list(dict.fromkeys(p.prompt[-1]["content"] for p in test))
+    gold = [p for p in prompts if is_gold_prompt(p)][: cfg.gold_prompts]
+    run = dataclasses.replace(run, model=config)
+    objective = DPOObjective(rows, ref.model, run.train.batch_size, cfg, policy.tokenizer, gold)
+    meta = {"stage": "dpo", "init_from": init_from, "reference": reference_from or init_from,
+            "data": str(Path(data).resolve()), "prefs": cfg.to_dict()}  # fmt: skip
+    trainer = Trainer(
+        run, objective, out_dir, policy.tokenizer, init_weights=policy.model.state_dict(),
+        meta=meta, init=policy.source, **trainer_args,
+    )  # fmt: skip
+    return trainer.fit()
