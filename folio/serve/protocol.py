@@ -110,7 +110,8 @@ def _opt_bool(body: dict, name: str) -> bool:
     return v
 
 
-def _opt_int(body: dict, name: str, lo: int, hi: int | None = None) -> int | None:
+def opt_int(body: dict, name: str, lo: int, hi: int | None = None) -> int | None:
+    """Field `name` of `body`: None if absent, else an integer in [lo, hi] (a 400 if not)."""
     v = body.get(name)
     if v is None:
         return None
@@ -156,9 +157,9 @@ def _common(body: Any, limits: Limits) -> GenerationParams:
     n = body.get("n")
     if n is not None and n != 1:
         raise bad("n", "only n=1 is supported: send several requests for several completions")
-    max_tokens = _opt_int(body, "max_completion_tokens", 1)
+    max_tokens = opt_int(body, "max_completion_tokens", 1)
     if max_tokens is None:
-        max_tokens = _opt_int(body, "max_tokens", 1)
+        max_tokens = opt_int(body, "max_tokens", 1)
     if max_tokens is not None and max_tokens > limits.max_tokens:
         raise bad(
             "max_tokens",
@@ -222,7 +223,7 @@ def parse_chat(body: Any, limits: Limits) -> tuple[GenerationParams, list[dict]]
         role = "system" if m["role"] == "developer" else m["role"]
         out.append({"role": role, "content": _content(m, n)})
     params.logprobs = _opt_bool(body, "logprobs")
-    top = _opt_int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS_CHAT)
+    top = opt_int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS_CHAT)
     if top is not None and not params.logprobs:
         raise bad("top_logprobs", "'top_logprobs' needs 'logprobs': true")
     params.top_logprobs = top or 0
@@ -247,7 +248,7 @@ def parse_completion(body: Any, limits: Limits) -> tuple[GenerationParams, str |
     best_of = body.get("best_of")
     if best_of is not None and best_of != 1:
         raise bad("best_of", "only best_of=1 is supported")
-    top = _opt_int(body, "logprobs", 0, MAX_LOGPROBS_COMPLETION)
+    top = opt_int(body, "logprobs", 0, MAX_LOGPROBS_COMPLETION)
     params.logprobs, params.top_logprobs = top is not None, top or 0
     return params, prompt
 
