@@ -41,10 +41,17 @@ def one_thread():
 def folio_cache(tmp_path_factory: pytest.TempPathFactory):
     """Keep the measured-peak-FLOP/s cache (and anything else Folio caches) out of $HOME.
 
-    Session-wide, set in os.environ, so module fixtures and subprocesses see it too.
+    Session-wide, set in os.environ, so module fixtures and subprocesses see it too. Under
+    pytest-xdist the workers share one (every write into it is a rename, so they never see
+    half of a file).
     """
     old = os.environ.get("FOLIO_CACHE")
-    os.environ["FOLIO_CACHE"] = str(tmp_path_factory.mktemp("folio-cache"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one cache for the run's workers: kernels built once
+        shared = tmp_path_factory.getbasetemp().parent / "folio-cache"
+        shared.mkdir(exist_ok=True)
+        os.environ["FOLIO_CACHE"] = str(shared)
+    else:
+        os.environ["FOLIO_CACHE"] = str(tmp_path_factory.mktemp("folio-cache"))
     yield
     if old is None:
         os.environ.pop("FOLIO_CACHE", None)

@@ -1,5 +1,7 @@
 """`folio ladder`: every rung trains, and the table, JSON and chart are written."""
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -7,7 +9,7 @@ import pytest
 from folio.cli import main
 from folio.data.corpora import load_corpus
 from folio.data.prepare import prepare_dataset
-from folio.recipes.ladder import RUNGS, markdown_table, run_ladder
+from folio.recipes.ladder import RUNGS, Rung, markdown_table
 
 TEXT = "".join(
     f"LINE {i % 7}:\nto be or not to be, that is the question {i % 5}.\n\n" for i in range(120)
@@ -28,31 +30,32 @@ def test_rungs_follow_the_video():
     assert [r[3] for r in RUNGS] == [2.49, 2.5, 2.28, 2.24, 2.08, 2.06, 1.48]
 
 
-def test_ladder_without_scale_up_trains_six_rungs(data_dir, tmp_path, capsys):
-    rc = main(
-        [
-            "ladder",
-            "--data",
-            str(data_dir),
-            "--out",
-            str(tmp_path / "out"),
-            "--max-iters",
-            "3",
-            "--json",
-        ]
-    )
+@pytest.fixture(scope="module")
+def ladder_run(data_dir, tmp_path_factory):
+    """`folio ladder --json` trained once for this module: its rows and its OUT."""
+    out = tmp_path_factory.mktemp("ladder-run") / "out"
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        rc = main(
+            ["ladder", "--data", str(data_dir), "--out", str(out), "--max-iters", "3", "--json"]
+        )
     assert rc == 0
-    rows = json.loads(capsys.readouterr().out)
+    return json.loads(buffer.getvalue()), out
+
+
+def test_ladder_without_scale_up_trains_six_rungs(ladder_run):
+    rows, out = ladder_run
     assert len(rows) == 6
     for row in rows:
         assert set(row) == {"rung", "val_loss", "video_val_loss", "params", "seconds"}
         assert 0 < row["val_loss"] < 10 and row["params"] > 0
-    assert (tmp_path / "out" / "ladder.md").read_text().startswith("| rung |")
-    assert json.loads((tmp_path / "out" / "ladder.json").read_text()) == rows
-    assert (tmp_path / "out" / "ladder.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "ladder.md").read_text().startswith("| rung |")
+    assert json.loads((out / "ladder.json").read_text()) == rows
+    assert (out / "ladder.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_markdown_table_has_one_line_per_rung(data_dir, tmp_path):
-    rows = run_ladder(data_dir, tmp_path / "o", max_iters=2, log=lambda *a: None)
-    table = markdown_table(rows)
+def test_markdown_table_has_one_line_per_rung(ladder_run):
+    rows, out = ladder_run
+    table = markdown_table([Rung(**row) for row in rows])
     assert table.count("\n") == len(rows) + 2
+    assert (out / "ladder.md").read_text().strip() == table.strip()

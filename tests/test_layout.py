@@ -69,7 +69,11 @@ def test_imports_never_go_up_a_layer() -> None:
     assert upward == []
 
 
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "dev").glob("*.md")),
+]
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)

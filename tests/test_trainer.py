@@ -52,6 +52,7 @@ from folio.models import GPT, GPTConfig
 from folio.runtime import peak_flops, pick_device, resolve_dtype
 from folio.stages.pretrain import train
 from folio.tokenizers import CharTokenizer
+from folio.train.objectives import Objective
 from folio.train.optim import make_optimizer
 from folio.train.trainer import TrainResult
 
@@ -995,7 +996,7 @@ def test_run_json_records_the_dataset_as_an_absolute_path(
 # --- a pluggable objective ------------------------------------------------------------------
 
 
-class _EveryOtherPosition:
+class _EveryOtherPosition(Objective):
     """A toy objective: next-token loss counted on even positions only (as SFT counts the
     assistant's), written outside the package to show a stage plugs in without the loop."""
 

@@ -18,10 +18,10 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from folio.errors import FolioError
 
@@ -119,8 +119,8 @@ class Supervisor:
     def run(
         self, argv: Sequence[str], log: Path, parse: bool = True, name: str | None = None
     ) -> dict[str, Any]:
-        """Run `python -m folio ARGV`, its output to `log`; return its last stdout line as
-        JSON (or {} when `parse` is false). Raises Stopped when a signal stopped it."""
+        """Run `folio ARGV`, its output to `log`; return its last stdout line as JSON (or
+        {} when `parse` is false). Raises Stopped when a signal stopped it."""
         log.parent.mkdir(parents=True, exist_ok=True)
         # stdout goes to a file, not a pipe: a step that outlives a killed recipe by a
         # moment (to save its checkpoint) must not die writing to a pipe nobody reads
@@ -128,17 +128,7 @@ class Supervisor:
         with log.open("w", encoding="utf-8") as f, out.open("w+", encoding="utf-8") as o:
             f.write(f"$ folio {' '.join(argv)}\n")
             f.flush()
-            self._child = subprocess.Popen(
-                [sys.executable, "-m", "folio", *argv], stdout=o, stderr=f, env=_child_env(),
-                start_new_session=True, preexec_fn=_die_with_parent,
-            )  # fmt: skip
-            try:
-                _wait(self._child)
-            finally:
-                child, self._child = self._child, None
-                if child.poll() is None:  # only if this process is going down
-                    child.kill()
-                    child.wait()
+            code = self._execute(list(argv), o, f)
             f.flush()
             error = _last_error(log)
             o.seek(0)
@@ -146,8 +136,8 @@ class Supervisor:
             f.write(stdout)
         out.unlink()
         self.check(name or argv[0])
-        if child.returncode != 0:
-            raise FolioError(f"{argv[0]} failed (exit {child.returncode}): {error} (log: {log})")
+        if code != 0:
+            raise FolioError(f"{argv[0]} failed (exit {code}): {error} (log: {log})")
         lines = stdout.strip().splitlines()
         if not parse:
             return {}
@@ -155,6 +145,47 @@ class Supervisor:
             return json.loads(lines[-1]) if lines else {}
         except ValueError as e:
             raise FolioError(f"{argv[0]} printed no JSON result (log: {log})") from e
+
+    def _execute(self, argv: list[str], stdout: IO[str], stderr: IO[str]) -> int:
+        """`python -m folio ARGV` in its own session; its exit status once it has exited."""
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "folio", *argv], stdout=stdout, stderr=stderr,
+            env=_child_env(), start_new_session=True, preexec_fn=_die_with_parent,
+        )  # fmt: skip
+        try:
+            _wait(self._child)
+        finally:
+            child, self._child = self._child, None
+            if child.poll() is None:  # only if this process is going down
+                child.kill()
+                child.wait()
+        return child.returncode
+
+
+class InProcess(Supervisor):
+    """Runs each step in this process through `main` (the CLI's), for tests and notebooks.
+
+    The same logs, results and records as `Supervisor`, without a process per
+    step (each would import torch again). Signals are left to the running
+    command: a training step stops at its next step boundary on Ctrl-C.
+    """
+
+    def __init__(self, main: Callable[[list[str]], int]) -> None:
+        super().__init__()
+        self.main = main
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        yield
+
+    def _execute(self, argv: list[str], stdout: IO[str], stderr: IO[str]) -> int:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                return self.main(argv)
+            except SystemExit as e:  # argparse's usage errors
+                return e.code if isinstance(e.code, int) else 2
+            finally:
+                sys.stdout.flush()
 
 
 def _wait(child: subprocess.Popen) -> None:

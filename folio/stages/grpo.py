@@ -50,6 +50,7 @@ from folio.eval.tasks import generate_replies
 from folio.rl.estimators import LOSS_MEANS, group_advantages, k3_kl, policy_loss
 from folio.rl.rollout import RolloutBuffer, reply_logprobs, sample_rollout
 from folio.tokenizers.chat import end_of_turn_id, render_prompt
+from folio.train.objectives import Objective
 from folio.train.policy import frozen, load_policy, policy_config, same_tokenizer
 from folio.train.rundir import check_run_dir, check_same_settings
 from folio.train.trainer import Trainer, TrainResult
@@ -110,7 +111,7 @@ def keep_informative(
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-class GRPOObjective:
+class GRPOObjective(Objective):
     """GRPO on task prompts (see the module docstring), for the one `Trainer`."""
 
     splits = ("train", "val")

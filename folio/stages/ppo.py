@@ -53,6 +53,7 @@ from folio.rl.estimators import (
 )
 from folio.rl.rollout import RolloutBuffer, reply_logprobs, sample_rollout
 from folio.tokenizers.chat import cut_at_turn_token, end_of_turn_id, render_prompt
+from folio.train.objectives import Objective
 from folio.train.policy import (
     frozen,
     load_policy,
@@ -82,7 +83,7 @@ def end_positions(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.bool(), positions, -1).amax(dim=1) + 1
 
 
-class PPOObjective:
+class PPOObjective(Objective):
     """PPO with a reward model and a per-token KL penalty (see the module docstring)."""
 
     splits = ("train", "val")

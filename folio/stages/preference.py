@@ -40,6 +40,7 @@ from folio.eval.gold import gold_report
 from folio.rl.estimators import bradley_terry_loss, dpo_loss, sequence_logprobs
 from folio.rl.rollout import reply_logprobs
 from folio.tokenizers.chat import end_of_turn_id, render_prompt
+from folio.train.objectives import Objective
 
 GOLD_SEED = 0
 """Seed of the replies the gold score samples: the same draws at every eval."""
@@ -97,7 +98,7 @@ def _batches(n: int, size: int) -> list[torch.Tensor]:
     return [torch.arange(a, min(a + size, n)) for a in range(0, n, size)]
 
 
-class RewardObjective:
+class RewardObjective(Objective):
     """Bradley-Terry on preference pairs, scores read at the END token (a `RewardModel`)."""
 
     splits = ("train", "val")
@@ -150,7 +151,7 @@ def sequence_logprobs_of(model: nn.Module, data: PairRows, batch_size: int = 64)
     return torch.cat(out)
 
 
-class DPOObjective:
+class DPOObjective(Objective):
     """DPO on preference pairs against a frozen reference (see the module docstring)."""
 
     splits = ("train", "val")

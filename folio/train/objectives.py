@@ -3,8 +3,8 @@
 Pretraining, fine-tuning on conversations, a reward model and RL differ only
 in where their batches come from and how a batch becomes a loss. Everything
 else (accumulation, clipping, the NaN guard, evals, checkpoints, exact
-resume, DDP, metrics) is the `Trainer`'s and is shared. An objective is any
-object with:
+resume, DDP, metrics) is the `Trainer`'s and is shared. An objective is a
+subclass of `Objective` with:
 
 - `splits`: the names evaluated at every eval ("train" and "val" here);
 - `tokens_per_batch`: tokens one batch trains on, for tokens/s and the
@@ -12,11 +12,12 @@ object with:
 - `batch(split, generator)`: one batch of CPU tensors, drawn with
   `generator` only (so the trainer can checkpoint and restore the stream);
 - `loss(model, batch)`: a scalar loss, the batch already on the model's device;
-- optionally `metrics(model)`: more figures for each eval row (a held-out
-  pass@1, a reward), computed with the model in eval mode, under no_grad.
+- `metrics(model)`: more figures for each eval row (a held-out pass@1, a
+  reward), computed with the model in eval mode, under no_grad (none by default).
 
 An on-policy stage (RL) samples its batches from the model being trained and
-learns from each sample for several steps; it may also have:
+learns from each sample for several steps; it overrides the hooks whose
+defaults do nothing:
 
 - `bind(model)`: called once with the model being trained, before any batch;
 - `eval_batch(split, generator)`: the batches `evaluate` scores, when they
@@ -34,7 +35,7 @@ with some rows of every training batch taken from pretraining text instead
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,18 +47,38 @@ from folio.train.losses import masked_lm_loss
 Batch = tuple[torch.Tensor, ...]
 
 
-class Objective(Protocol):
-    """A stage's batches and loss (see the module docstring)."""
+class Objective:
+    """A stage's batches and loss, and the optional hooks' defaults (see the module docstring)."""
 
-    splits: tuple[str, ...]
+    splits: tuple[str, ...] = ("train", "val")
     tokens_per_batch: int
 
-    def batch(self, split: str, generator: torch.Generator) -> Batch: ...
+    def batch(self, split: str, generator: torch.Generator) -> Batch:
+        raise NotImplementedError
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def bind(self, model: nn.Module) -> None:
+        """Called once with the model being trained, before any batch (nothing by default)."""
+
+    def eval_batch(self, split: str, generator: torch.Generator) -> Batch:
+        """The batches `evaluate` scores: by default the training stream's kind."""
+        return self.batch(split, generator)
+
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        """More figures for an eval row (none by default)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """CPU tensors to checkpoint with the run, restored on resume (none by default)."""
+        return {}
+
+    def load_state_dict(self, tensors: dict[str, Any]) -> None:
+        """Restore what `state_dict` gave (nothing by default)."""
 
 
-class LMObjective:
+class LMObjective(Objective):
     """Next-token prediction on random windows of each split's token stream (pretraining)."""
 
     splits = ("train", "val")
@@ -75,7 +96,7 @@ class LMObjective:
         return loss
 
 
-class MaskedLMObjective:
+class MaskedLMObjective(Objective):
     """Next-token loss on fixed rows, counted only where the loss mask is 1.
 
     `rows[split]` is `(x, y, mask)`, each (N, T): inputs, next-token targets and

@@ -16,10 +16,11 @@ record: an RL run its `algo`, a pretraining run neither.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from folio.checkpoint import check_fresh_run_dir
+from folio.checkpoint import RunLock, check_fresh_run_dir, move_run_aside
 from folio.errors import FolioError
 from folio.fsutil import read_json
 
@@ -91,3 +92,29 @@ def check_same_settings(out_dir: Path, meta: dict[str, Any]) -> None:
                 f"{path}: the run was started with another {key} ({saved.get(key)!r}); "
                 f"resume it with the same flags"
             )
+
+
+def claim_run_dir(
+    out_dir: Path, resumed: bool, restart: bool, log: Callable[[str], None]
+) -> RunLock:
+    """Create and lock `out_dir` for a trainer: a restart moves the old run aside first, and a
+    fresh run checks again, under the lock, that no other trainer has just begun there."""
+    if resumed:
+        if not (out_dir / "latest.json").exists():
+            raise FolioError(
+                f"{out_dir}: nothing to resume (no latest.json); drop --resume to start fresh"
+            )
+    elif restart and (aside := move_run_aside(out_dir)) is not None:
+        log(f"moved the old run to {aside}")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FolioError(f"cannot create run directory {out_dir}: {e.strerror or e}") from None
+    lock = RunLock(out_dir)
+    if not resumed:
+        try:
+            check_fresh_run_dir(out_dir)
+        except FolioError:
+            lock.release()
+            raise
+    return lock

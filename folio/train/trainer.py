@@ -18,13 +18,10 @@ SIGTERM stop at the next step boundary with a checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import signal
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +31,8 @@ from torch import nn
 
 from folio.checkpoint import (
     RunLock,
-    check_fresh_run_dir,
     clean_state_dict,
     load_checkpoint,
-    move_run_aside,
     save_checkpoint,
 )
 from folio.config.run import RunConfig
@@ -52,7 +47,6 @@ from folio.runtime import (
     flops_per_token,
     init_distributed,
     keep_freed_memory,
-    peak_flops,
     pick_device,
     resolve_dtype,
     set_threads,
@@ -67,9 +61,11 @@ from folio.train.optim import (
     make_optimizer_for,
     optimizer_state,
 )
+from folio.train.report import MFU, progress_bar, setup_line, show_step, stop_message
 from folio.train.run_log import MetricsLog, NoMetrics, nan_snapshot, plot_losses
-from folio.train.rundir import check_run_dir
+from folio.train.rundir import check_run_dir, claim_run_dir
 from folio.train.state import StopFlag, TrainState, seed_everything
+from folio.train.wrap import maybe_compile, wrap_ddp
 
 
 @dataclass
@@ -88,28 +84,6 @@ class TrainResult:
     stopped: str
     """Why the run ended: 'max_iters', 'max_time', 'patience', 'target', 'interrupted' or 'terminated'."""
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _maybe_compile(
-    model: nn.Module, enabled: bool, objective: Objective, example: Batch | None, log
-) -> nn.Module:
-    if not enabled or example is None:
-        return model
-    device = example[0].device
-    try:
-        compiled = torch.compile(model)
-        # Compile now, so a failure shows here and not mid-run; under fork_rng so the
-        # warm-up's dropout masks leave the run's (and a resume's) random stream alone.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            objective.loss(compiled, example).backward()
-        model.zero_grad(set_to_none=True)
-        return compiled
-    except Exception as e:  # noqa: BLE001 - any compiler failure means: run eager
-        model.zero_grad(set_to_none=True)
-        log(
-            f"warning: torch.compile failed ({e.__class__.__name__}: {str(e).splitlines()[0][:100]}); running eager"
-        )
-        return model
 
 
 class Trainer:
@@ -164,8 +138,7 @@ class Trainer:
         # Seeds, then the model: its initialisation draws from the global generator.
         self.state = TrainState(seed_everything(tc.seed, self.denv.rank))
         self.model = self._build_model(init_weights)
-        if hasattr(objective, "bind"):  # an on-policy stage samples its batches from the model
-            objective.bind(self.model)
+        objective.bind(self.model)  # an on-policy stage samples its batches from the model
         self.optimizer = make_optimizer_for(self.model, tc, self.device.type)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
         self.lock = self._claim_run_dir(restart)
@@ -189,7 +162,15 @@ class Trainer:
         self.session_tokens = 0
         self.t_start, self.elapsed_before = time.perf_counter(), self.state.elapsed  # fit() resets
         self.tokens_per_step = objective.tokens_per_batch * tc.grad_accum * self.denv.world_size
-        self.peak: float | None = None
+        cfg = run.model
+        self.mfu = MFU(
+            flops_per_token(
+                self.n_params, getattr(cfg, "n_layer", 0), getattr(cfg, "n_embd", 0), cfg.block_size
+            ),
+            self.device,
+            self.dtype,
+            self.denv.world_size,
+        )
         self._log_setup()
 
     # ------------------------------------------------------------------ setup
@@ -227,29 +208,7 @@ class Trainer:
 
     def _claim_run_dir(self, restart: bool) -> RunLock | None:
         """Rank 0 locks the run directory (moving an old run aside first with --restart)."""
-        if not self.main:
-            return None
-        if self.resumed:
-            if not (self.out_dir / "latest.json").exists():
-                raise FolioError(
-                    f"{self.out_dir}: nothing to resume (no latest.json); drop --resume to start fresh"
-                )
-        elif restart and (aside := move_run_aside(self.out_dir)) is not None:
-            self.log(f"moved the old run to {aside}")
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise FolioError(
-                f"cannot create run directory {self.out_dir}: {e.strerror or e}"
-            ) from None
-        lock = RunLock(self.out_dir)
-        if not self.resumed:  # checked again under the lock: another trainer may have just begun
-            try:
-                check_fresh_run_dir(self.out_dir)
-            except FolioError:
-                lock.release()
-                raise
-        return lock
+        return claim_run_dir(self.out_dir, self.resumed, restart, self.log) if self.main else None
 
     def _resume(self) -> None:
         ck = load_checkpoint(self.out_dir, "latest")
@@ -268,11 +227,10 @@ class Trainer:
         self.state.load_state_dict(
             ck.state, rng, seed=self.tc.seed, rank=self.denv.rank, device=self.device, where=ck.path
         )
-        if hasattr(self.objective, "load_state_dict"):  # e.g. RL's rollout being learned from
-            prefix = "objective."
-            self.objective.load_state_dict(
-                {k[len(prefix) :]: v for k, v in rng.items() if k.startswith(prefix)}
-            )
+        prefix = "objective."  # e.g. RL's rollout being learned from
+        self.objective.load_state_dict(
+            {k[len(prefix) :]: v for k, v in rng.items() if k.startswith(prefix)}
+        )
         if self.state.step >= self.tc.max_iters:
             val = ck.state.get("val_loss")
             shown = f" (val loss {val:.4f})" if isinstance(val, float) else ""
@@ -288,38 +246,25 @@ class Trainer:
 
     def _wrap(self) -> tuple[nn.Module | None, nn.Module]:
         """(the DDP wrapper or None, the module the loss runs through: maybe compiled)."""
-        ddp = None
-        if (
-            self.denv.enabled and not self.tc.fsdp
-        ):  # after the weights are final: DDP broadcasts rank 0's
-            from torch.nn.parallel import DistributedDataParallel
-
-            ddp = DistributedDataParallel(
-                self.model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                **distributed.no_buffer_sync_kwargs(),  # buffers (the causal mask) never change
-            )
+        ddp = wrap_ddp(self.model, self.device) if self.denv.enabled and not self.tc.fsdp else None
         example = None
         if self.tc.compile:  # drawn like an eval batch: the training stream stays untouched
-            draw = getattr(self.objective, "eval_batch", self.objective.batch)
+            draw = self.objective.eval_batch
             example = self._to_device(draw("train", torch.Generator().manual_seed(0)))
-        fwd = _maybe_compile(ddp or self.model, self.tc.compile, self.objective, example, self.log)
+        fwd = maybe_compile(ddp or self.model, self.tc.compile, self.objective, example, self.log)
         return ddp, fwd
 
     def _log_setup(self) -> None:
-        tc, d = self.tc, self.device
+        tc = self.tc
         if self.denv.enabled:
             self.log(
                 f"{self.denv.world_size} processes ({'FSDP' if tc.fsdp else 'DDP'}), "
                 f"global batch {tc.batch_size} x {tc.grad_accum} x {self.denv.world_size} sequences"
             )
-        precision = (
-            "fp32" if self.dtype == torch.float32 else f"{str(self.dtype).split('.')[-1]} autocast"
-        )
         self.log(
-            f"{self.run.model_type} model, {self.n_params / 1e6:.2f}M parameters | device {d}, "
-            f"{precision}, {torch.get_num_threads() if d.type == 'cpu' else ''} threads | "
-            f"{self.tokens_per_step} tokens/step"
+            setup_line(
+                self.run.model_type, self.n_params, self.device, self.dtype, self.tokens_per_step
+            )
         )
 
     def _release(self) -> None:
@@ -405,19 +350,18 @@ class Trainer:
         losses = estimate_objective(
             self.model,
             lambda batch: self.objective.loss(model, self._to_device(batch)),
-            getattr(self.objective, "eval_batch", self.objective.batch),
+            self.objective.eval_batch,
             self.objective.splits,
             self.tc.eval_iters,
             self.tc.seed + 1,
             self.autocast,
         )
-        extra = getattr(self.objective, "metrics", None)
-        if extra is not None:  # a stage's own figures (held-out pass@1, reward, KL, ...)
-            was_training = self.model.training
-            self.model.eval()
-            with torch.no_grad(), self.autocast():
-                losses.update(extra(self.model))
-            self.model.train(was_training)
+        # a stage's own figures (held-out pass@1, reward, KL, ...), in eval mode
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            losses.update(self.objective.metrics(self.model))
+        self.model.train(was_training)
         if self.denv.enabled:
             values = distributed.broadcast_floats(list(losses.values()), self.device)
             losses = dict(zip(losses, values, strict=True))
@@ -427,8 +371,7 @@ class Trainer:
         """Checkpoint this step (latest; best too when `best`). Collectives first, then rank 0 writes."""
         self.state.elapsed = self.clock()
         plain, rng = self.state.state_dict(self.device)
-        if hasattr(self.objective, "state_dict"):
-            rng.update({f"objective.{k}": v for k, v in self.objective.state_dict().items()})
+        rng.update({f"objective.{k}": v for k, v in self.objective.state_dict().items()})
         weights = (
             clean_state_dict(distributed.full_state_dict(self.model))
             if self.tc.fsdp
@@ -482,27 +425,13 @@ class Trainer:
     def _log_step(self, stats: dict[str, float], bar) -> None:
         st, tc = self.state, self.tc
         if st.step % tc.log_interval == 0 or st.step == tc.max_iters:
-            cfg = self.run.model
-            flops = flops_per_token(
-                self.n_params, getattr(cfg, "n_layer", 0), getattr(cfg, "n_embd", 0), cfg.block_size
-            )
-            if self.peak is None and flops:
-                self.peak = peak_flops(self.device, self.dtype)
-            mfu = (
-                flops * stats["tokens_per_s"] / (self.peak * self.denv.world_size)
-                if self.peak
-                else None
-            )
+            mfu = self.mfu.of(stats["tokens_per_s"])
             self.metrics.write(
                 {"step": st.step, "tokens": st.tokens_seen, **stats, "mfu": mfu,
                  "time": time.perf_counter() - self.t_start}
             )  # fmt: skip
         if bar:
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}",
-                tok_s=f"{stats['tokens_per_s']:,.0f}", refresh=False,
-            )  # fmt: skip
+            show_step(bar, stats)
 
     def clock(self) -> float:
         """Seconds of training so far, earlier sessions included (what max_time counts)."""
@@ -521,20 +450,6 @@ class Trainer:
             return "terminated" if signum == signal.SIGTERM else "interrupted"
         return None
 
-    @contextlib.contextmanager
-    def _progress_bar(self) -> Iterator[Any]:
-        if not self.progress:
-            yield None
-            return
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=self.tc.max_iters, initial=self.state.step, desc="train", unit="it",
-            dynamic_ncols=True, file=sys.stderr,
-        )  # fmt: skip
-        with bar:
-            yield bar
-
     # --------------------------------------------------------------- the loop
 
     def fit(self) -> TrainResult:
@@ -543,7 +458,7 @@ class Trainer:
         self.t_start, self.elapsed_before = time.perf_counter(), st.elapsed
         stopped = "max_iters"
         try:
-            with self.stop.installed(), self._progress_bar() as bar:
+            with self.stop.installed(), progress_bar(self.progress, tc.max_iters, st.step) as bar:
                 # The curve's starting point: an estimate before the first step.
                 if tc.eval_at_start and st.step == 0:
                     self.evaluate_and_save(bar)
@@ -572,7 +487,7 @@ class Trainer:
                             break
                     if reason:
                         stopped = reason
-                        self.log(self._stop_message(reason))
+                        self.log(stop_message(reason, st.step, tc.max_time))
                         break
         finally:
             self._release()
@@ -590,13 +505,6 @@ class Trainer:
             stopped=stopped,
             history=self.history,
         )
-
-    def _stop_message(self, reason: str) -> str:
-        step = self.state.step
-        if reason == "max_time":
-            return f"time budget of {self.tc.max_time:g} s reached at step {step}"
-        what = "stopped by SIGTERM" if reason == "terminated" else "interrupted"
-        return f"{what}: checkpoint saved at step {step}; continue with --resume"
 
 
 def run_dir_meta(data_dir: str | Path, init_from: str | None) -> dict[str, Any]:
