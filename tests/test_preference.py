@@ -8,6 +8,7 @@ import io
 import json
 import math
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -319,3 +320,44 @@ def test_a_preference_directory_edited_by_hand_is_not_replaced_without_force(
     (out / "notes.txt").unlink()
     write_pref_dir(out, pairs_ab([1]), pairs_ab([3]), {"seed": 1}, force=True)
     assert (out / "train.jsonl").read_text() != mine
+
+
+def test_a_resumed_dpo_run_keeps_its_pinned_reference(runs: dict[str, Path]) -> None:
+    """The reference `run:DIR` named is the checkpoint the run began with, even after DIR trains
+    on: a resumed run equals an uninterrupted one, and changed pinned weights are refused."""
+    root, sft = runs["root"], runs["sft"]
+    shutil.copytree(sft, root / "sft-copy")
+    args = ["--data", runs["prefs"], "--beta", 0.5, *COMMON, "--eval-interval", 4]
+    code, straight, err = cli("dpo", "--init-from", f"run:{root / 'sft-copy'}", "--out",
+                              root / "straight", *args, "--max-iters", 8)  # fmt: skip
+    assert code == 0, err
+    code, _, err = cli("dpo", "--init-from", f"run:{sft}", "--out", root / "dpo", *args,
+                       "--max-iters", 4)  # fmt: skip
+    assert code == 0, err
+    pinned = json.loads((root / "dpo" / "run.json").read_text())["pinned"]["reference"]
+    assert Path(pinned["checkpoint"]).name == "step-00000001"
+    assert (root / "dpo" / "pinned" / "reference" / "model.safetensors").exists()
+    # sft trains on: its latest checkpoint is now other weights
+    tok = tokenizer()
+    moved = tiny(tok, seed=5)
+    save_checkpoint(sft, clean_state_dict(moved), moved.config, tok, {"step": 2})
+    code, resumed, err = cli("dpo", "--init-from", f"run:{sft}", "--out", root / "dpo", *args,
+                             "--max-iters", 8, "--resume")  # fmt: skip
+    assert code == 0, err
+    a, b = json.loads(straight), json.loads(resumed)
+    assert (a["val_loss"], a["margin"], a["accuracy"]) == (
+        b["val_loss"],
+        b["margin"],
+        b["accuracy"],
+    )
+    # the pinned checkpoint's weights changed in place: refused in one line
+    weights = root / "dpo" / "pinned" / "init_from" / "model.safetensors"  # the reference too
+    weights.unlink()  # a hard link: replace it, never write through it
+    save_checkpoint(root / "scratch", clean_state_dict(moved), moved.config, tok, {"step": 1})
+    shutil.copy(root / "scratch" / "checkpoints" / "step-00000001" / "model.safetensors", weights)
+    code, _, err = cli("dpo", "--init-from", f"run:{sft}", "--out", root / "dpo", *args,
+                       "--max-iters", 12, "--resume")  # fmt: skip
+    assert code == 2 and "weights changed" in err and err.count("\n") == 1, err
+    # a run written where its own reference lives is refused before anything is loaded
+    code, _, err = cli("dpo", "--init-from", f"run:{sft}", "--out", sft, *args, "--restart")
+    assert code == 2 and "is where --init-from" in err and err.count("\n") == 1, err

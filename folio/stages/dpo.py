@@ -15,8 +15,8 @@ from folio.config.prefs import PrefConfig
 from folio.config.run import RunConfig
 from folio.data.prefs import is_gold_prompt
 from folio.stages.preference import DPOObjective, preference_rows, run_flags
-from folio.train.policy import load_policy, policy_config, same_tokenizer
-from folio.train.rundir import check_run_dir
+from folio.train.policy import load_policy, policy_config, same_tokenizer, where
+from folio.train.rundir import Pins, check_run_dir
 from folio.train.trainer import Trainer, TrainResult
 
 
@@ -26,9 +26,16 @@ def train_dpo(
 ) -> TrainResult:  # fmt: skip
     """DPO from the chat model `init_from` on the pairs in `data`, against a frozen reference
     (default: the same model). Dropout is off, so the log-ratio to the reference is 0 at step 0."""
-    check_run_dir(out_dir, "dpo", **run_flags(trainer_args))
-    policy = load_policy(init_from)
-    ref = policy if reference_from is None else load_policy(reference_from, "--reference")
+    flags = run_flags(trainer_args)
+    check_run_dir(out_dir, "dpo", **flags)
+    pins = Pins(out_dir, flags["resume"])
+    policy = load_policy(pins.spec("init_from", init_from))
+    reference = reference_from or init_from
+    ref = (
+        policy
+        if reference == init_from
+        else load_policy(pins.spec("reference", reference), "--reference")
+    )
     same_tokenizer(policy, ref)
     config = policy_config(policy)
     rows, test = preference_rows(data, policy.tokenizer, config.block_size)
@@ -38,8 +45,10 @@ def train_dpo(
     objective = DPOObjective(rows, ref.model, run.train.batch_size, cfg, policy.tokenizer, gold)
     meta = {"stage": "dpo", "init_from": init_from, "reference": reference_from or init_from,
             "data": str(Path(data).resolve()), "prefs": cfg.to_dict()}  # fmt: skip
+    pins.pin("init_from", init_from, where(policy))
+    pins.pin("reference", reference, where(ref))
     trainer = Trainer(
         run, objective, out_dir, policy.tokenizer, init_weights=policy.model.state_dict(),
-        meta=meta, init=policy.source, **trainer_args,
+        meta=meta, init=policy.source, pins=pins, **trainer_args,
     )  # fmt: skip
     return trainer.fit()

@@ -51,8 +51,8 @@ from folio.rl.estimators import LOSS_MEANS, group_advantages, k3_kl, policy_loss
 from folio.rl.rollout import RolloutBuffer, reply_logprobs, sample_rollout
 from folio.tokenizers.chat import end_of_turn_id, render_prompt
 from folio.train.objectives import Objective
-from folio.train.policy import frozen, load_policy, policy_config, same_tokenizer
-from folio.train.rundir import check_run_dir, check_same_settings
+from folio.train.policy import frozen, load_policy, policy_config, same_tokenizer, where
+from folio.train.rundir import Pins, check_run_dir, check_same_settings
 from folio.train.trainer import Trainer, TrainResult
 
 Reward = Callable[[Example, str, bool], float]
@@ -349,9 +349,15 @@ def train_grpo(
     """
     check_run_dir(out_dir, "grpo", resume=resume, restart=restart)
     names = parse_task_names(tasks)
-    policy = load_policy(init_from)
+    pins = Pins(out_dir, resume)
+    policy = load_policy(pins.spec("init_from", init_from))
     tokenizer = policy.tokenizer
-    ref = policy if reference_from is None else load_policy(reference_from, "--reference")
+    reference = reference_from or init_from
+    ref = (
+        policy
+        if reference == init_from
+        else load_policy(pins.spec("reference", reference), "--reference")
+    )
     same_tokenizer(policy, ref)
     needs_corpus = any(get_task(n).needs_corpus for n in names)
     material = load_material(corpus) if needs_corpus else None
@@ -370,12 +376,14 @@ def train_grpo(
         "corpus": corpus if needs_corpus else None,
         "rl": rl.to_dict(),
     }
+    pins.pin("init_from", init_from, where(policy))
+    pins.pin("reference", reference, where(ref))
     if resume:
         check_same_settings(Path(out_dir), meta)
     objective = GRPOObjective(rl, tokenizer, ref.model, train_examples, test_examples)
     trainer = Trainer(
         run, objective, out_dir, tokenizer,
         init_weights=policy.model.state_dict(), meta=meta, init=policy.source,
-        resume=resume, restart=restart, force=force, progress=progress, log=log,
+        resume=resume, restart=restart, force=force, progress=progress, log=log, pins=pins,
     )  # fmt: skip
     return trainer.fit()

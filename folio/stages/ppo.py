@@ -60,9 +60,10 @@ from folio.train.policy import (
     load_reward_model,
     policy_config,
     same_tokenizer,
+    where,
     with_scalar_head,
 )
-from folio.train.rundir import check_run_dir, check_same_settings
+from folio.train.rundir import Pins, check_run_dir, check_same_settings
 from folio.train.trainer import Trainer, TrainResult
 
 BATCH_KEYS = ("tokens", "mask", "old_logprobs", "advantages", "returns", "old_values")
@@ -267,9 +268,15 @@ def train_ppo(
     model are frozen and never stepped.
     """
     check_run_dir(out_dir, "ppo", resume=resume, restart=restart)
-    policy = load_policy(init_from)
-    reward = load_reward_model(reward_model_from)
-    ref = policy if reference_from is None else load_policy(reference_from, "--reference")
+    pins = Pins(out_dir, resume)
+    policy = load_policy(pins.spec("init_from", init_from))
+    reward = load_reward_model(pins.spec("reward_model", reward_model_from))
+    reference = reference_from or init_from
+    ref = (
+        policy
+        if reference == init_from
+        else load_policy(pins.spec("reference", reference), "--reference")
+    )
     same_tokenizer(policy, ref)
     same_tokenizer(policy, reward)
     if isinstance(policy.config, PolicyValueConfig):
@@ -292,6 +299,9 @@ def train_ppo(
         "corpus": corpus,
         "rl": rl.to_dict(),
     }
+    pins.pin("init_from", init_from, where(policy))
+    pins.pin("reference", reference, where(ref))
+    pins.pin("reward_model", reward_model_from, where(reward))
     if resume:
         check_same_settings(Path(out_dir), meta)
     objective = PPOObjective(
@@ -299,6 +309,6 @@ def train_ppo(
     )
     trainer = Trainer(
         run, objective, out_dir, policy.tokenizer, init_weights=weights, meta=meta, init=policy.source,
-        resume=resume, restart=restart, force=force, progress=progress, log=log,
+        resume=resume, restart=restart, force=force, progress=progress, log=log, pins=pins,
     )  # fmt: skip
     return trainer.fit()

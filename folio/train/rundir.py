@@ -16,13 +16,15 @@ record: an RL run its `algo`, a pretraining run neither.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from folio.checkpoint import RunLock, check_fresh_run_dir, move_run_aside
 from folio.errors import FolioError
-from folio.fsutil import read_json
+from folio.fsutil import file_digest, read_json
+from folio.train.init import RUN_PREFIX
 
 STAGES = ("pretrain", "sft", "reward", "dpo", "grpo", "ppo")
 """Every training stage, as run.json's "stage" names it."""
@@ -81,12 +83,13 @@ def check_run_dir(out_dir: str | Path, stage: str, *, resume: bool, restart: boo
 
 
 def check_same_settings(out_dir: Path, meta: dict[str, Any]) -> None:
-    """A resumed run must keep what `meta` records: its models, prompts and RL settings."""
+    """A resumed run must keep what `meta` records: its models, prompts and RL settings.
+    ("pinned" is `Pins`' to check: runs from before pins have none.)"""
     path = out_dir / "run.json"
     if not path.exists():
         return
     saved = read_json(path, "run config")
-    for key in meta:
+    for key in (k for k in meta if k != "pinned"):
         if isinstance(saved, dict) and saved.get(key) != meta[key]:
             raise FolioError(
                 f"{path}: the run was started with another {key} ({saved.get(key)!r}); "
@@ -118,3 +121,101 @@ def claim_run_dir(
             lock.release()
             raise
     return lock
+
+
+class Pins:
+    """The checkpoints a run starts from and compares against, pinned for the run's life.
+
+    `run:DIR` names a run's latest checkpoint, which moves on (and whose older
+    checkpoints are pruned) if DIR trains on. A fresh run keeps a frozen copy
+    of each model it loaded in OUT/pinned/ROLE (hard links where the file
+    system allows, so no extra space) and records under run.json's "pinned"
+    the spec given, the checkpoint it came from and the SHA-256 of its
+    weights. A resumed run loads each from that copy, never DIR's latest
+    again, and refuses in one line a copy that is gone or whose weights
+    changed: a frozen reference stays the one the run began with.
+    """
+
+    def __init__(self, out_dir: str | Path, resume: bool) -> None:
+        self.out_dir = Path(out_dir)
+        self.recorded: dict[str, dict[str, Any]] = {}
+        if resume and (self.out_dir / "run.json").exists():
+            saved = read_json(self.out_dir / "run.json", "run config")
+            pinned = saved.get("pinned") if isinstance(saved, dict) else None
+            self.recorded = pinned if isinstance(pinned, dict) else {}
+        self.pinned: dict[str, dict[str, Any]] = {}
+
+    def spec(self, role: str, given: str) -> str:
+        """What to load for `role` ("init_from", "reference", "reward_model"): `given`, or on
+        resume the checkpoint the run pinned (the same spec must be given again)."""
+        check_not_inside(self.out_dir, given, role)
+        pin = self.recorded.get(role)
+        if not isinstance(pin, dict):
+            return given
+        if pin.get("spec") != given:
+            raise FolioError(
+                f"{self.out_dir}: the run started with {role} {pin.get('spec')!r}, not {given!r}; "
+                f"resume it with the same flags"
+            )
+        return RUN_PREFIX + str(self.out_dir / PINNED / role)
+
+    def pin(self, role: str, given: str, checkpoint: str | Path) -> dict[str, Any]:
+        """Record (or, on resume, check) the checkpoint `role` was loaded from."""
+        checkpoint = Path(checkpoint)
+        weights = checkpoint / "model.safetensors"
+        digest = file_digest(weights) if weights.exists() else None
+        pin = self.recorded.get(role)
+        if isinstance(pin, dict) and pin.get("sha256") != digest:
+            raise FolioError(
+                f"{checkpoint}: its weights changed since the run in {self.out_dir} pinned them "
+                f"as its {role}; restore them, or start a new run"
+            )
+        if not isinstance(pin, dict):
+            self.pinned[role] = {"spec": given, "checkpoint": str(checkpoint), "sha256": digest}
+        else:  # resumed: the record stays as the run began
+            self.pinned[role] = pin
+        return self.pinned[role]
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Freeze a copy of each pinned checkpoint in OUT/pinned (once the run owns OUT);
+        the records for run.json."""
+        for role, pin in self.pinned.items():
+            target = self.out_dir / PINNED / role
+            if not target.exists():
+                _link_tree(Path(pin["checkpoint"]), target)
+        return self.pinned
+
+
+PINNED = "pinned"
+"""The folder of a run directory that holds its frozen copies of the models it compares against."""
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """A copy of the checkpoint directory `source` at `target`: hard links where possible,
+    built under a temporary name and renamed, so a crash leaves no half copy."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        for path in source.iterdir():
+            if path.is_file():
+                try:
+                    os.link(path, tmp / path.name)
+                except OSError:  # another file system, or links not allowed
+                    shutil.copy2(path, tmp / path.name)
+        os.replace(tmp, target)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FolioError(f"cannot keep a copy of {source} in {target}: {e.strerror or e}") from None
+
+
+def check_not_inside(out_dir: Path, spec: str, role: str) -> None:
+    """Refuse a model spec that points into the run directory being written: a restart would
+    move it aside, and the run would compare against its own earlier weights."""
+    if not spec.startswith(RUN_PREFIX):
+        return
+    source = Path(os.path.abspath(spec[len(RUN_PREFIX) :]))
+    out = Path(os.path.abspath(out_dir))
+    if source == out or out in source.parents:
+        flag = "--" + role.replace("_", "-")
+        raise FolioError(f"--out {out_dir} is where {flag} {spec} lives; give another --out")

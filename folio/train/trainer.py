@@ -63,7 +63,7 @@ from folio.train.optim import (
 )
 from folio.train.report import MFU, progress_bar, setup_line, show_step, stop_message
 from folio.train.run_log import MetricsLog, NoMetrics, nan_snapshot, plot_losses
-from folio.train.rundir import check_run_dir, claim_run_dir
+from folio.train.rundir import Pins, check_run_dir, claim_run_dir
 from folio.train.state import StopFlag, TrainState, seed_everything
 from folio.train.wrap import maybe_compile, wrap_ddp
 
@@ -113,6 +113,7 @@ class Trainer:
         force: bool = False,
         progress: bool = True,
         log=print,
+        pins: Pins | None = None,
     ) -> None:
         tc = self.tc = run.train
         self.run, self.objective, self.tokenizer = run, objective, tokenizer
@@ -145,7 +146,10 @@ class Trainer:
         try:
             if resume:
                 self._resume()
-            self._write_run_json(meta or {})
+            meta = dict(meta or {})
+            if pins is not None and self.main:  # frozen copies of the models it compares against
+                meta["pinned"] = pins.snapshot()
+            self._write_run_json(meta)
             self.metrics = (
                 MetricsLog(self.out_dir / "metrics.jsonl", self.state.step if resume else None)
                 if self.main
