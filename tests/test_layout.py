@@ -1,7 +1,7 @@
 """The shape of the package: imports run one way, and every test the docs cite exists.
 
 Layers, bottom to top (a module may import its own layer and those below):
-  0  errors, fsutil, lazy
+  0  errors, fsutil, lazy, inputs
   1  tokenizers, models, runtime, memory, config
   2  data, checkpoint, sample, hf
   3  train, rl, eval, bench, serve
@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "folio"
 LAYERS = {
-    "errors": 0, "fsutil": 0, "lazy": 0,
+    "errors": 0, "fsutil": 0, "lazy": 0, "inputs": 0,
     "tokenizers": 1, "models": 1, "runtime": 1, "memory": 1, "config": 1,
     "data": 2, "checkpoint": 2, "sample": 2, "hf": 2,
     "train": 3, "rl": 3, "eval": 3, "bench": 3, "serve": 3,
