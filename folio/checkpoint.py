@@ -232,7 +232,7 @@ def check_fresh_run_dir(run_dir: str | Path, restart: bool = False) -> None:
         entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
     except OSError as e:
         raise FolioError(f"--out {run_dir}: cannot read it ({e.strerror or e})") from None
-    if not entries or restart:
+    if not entries or restart or _never_checkpointed(run_dir, entries):
         return
     if (run_dir / "latest.json").exists():
         try:
@@ -253,6 +253,18 @@ def check_fresh_run_dir(run_dir: str | Path, restart: bool = False) -> None:
 
 
 LOCK_FILE = ".lock"
+STARTED_ONLY = frozenset({"run.json", "metrics.jsonl", "loss.png", "pinned", "checkpoints"})
+"""What a run writes before its first checkpoint: a directory holding only these is no run."""
+
+
+def _never_checkpointed(run_dir: Path, entries: list[str]) -> bool:
+    """Whether run_dir holds only what a run that stopped before its first checkpoint left
+    (its config, metrics and plot): a fresh run may take it over, as nothing would be lost.
+    A config error found after the directory was made then never blocks the corrected rerun."""
+    if not set(entries) <= STARTED_ONLY or (run_dir / "latest.json").exists():
+        return False
+    checkpoints = run_dir / "checkpoints"
+    return not checkpoints.exists() or not any(checkpoints.iterdir())
 
 
 class RunLock:

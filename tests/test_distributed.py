@@ -144,7 +144,8 @@ def test_two_processes_equal_one_process_on_the_union_of_their_batches(
     run = build_run_config(
         "tiny",
         [("seed", SEED), ("batch_size", 4), ("grad_accum", 2), ("threads", 1)]
-        + [("eval_iters", 1), ("eval_at_start", False), ("max_iters", 4), ("eval_interval", 4)],
+        + [("eval_iters", 1), ("eval_at_start", False), ("max_iters", 4), ("eval_interval", 4)]
+        + [("warmup_iters", 2)],  # as recorded: a resume continues the run's own settings
     )
     result = train(run, dataset, out, resume=True, progress=False, log=lambda _: None)
     assert result.step == 4

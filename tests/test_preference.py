@@ -210,6 +210,14 @@ def test_folio_reward_then_eval_prefs(runs: dict[str, Path]) -> None:
     code, _, err = cli("dpo", "--init-from", f"run:{rm}", "--data", runs["prefs"], "--out",
                        runs["root"] / "x", *COMMON)  # fmt: skip
     assert code == 2 and "this is a reward model" in err and err.count("\n") == 1
+    # nor a base for fine-tuning (its fine-tune would later pass for a reward model)
+    conversations = runs["root"] / "c.jsonl"
+    write_jsonl(conversations, [{"messages": [{"role": "user", "content": "ab"},
+                                              {"role": "assistant", "content": "ba"}]}] * 4)  # fmt: skip
+    code, _, err = cli("sft", "--init-from", f"run:{rm}", "--data", conversations, "--out",
+                       runs["root"] / "y", "--quiet")  # fmt: skip
+    assert code == 2 and "this is a reward model; --init-from wants a language model" in err, err
+    assert err.count("\n") == 1 and not (runs["root"] / "y").exists()
 
 
 def test_folio_dpo_end_to_end_and_bad_input(runs: dict[str, Path]) -> None:

@@ -59,6 +59,11 @@ def test_the_tiny_recipe_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path)
     assert json.loads((out / "table.json").read_text()) == table
     assert "folio " not in again.stderr
     assert time.perf_counter() - start < 30
+    # another scale or tokenizer on the same OUT is refused, not answered with the old table
+    for flags in (["--scale", "laptop"], ["--scale", "tiny", "--tokenizer", "bpe"]):
+        other = folio("recipe", "assistant", *flags, "--out", out, "--json")
+        assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
+        assert "holds a recipe run with" in other.stderr and other.stdout == ""
 
 
 def test_a_stopped_training_step_resumes_and_a_finished_one_is_not_rerun(tmp_path: Path) -> None:
@@ -204,7 +209,13 @@ def test_sigint_sigterm_and_sigkill_stop_the_recipe_keep_the_stage_and_leave_no_
         steps = latest_step(base)
         assert not recipe.record_path(base_step).exists()  # not done: it resumes on a rerun
         assert recipe.command(base_step)[-1] == "--resume"
-    assert sorted(p.name for p in out.iterdir()) == ["base", "data", "logs", "stages"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "base",
+        "data",
+        "logs",
+        "recipe.json",
+        "stages",
+    ]
 
 
 def test_a_stage_stopped_before_its_first_checkpoint_restarts_its_run_moved_aside(

@@ -90,3 +90,53 @@ def test_a_command_resuming_another_stages_run_changes_nothing(tmp_path: Path, a
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and f"holds a {held} run" in r.stderr, r.stderr
     assert snapshot(run) == before
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from folio.data.corpora import load_corpus
+    from folio.data.prepare import prepare_dataset
+
+    root = tmp_path_factory.mktemp("rundir-data")
+    (root / "t.txt").write_text("".join(f"line {i % 9}: to be or not to be.\n" for i in range(400)))
+    prepare_dataset(load_corpus([str(root / "t.txt")]), root / "data")
+    return root / "data"
+
+
+TINY = ("--preset", "tiny", "--max-iters", 2, "--eval-interval", 2, "--set", "train.eval_iters=1",
+        "--threads", 1, "--quiet")  # fmt: skip
+
+
+def test_resume_refuses_a_setting_other_than_the_runs_own(dataset: Path, tmp_path: Path) -> None:
+    """A flag left off takes the preset's default: the run is not silently changed."""
+    run = tmp_path / "run"
+    r = folio(
+        "train", "--data", dataset, "--out", run, *TINY, "--dtype", "float32", "--batch-size", 4
+    )
+    assert r.returncode == 0, r.stderr
+    before = snapshot(run)
+    r = folio("train", "--data", dataset, "--out", run, *TINY, "--max-iters", 4, "--resume")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "--resume continues the run as recorded, but train.batch_size was 4" in r.stderr
+    assert snapshot(run) == before
+    r = folio("train", "--data", dataset, "--out", run, *TINY, "--dtype", "float32",
+              "--batch-size", 4, "--max-iters", 4, "--resume")  # fmt: skip
+    assert r.returncode == 0, r.stderr  # the recorded settings, and a longer run: fine
+
+
+def test_a_directory_left_by_a_start_that_never_checkpointed_takes_a_fresh_run(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """A config error found after run.json was written never blocks the corrected rerun."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    (run / "metrics.jsonl").write_text("")
+    (run / "checkpoints").mkdir()
+    r = folio("train", "--data", dataset, "--out", run, *TINY)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "run.json").write_text("{}")
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    r = folio("train", "--data", dataset, "--out", tmp_path / "mine", *TINY)
+    assert r.returncode == 2 and "is not empty" in r.stderr

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from folio.errors import FolioError
-from folio.fsutil import atomic_write_json
+from folio.fsutil import atomic_write_json, read_json
 from folio.recipes.runner import Step, Stopped, Supervisor, finished, last_eval
 
 TABLE_KEYS = (
@@ -43,6 +43,9 @@ TABLE_KEYS = (
 """The figures of a stage's row, in the table's order (None where one does not apply)."""
 
 STAGES = ("base", "sft", "grpo", "reward", "ppo", "dpo")
+
+SETTINGS_FILE = "recipe.json"
+"""OUT's record of the scale, tokenizer and base a recipe run was made with."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,7 @@ class Recipe:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             _check_out(self.out)
+            self._check_settings()
         except OSError as e:
             raise FolioError(f"--out {self.out}: {e.strerror or e}") from None
         records = {}
@@ -251,6 +255,32 @@ class Recipe:
                 self.supervisor.check(step.name)
                 records[step.name] = self.run_step(step)
         return self.table(records)
+
+    def settings(self) -> dict[str, Any]:
+        """What OUT/recipe.json records: the choices that decide every step."""
+        scale = next((name for name, s in SCALES.items() if s == self.scale), "custom")
+        return {
+            "scale": scale,
+            "tokenizer": self.tokenizer if self.base is None else None,
+            "bpe_vocab": self.bpe_vocab if self.base is None and self.tokenizer != "char" else None,
+            "base": str(self.base.resolve()) if self.base is not None else None,
+        }
+
+    def _check_settings(self) -> None:
+        """A rerun continues the recipe OUT holds: refuse another scale, tokenizer or base
+        (its steps are done with the old ones, and their table would be returned as new)."""
+        path, now = self.out / SETTINGS_FILE, self.settings()
+        if path.exists():
+            was = read_json(path, "recipe settings")
+            changed = [k for k in now if isinstance(was, dict) and was.get(k) != now[k]]
+            if changed:
+                shown = ", ".join(f"{k} {was.get(k)!r}" for k in changed)
+                raise FolioError(
+                    f"--out {self.out}: holds a recipe run with {shown}, not {now[changed[0]]!r}; "
+                    f"rerun it with the same choices, or give another --out"
+                )
+        else:
+            atomic_write_json(path, now)
 
     def table(self, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """{"stages": [one row per stage]} from the steps' records."""
@@ -298,8 +328,8 @@ _MOVED_ASIDE = re.compile(r"(base|sft|grpo|reward|ppo|dpo)\.old-[0-9]+")
 
 def _check_out(out: Path) -> None:
     """Refuse an OUT that holds something other than a recipe's (nothing a user has is lost)."""
-    ours = {"data", "base", "tasks", "sft", "grpo", "prefs", "reward", "ppo", "dpo", "stages",
-            "logs", "table.json", "table.md", "ppo-kl0", "overoptimisation.png",
+    ours = {SETTINGS_FILE, "data", "base", "tasks", "sft", "grpo", "prefs", "reward", "ppo",
+            "dpo", "stages", "logs", "table.json", "table.md", "ppo-kl0", "overoptimisation.png",
             "overoptimisation.json"}  # fmt: skip
     others = sorted(
         p.name for p in out.iterdir() if p.name not in ours and not _MOVED_ASIDE.match(p.name)

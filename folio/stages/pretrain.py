@@ -20,7 +20,7 @@ from folio.train.init import (
     HF_PREFIX,
     Start,
     covering_tokenizer,
-    load_base,
+    load_language_model,
     parse_init_from,
     start_from_base,
 )
@@ -53,7 +53,7 @@ def initial_weights(
         )
         run = dataclasses.replace(run, model=model_config)
         return Start(run, weights, dataset.tokenizer, {"from": init_from}), None
-    base = load_base(init_from)
+    base = load_language_model(init_from)
     tokenizer = covering_tokenizer(base.tokenizer, tokenizers=[dataset.tokenizer])
     start = start_from_base(run, base, tokenizer, run.train.seed)
     return start, token_id_map(dataset.tokenizer, tokenizer)

@@ -58,7 +58,7 @@ from folio.data.conversations import Conversation, read_conversations, read_json
 from folio.errors import FolioError
 from folio.eval.tasks import TaskItem, evaluate_tasks, task_items
 from folio.tokenizers.extend import token_id_map
-from folio.train.init import covering_tokenizer, load_base, start_from_base
+from folio.train.init import covering_tokenizer, load_language_model, start_from_base
 from folio.train.objectives import MixedObjective
 from folio.train.rundir import check_run_dir
 from folio.train.trainer import Trainer, TrainResult
@@ -183,7 +183,7 @@ def train(
     # Everything the user gave is read and checked before the base model is loaded.
     convs = read_sft_data(data, val_fraction, run.train.seed)
     mix = Dataset.open(mix_data) if mix_data is not None else None
-    base = load_base(init_from)
+    base = load_language_model(init_from)
     # The base's tokenizer, grown to read the conversations, the mixed text and the turns.
     texts = (m["content"] for c in convs.train + convs.val for m in c.messages)
     tokenizer = covering_tokenizer(

@@ -113,6 +113,18 @@ def _hf_tokenizer(d: Path, vocab_size: int) -> Tokenizer:
     return tok
 
 
+def load_language_model(init_from: str) -> Base:
+    """`load_base`, refusing a reward model: pretraining and SFT start from a language model
+    (a fine-tune of a reward model would be taken for one later, by `folio rl --algo ppo`)."""
+    base = load_base(init_from)
+    if base.config.model_type == "reward":
+        raise FolioError(
+            f"{base.source['checkpoint']}: this is a reward model; --init-from wants a "
+            f"language model (a `folio train` or `folio sft` run)"
+        )
+    return base
+
+
 def load_base(init_from: str) -> Base:
     """The model `--init-from run:DIR` or `hf:DIR` names, with its tokenizer, on the CPU."""
     prefix, path = parse_init_from(init_from)

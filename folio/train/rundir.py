@@ -82,6 +82,40 @@ def check_run_dir(out_dir: str | Path, stage: str, *, resume: bool, restart: boo
         )
 
 
+RESUMABLE = frozenset({
+    "max_iters", "max_time", "eval_interval", "eval_iters", "eval_at_start", "log_interval",
+    "patience", "target_val_loss", "threads", "device", "plot", "save_checkpoints", "compile",
+    "optimizer",
+})  # fmt: skip
+"""Training settings a resume may change: how long, how often to evaluate and where to run.
+Everything else (batch, learning rate, schedule, seed, precision) is the run's. The optimizer
+is checked against the checkpoint's own state instead (folio.train.optim), naming the one used."""
+
+
+def check_resume_settings(out_dir: Path, train: dict[str, Any]) -> None:
+    """A resume continues the run as recorded: refuse, in one line, a training setting that
+    differs from run.json's (a flag left off takes the preset's default, not the run's)."""
+    path = Path(out_dir) / "run.json"
+    if not path.exists():
+        return
+    saved = read_json(path, "run config")
+    recorded = saved.get("train") if isinstance(saved, dict) else None
+    if not isinstance(recorded, dict):
+        return
+    changed = [
+        (key, recorded[key], value)
+        for key, value in train.items()
+        if key not in RESUMABLE and key in recorded and recorded[key] != value
+    ]
+    if changed:
+        key, was, now = changed[0]
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise FolioError(
+            f"{out_dir}: --resume continues the run as recorded, but train.{key} was {was!r} "
+            f"and would be {now!r}{more}; pass the recorded value, or start a new run"
+        )
+
+
 def check_same_settings(out_dir: Path, meta: dict[str, Any]) -> None:
     """A resumed run must keep what `meta` records: its models, prompts and RL settings.
     ("pinned" is `Pins`' to check: runs from before pins have none.)"""
@@ -181,6 +215,8 @@ class Pins:
         the records for run.json."""
         for role, pin in self.pinned.items():
             target = self.out_dir / PINNED / role
+            if role not in self.recorded:  # a fresh run: a copy a stopped start left is replaced
+                shutil.rmtree(target, ignore_errors=True)
             if not target.exists():
                 _link_tree(Path(pin["checkpoint"]), target)
         return self.pinned

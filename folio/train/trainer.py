@@ -63,7 +63,7 @@ from folio.train.optim import (
 )
 from folio.train.report import MFU, progress_bar, setup_line, show_step, stop_message
 from folio.train.run_log import MetricsLog, NoMetrics, nan_snapshot, plot_losses
-from folio.train.rundir import Pins, check_run_dir, claim_run_dir
+from folio.train.rundir import Pins, check_resume_settings, check_run_dir, claim_run_dir
 from folio.train.state import StopFlag, TrainState, seed_everything
 from folio.train.wrap import maybe_compile, wrap_ddp
 
@@ -130,6 +130,8 @@ class Trainer:
         self.stage = str((meta or {}).get("stage", "pretrain"))
         if self.main:  # before anything slow: a fresh directory, or a run of this stage
             check_run_dir(self.out_dir, self.stage, resume=resume, restart=restart)
+            if resume:
+                check_resume_settings(self.out_dir, tc.to_dict())
         self.dtype = resolve_dtype(tc.dtype, self.device)
         # Refuse a config that cannot fit before allocating anything (force: try anyway).
         check_training_memory(run.model, tc, self.device, force=force)
