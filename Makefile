@@ -59,6 +59,7 @@ bench-serve: install
 
 chaos: install
 	$(PY) benchmarks/chaos.py --kills 50
+	$(PY) benchmarks/recipe_chaos.py --interruptions 10
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

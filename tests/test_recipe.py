@@ -118,6 +118,8 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
     r = folio("recipe", "assistant", "--scale", "tiny", "--out", tmp_path / "o2", "--base", fake)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("folio: error: ")
     assert "Traceback" not in r.stderr and "log: " in r.stderr
+    r = folio("recipe", "assistant", "--scale", "tiny", "--out", "/sys/folio-recipe")  # unwritable
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--out /sys/folio-recipe" in r.stderr
 
 
 def test_a_step_is_the_folio_command_a_user_would_type() -> None:
