@@ -128,3 +128,29 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def tiny_served(model_id: str = "m", block_size: int = 16, chat: bool = False):
+    """A ServedModel of a tiny random GPT on TEXT's characters, with its own engine.
+
+    An app closes its engines when it stops: each in-process app needs fresh ones.
+    """
+    from folio.sample.engine import Engine
+    from folio.serve.app import ServedModel
+    from folio.tokenizers import CharTokenizer
+    from folio.tokenizers.chat import with_chat_tokens
+
+    tok = CharTokenizer.from_text(TEXT)
+    if chat:
+        tok = with_chat_tokens(tok)
+    return ServedModel(model_id, Engine(random_gpt(tok.vocab_size, block_size)), tok)
+
+
+def assert_openai_error(response: httpx.Response, status: int) -> dict:
+    """The error object of `response`, checked to be OpenAI's shape with this status."""
+    assert response.status_code == status, (response.status_code, response.text)
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and "\n" not in error["message"]
+    assert "Traceback" not in response.text
+    return error

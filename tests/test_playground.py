@@ -15,8 +15,10 @@ import pytest
 from serving import TEXT, Server, random_gpt, save_run
 
 from folio.tokenizers import CharTokenizer
+from folio.tokenizers.chat import with_chat_tokens
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+KEY = "playground-clé"  # not ASCII: the page must send it as UTF-8
 
 
 def _browser_or_skip():
@@ -91,5 +93,88 @@ def test_playground_streams_a_reply_colours_tokens_and_shows_attention(tmp_path)
             wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#attn-tokens span")) == 16)
             errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
             assert errors == []
+        finally:
+            browser.quit()
+
+
+# Records the body of every chat request the page sends.
+RECORD_CHAT_REQUESTS = """
+window.sent = [];
+const realFetch = window.fetch;
+window.fetch = (url, options) => {
+  if (String(url).endsWith("/v1/chat/completions")) window.sent.push(JSON.parse(options.body));
+  return realFetch(url, options);
+};
+"""
+
+
+def test_playground_keeps_failed_turns_out_of_the_history_and_drops_old_turns_to_fit(tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    tok = with_chat_tokens(CharTokenizer.from_text(TEXT))
+    run = save_run(tmp_path / "chat", random_gpt(tok.vocab_size, 32), tok)
+    with Server(f"--checkpoint=chat={run}", "--api-key", KEY) as server:
+        browser = _browser_or_skip()
+        try:
+            browser.get(server.url + "/")
+            wait = WebDriverWait(browser, 30)
+            find = lambda element_id: browser.find_element(By.ID, element_id)  # noqa: E731
+            history = lambda: browser.execute_script("return state.history")  # noqa: E731
+            errors = lambda: [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".msg.error")]  # noqa: E731
+
+            def say(text: str) -> None:
+                find("prompt").clear()
+                find("prompt").send_keys(text)
+                find("send").click()
+
+            def key(value: str) -> None:
+                find("apikey").clear()
+                find("apikey").send_keys(value)
+
+            # Without the key the models cannot load: the page points at the key box.
+            wait.until(lambda b: "API key box" in find("status").text)
+            assert "needed" in find("apikey").get_attribute("class")
+            browser.execute_script(RECORD_CHAT_REQUESTS)
+            find("max_tokens").clear()
+            find("max_tokens").send_keys("4")
+            say("Sir")
+            wait.until(lambda b: len(errors()) == 1)
+            assert "API key box" in errors()[0]
+            assert history() == [] and find("prompt").get_attribute("value") == "Sir"
+
+            key(KEY)
+            say("Sir")
+            wait.until(lambda b: len(history()) == 2 and find("prompt").is_enabled())
+            assert browser.execute_script("return window.sent")[-1]["messages"] == [
+                {"role": "user", "content": "Sir"}
+            ]
+            # A request that fails (a wrong key: 401) leaves no turn behind.
+            key("wrong")
+            say("Speak")
+            wait.until(lambda b: len(errors()) == 2 and find("prompt").is_enabled())
+            assert "API key box" in errors()[1]
+            assert len(history()) == 2 and find("prompt").get_attribute("value") == "Speak"
+            assert len(browser.find_elements(By.CSS_SELECTOR, "#transcript .msg.user")) == 1
+            key(KEY)
+            say("Speak")
+            wait.until(lambda b: len(history()) == 4 and find("prompt").is_enabled())
+            first_turn = history()[:2]
+            assert browser.execute_script("return window.sent")[-1]["messages"] == [
+                *first_turn,
+                {"role": "user", "content": "Speak"},
+            ]
+            # A conversation longer than the context (32 tokens) leaves its oldest turns out.
+            say("hear me speak, hear me")
+            wait.until(lambda b: len(history()) == 6 and find("prompt").is_enabled())
+            assert browser.execute_script("return window.sent")[-1]["messages"] == [
+                {"role": "user", "content": "hear me speak, hear me"}
+            ]
+            assert browser.execute_script("return state.dropped") == 4
+            faded = browser.find_elements(By.CSS_SELECTOR, "#transcript .msg.dropped")
+            assert len(faded) == 4 and len(errors()) == 2
+            assert "left out" in find("status").text
+            uncaught = [e for e in browser.get_log("browser") if "Uncaught" in e["message"]]
+            assert uncaught == []
         finally:
             browser.quit()

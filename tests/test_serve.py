@@ -63,7 +63,7 @@ def user(text: str) -> list[dict]:
 
 
 def health(server) -> dict:
-    return server.get("/health").json()["models"]
+    return server.get("/health", headers=_auth()).json()["models"]
 
 
 def sse_events(response: httpx.Response) -> list[str]:
@@ -79,8 +79,24 @@ def test_models_list_and_health(server, client):
     assert set(models) == {"tiny", "chat", "bpe"}  # several checkpoints, each by its own id
     assert models["chat"].model_extra["folio"]["mode"] == "chat"
     assert models["tiny"].model_extra["folio"]["mode"] == "completion"
-    h = server.get("/health").json()
+    h = server.get("/health", headers=_auth()).json()
     assert h["status"] == "ok" and all(m["batch_invariant"] for m in h["models"].values())
+
+
+def test_health_without_the_key_says_only_that_the_server_is_up(server):
+    assert server.get("/health").json() == {"status": "ok"}
+    assert server.get("/health", headers={"Authorization": "Bearer wrong"}).json() == {
+        "status": "ok"
+    }
+    assert set(server.get("/health", headers=_auth()).json()["models"]) == {"tiny", "chat", "bpe"}
+
+
+def test_head_on_the_page_and_health_answers_like_get_without_a_body(server):
+    for path in ("/", "/health"):
+        head, get = httpx.head(server.url + path, timeout=30), server.get(path)
+        assert head.status_code == get.status_code == 200 and head.content == b""
+        assert head.headers["content-type"] == get.headers["content-type"]
+        assert head.headers["content-length"] == get.headers["content-length"]
 
 
 def test_chat_completion_create_and_stream_agree(server, client):
@@ -290,6 +306,16 @@ def _auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {KEY}"}
 
 
+def test_characters_outside_the_vocabulary_are_their_own_error(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny", messages=user("First, you €"))
+    assert e.value.code == "unsupported_characters" and e.value.param == "messages[0].content"
+    assert "'€' (U+20AC) at character 11" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny", messages=user("F" * 100))
+    assert e.value.code == "context_length_exceeded" and "room" not in e.value.message
+
+
 def test_cors_is_off_unless_asked_for(server):
     r = server.get("/v1/models", headers={**_auth(), "Origin": "http://evil.example"})
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
@@ -437,3 +463,62 @@ def test_a_busy_port_and_a_missing_checkpoint_are_one_line_errors(runs, server, 
         assert (
             r.returncode == 2 and r.stderr.startswith("folio: error:") and r.stderr.count("\n") == 1
         )
+
+
+# --- keys and host names -----------------------------------------------------------------------------
+
+NON_ASCII_KEY = "clé-voilà"
+
+
+def test_a_non_ascii_api_key_works_and_the_flag_says_to_prefer_the_environment(runs):
+    path, _ = runs["tiny"]
+    with Server(f"--checkpoint=tiny={path}", "--api-key", NON_ASCII_KEY) as s:
+        right = {"Authorization": b"Bearer " + NON_ASCII_KEY.encode()}
+        assert s.get("/v1/models", headers=right).status_code == 200
+        for auth in (b"Bearer " + NON_ASCII_KEY.encode("latin-1"), b"Bearer \xff", b"\xc3"):
+            r = s.get("/v1/models", headers={"Authorization": auth})
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        body = {"model": "tiny", "prompt": "F", "max_tokens": 2}
+        assert s.post("/v1/completions", headers=right, json=body).status_code == 200
+        # With a key, the key guards the server: any Host name is served.
+        assert s.get("/v1/models", headers={**right, "Host": "example.com"}).status_code == 200
+    assert "--api-key shows in `ps`" in s.log and "FOLIO_API_KEY" in s.log
+    assert "Traceback" not in s.log
+
+
+def test_the_api_key_help_prefers_the_environment_which_is_read(tmp_path):
+    assert "prefer FOLIO_API_KEY" in " ".join(_folio("serve", "--help").stdout.split())
+    # A key from the environment counts as a key: binding beyond loopback is allowed, and
+    # the missing checkpoint is the error, with no note about the flag.
+    r = subprocess.run(
+        [sys.executable, "-m", "folio", "serve", "--checkpoint", str(tmp_path / "no")]
+        + ["--host", "0.0.0.0", "--port", "0"],
+        cwd=ROOT,
+        env={**folio_env(), "FOLIO_API_KEY": "from-the-environment"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "--allow-remote-without-key" not in r.stderr and "ps" not in r.stderr
+
+
+def test_a_keyless_loopback_server_answers_loopback_host_names_only(runs):
+    path, _ = runs["tiny"]
+    with Server(f"--checkpoint=tiny={path}") as s:
+        port = s.url.rsplit(":", 1)[1]
+        body = {"model": "tiny", "prompt": "F", "max_tokens": 2}
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.2"):
+            assert s.get("/health", headers={"Host": host}).status_code == 200
+            assert s.post("/v1/completions", headers={"Host": host}, json=body).status_code == 200
+        # What a page whose domain now resolves to 127.0.0.1 (DNS rebinding) would send.
+        for host in (f"rebound.example:{port}", "rebound.example", "192.168.1.20"):
+            for r in (
+                s.get("/", headers={"Host": host}),
+                s.get("/health", headers={"Host": host}),
+                s.post("/v1/completions", headers={"Host": host}, json=body),
+            ):
+                assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_host"
+                assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+        assert s.get("/health").json()["models"]["tiny"]["completed"] == 4
+    assert "Traceback" not in s.log

@@ -2,9 +2,12 @@
 
 Safe by default: it binds 127.0.0.1. Binding any other address without
 `--api-key` is refused unless `--allow-remote-without-key` is given, and then
-a warning is printed. Requests name models by id only, never a file; bodies
-are capped (`--max-body-bytes`); CORS is off unless `--cors-origin` names an
-origin.
+a warning is printed. A server on a loopback address without a key answers
+only requests addressed to a loopback name, so a web page cannot reach it
+through DNS rebinding. The key is best given in `$FOLIO_API_KEY`: a flag's
+value shows in `ps` to every user of the machine. Requests name models by id
+only, never a file; bodies are capped (`--max-body-bytes`); CORS is off unless
+`--cors-origin` names an origin.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--api-key",
         default=None,
-        help="require 'Authorization: Bearer KEY' on /v1 (default: $FOLIO_API_KEY, else none)",
+        help="require 'Authorization: Bearer KEY' on /v1 (default: $FOLIO_API_KEY, else none); "
+        "prefer FOLIO_API_KEY=KEY in the environment: a flag's value shows in `ps` to every "
+        "user of this machine",
     )
     p.add_argument(
         "--allow-remote-without-key",
@@ -120,6 +125,7 @@ def run(args: argparse.Namespace) -> None:
         import uvicorn
 
         from folio.serve.app import create_app, load_served_model
+        from folio.serve.deps import api_key_bytes
         from folio.serve.protocol import Limits
     except ImportError as e:
         raise FolioError(
@@ -129,7 +135,10 @@ def run(args: argparse.Namespace) -> None:
 
     from folio.runtime import pick_device
 
+    key_in_flag = bool(args.api_key)
     args.api_key = args.api_key or os.environ.get("FOLIO_API_KEY") or None
+    if args.api_key is not None:
+        api_key_bytes(args.api_key)  # a key no client could send is refused before loading
     for name in ("max_batch", "max_queue", "max_tokens", "default_max_tokens", "max_body_bytes"):
         if getattr(args, name) < 1:
             raise FolioError(f"--{name.replace('_', '-')} must be at least 1")
@@ -157,12 +166,27 @@ def run(args: argparse.Namespace) -> None:
         max_prompt_tokens=args.max_prompt_tokens,
         max_body_bytes=args.max_body_bytes,
     )
-    app = create_app(models, api_key=args.api_key, cors_origins=args.cors_origin, limits=limits)
+    app = create_app(
+        models,
+        api_key=args.api_key,
+        cors_origins=args.cors_origin,
+        limits=limits,
+        # Without a key, a loopback server trusts its callers: keep web pages from
+        # reaching it under another name (DNS rebinding).
+        loopback_only=_is_loopback(args.host) and not args.api_key,
+    )
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     if warning:
         print(warning, file=sys.stderr, flush=True)
+    if key_in_flag:
+        print(
+            "note: --api-key shows in `ps` to every user of this machine; "
+            "FOLIO_API_KEY=KEY in the environment does not",
+            file=sys.stderr,
+            flush=True,
+        )
     for m in models:
         mode = "chat" if m.chat else "completion"
         exact = "" if m.engine.batch_invariant else f" ({m.engine.invariance_note})"

@@ -10,14 +10,18 @@ two routers:
 - `folio.serve.folio_routes`: the playground page at /, /health, and the
   attention extension /v1/folio/attention (behind the key).
 
+A keyless server on a loopback address also refuses requests addressed to any
+other name (`folio.serve.hosts`, against DNS rebinding).
+
 The checks they share are dependencies in `folio.serve.deps`; the responses
 of both generation endpoints are built in `folio.serve.responses`.
 
 Errors are JSON as OpenAI's `{"error": {"message", "type", "param", "code"}}`.
-Status codes: 400 bad field or value (FastAPI's 422 is replaced), 401 missing
-or wrong API key, 404 unknown model or route, 405 wrong method, 413 body over
-the cap, 429 the engine's queue is full (with Retry-After), 500 an error in
-the server (its traceback goes to the server's log, never to the client).
+Status codes: 400 a bad field, value, body or Host name (FastAPI's 422 is
+replaced), 401 missing or wrong API key, 404 unknown model or route, 405 wrong
+method, 413 body over the cap, 429 the engine's queue is full (with
+Retry-After), 500 an error in the server (its traceback goes to the server's
+log, never to the client).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from folio.errors import FolioError
 from folio.serve import folio_routes, openai_routes
 from folio.serve import protocol as P
+from folio.serve.deps import api_key_bytes
+from folio.serve.hosts import LoopbackHostOnly
 from folio.serve.served import ServedModel, load_served_model
 
 __all__ = ["ServedModel", "create_app", "load_served_model"]
@@ -80,8 +86,13 @@ def create_app(
     api_key: str | None = None,
     cors_origins: list[str] | None = None,
     limits: P.Limits | None = None,
+    loopback_only: bool = False,
 ) -> FastAPI:
-    """The FastAPI application serving `models`; their engines start and stop with it."""
+    """The FastAPI application serving `models`; their engines start and stop with it.
+
+    `loopback_only` refuses requests whose Host header is not localhost, 127.x.y.z
+    or [::1]: `folio serve` sets it for a server on a loopback address without a key.
+    """
     served = {m.id: m for m in models}
     if len(served) != len(models):
         raise FolioError("two served checkpoints have the same model id; name them apart")
@@ -94,7 +105,7 @@ def create_app(
     )
     app.state.models = served
     app.state.limits = limits or P.Limits()
-    app.state.api_key = api_key
+    app.state.api_key_bytes = None if api_key is None else api_key_bytes(api_key)
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -102,6 +113,8 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    if loopback_only:  # added last, so it runs first: before CORS and every route
+        app.add_middleware(LoopbackHostOnly)
     app.add_exception_handler(P.APIError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

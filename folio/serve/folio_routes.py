@@ -1,11 +1,13 @@
 """Folio's own routes: the playground page, /health and the attention extension.
 
     GET  /                       the playground page (folio/serve/playground.html)
-    GET  /health                 status, and the engines' queue sizes and counts
+    GET  /health                 status; with the API key, the models and their engines' counts
     POST /v1/folio/attention     the attention weights of a layer and head (needs the API key)
 
 The page and /health are open, so a browser and a load balancer reach them
-without the key.
+without the key; HEAD answers them as GET does, without the body. Without the
+key, /health says only `{"status": "ok"}`: the model ids and the traffic
+counts are for those who may use the API.
 
 ## The attention extension
 
@@ -32,7 +34,14 @@ from fastapi.responses import HTMLResponse
 from folio.errors import FolioError
 from folio.models.gpt import GPT
 from folio.serve import protocol as P
-from folio.serve.deps import JSONBody, find_model, require_api_key, served_models
+from folio.serve.deps import (
+    JSONBody,
+    find_model,
+    has_api_key,
+    prompt_error,
+    require_api_key,
+    served_models,
+)
 from folio.serve.prompt import text_prompt
 from folio.serve.served import ServedModel
 from folio.tokenizers.chat import ASSISTANT, render_conversation
@@ -40,24 +49,35 @@ from folio.tokenizers.chat import ASSISTANT, render_conversation
 router = APIRouter()
 
 
+def _conversation_ids(m: ServedModel, messages: list[dict]) -> list[int]:
+    """Messages as the model reads them, a last assistant message being the reply so far."""
+    if not m.chat:
+        return text_prompt(m.tokenizer, "\n".join(x["content"] for x in messages))
+    reply = messages[-1]["content"] if messages[-1]["role"] == "assistant" else None
+    ids, _ = render_conversation(m.tokenizer, messages if reply is None else messages[:-1])
+    if reply is not None:
+        ids += [m.tokenizer.special_token_id(ASSISTANT), *m.tokenizer.encode(reply)]
+    return ids
+
+
 def _attention_prompt(m: ServedModel, body: dict) -> list[int]:
     """The ids whose attention is shown: a prompt, or messages with the reply so far."""
-    try:
-        if "messages" in body:
-            _, messages = P.parse_chat({**body, "model": m.id}, P.Limits())
-            if not m.chat:
-                return text_prompt(m.tokenizer, "\n".join(x["content"] for x in messages))
-            reply = messages.pop()["content"] if messages[-1]["role"] == "assistant" else None
-            ids, _ = render_conversation(m.tokenizer, messages)
-            if reply is not None:
-                ids += [m.tokenizer.special_token_id(ASSISTANT), *m.tokenizer.encode(reply)]
-            return ids
+    messages = None
+    if "messages" in body:
+        _, messages = P.parse_chat({**body, "model": m.id}, P.Limits())
+        param = "messages"
+        texts = {f"messages[{n}].content": x["content"] for n, x in enumerate(messages)}
+    else:
         prompt = body.get("prompt", "")
         if not isinstance(prompt, str):
             raise P.bad("prompt", "'prompt' must be a string")
+        param, texts = "prompt", {"prompt": prompt}
+    try:
+        if messages is not None:
+            return _conversation_ids(m, messages)
         return text_prompt(m.tokenizer, prompt)
     except FolioError as e:
-        raise P.bad("prompt", str(e)) from None
+        raise prompt_error(m, e, param, texts) from None
 
 
 def _attention_tokens(m: ServedModel, ids: list[int]) -> list[str]:
@@ -73,14 +93,16 @@ def _attention_weights(m: ServedModel, ids: list[int], layer: int, head: int) ->
     return [[round(float(w), 4) for w in row[: t + 1]] for t, row in enumerate(wei.cpu())]
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
 async def playground() -> HTMLResponse:
     page = resources.files("folio.serve").joinpath("playground.html").read_text("utf-8")
     return HTMLResponse(page)
 
 
-@router.get("/health")
+@router.api_route("/health", methods=["GET", "HEAD"])
 async def health(request: Request) -> dict[str, Any]:
+    if not has_api_key(request):
+        return {"status": "ok"}
     return {
         "status": "ok",
         "models": {

@@ -19,7 +19,14 @@ from fastapi.responses import Response
 
 from folio.errors import FolioError
 from folio.serve import protocol as P
-from folio.serve.deps import JSONBody, find_model, request_limits, require_api_key, served_models
+from folio.serve.deps import (
+    JSONBody,
+    find_model,
+    prompt_error,
+    request_limits,
+    require_api_key,
+    served_models,
+)
 from folio.serve.generation import Generation
 from folio.serve.prompt import conversation_prompt, text_prompt
 from folio.serve.responses import ChatReply, CompletionReply, respond
@@ -35,24 +42,22 @@ def _prompt_budget(m: ServedModel, limits: P.Limits) -> int:
     return min(m.engine.block_size, cap) if cap else m.engine.block_size
 
 
-def _too_long(param: str, message: str) -> P.APIError:
-    return P.bad(param, message, code="context_length_exceeded")
-
-
 def _completion_prompt(m: ServedModel, prompt: str | list[int], budget: int) -> list[int]:
     """A completion's prompt ids, from text or from ids the client sent (checked in range)."""
     if isinstance(prompt, str):
         try:
             ids = text_prompt(m.tokenizer, prompt)
         except FolioError as e:
-            raise P.bad("prompt", str(e)) from None
+            raise prompt_error(m, e, "prompt", {"prompt": prompt}) from None
     else:
         ids = prompt
         if any(not 0 <= i < m.engine.vocab_size for i in ids):
             raise P.bad("prompt", f"token ids must be in [0, {m.engine.vocab_size})")
     if len(ids) > budget:
-        raise _too_long(
-            "prompt", f"the prompt is {len(ids)} tokens; this model takes at most {budget}"
+        raise P.bad(
+            "prompt",
+            f"the prompt is {len(ids)} tokens; this model takes at most {budget}",
+            code="context_length_exceeded",
         )
     return ids
 
@@ -80,7 +85,8 @@ async def chat_completions(request: Request, body: JSONBody) -> Response:
     try:
         prompt = conversation_prompt(m.tokenizer, messages, _prompt_budget(m, limits))
     except FolioError as e:
-        raise _too_long("messages", str(e)) from None
+        texts = {f"messages[{n}].content": x["content"] for n, x in enumerate(messages)}
+        raise prompt_error(m, e, "messages", texts) from None
     gen = Generation(m, prompt.ids, prompt.stop_ids, params, request, "messages")
     return await respond(ChatReply(gen))
 

@@ -17,7 +17,7 @@ History that outgrows the context. `conversation_prompt(..., drop_oldest=True)`
 after it at a time, keeping a system message, until the prompt fits in
 `budget` tokens; the server instead refuses an over-long prompt (400), as
 OpenAI's API does. A last message that does not fit on its own is an error
-in both.
+in both (`PromptTooLong`, which the server answers `context_length_exceeded`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ from folio.sample.sampler import default_start_id
 from folio.tokenizers.chat import CHAT_TOKENS, has_chat_template, render_prompt
 
 MESSAGE_ROLES = ("system", "user", "assistant")
+
+
+class PromptTooLong(FolioError):
+    """A prompt over its token budget (the server answers `context_length_exceeded`)."""
 
 
 @dataclass
@@ -67,6 +71,24 @@ def text_prompt(tokenizer: Any, text: str) -> list[int]:
     return ids if ids else [default_start_id(tokenizer)]
 
 
+def first_unknown_character(tokenizer: Any, text: str) -> tuple[int, str] | None:
+    """(position, character) of the first character of `text` the tokenizer cannot encode, if any.
+
+    Each distinct character is encoded once (for a character vocabulary, at
+    most its size plus one): it is meant for after an encode has failed.
+    """
+    seen: set[str] = set()
+    for i, c in enumerate(text):
+        if c in seen:
+            continue
+        seen.add(c)
+        try:
+            tokenizer.encode(c)
+        except FolioError:
+            return i, c
+    return None
+
+
 def _render(tokenizer: Any, messages: list[dict]) -> list[int]:
     if is_chat_model(tokenizer):
         return render_prompt(tokenizer, messages)
@@ -91,12 +113,12 @@ def conversation_prompt(
         if len(ids) <= budget:
             return Prompt(ids, stop_ids_for(tokenizer), dropped)
         if not drop_oldest:
-            raise FolioError(
-                f"the prompt is {len(ids)} tokens; this model takes at most {budget} "
-                f"(its context minus room for the reply)"
+            raise PromptTooLong(
+                f"the prompt is {len(ids)} tokens; this model takes at most {budget}: "
+                f"send fewer or shorter messages"
             )
         if len(turns) <= 1:
-            raise FolioError(
+            raise PromptTooLong(
                 f"the last message alone is {len(ids)} tokens, more than the {budget} "
                 f"this model's context leaves for it"
             )

@@ -154,8 +154,9 @@ def _common(body: Any, limits: Limits) -> GenerationParams:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad("model", "'model' is required: the id of a served model (GET /v1/models)")
+    # Checked as integers first: Python's True == 1, but JSON's true is not a count.
     n = body.get("n")
-    if n is not None and n != 1:
+    if n is not None and not (_is_int(n) and n == 1):
         raise bad("n", "only n=1 is supported: send several requests for several completions")
     max_tokens = opt_int(body, "max_completion_tokens", 1)
     if max_tokens is None:
@@ -246,7 +247,7 @@ def parse_completion(body: Any, limits: Limits) -> tuple[GenerationParams, str |
     if _opt_bool(body, "echo"):
         raise bad("echo", "'echo' is not supported")
     best_of = body.get("best_of")
-    if best_of is not None and best_of != 1:
+    if best_of is not None and not (_is_int(best_of) and best_of == 1):
         raise bad("best_of", "only best_of=1 is supported")
     top = opt_int(body, "logprobs", 0, MAX_LOGPROBS_COMPLETION)
     params.logprobs, params.top_logprobs = top is not None, top or 0
