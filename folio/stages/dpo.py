@@ -15,7 +15,7 @@ from folio.config.prefs import PrefConfig
 from folio.config.run import RunConfig
 from folio.data.prefs import is_gold_prompt
 from folio.stages.preference import DPOObjective, preference_rows, run_flags
-from folio.train.policy import load_policy, policy_config, same_tokenizer, where
+from folio.train.policy import load_pinned_policy, policy_config
 from folio.train.rundir import Pins, check_run_dir
 from folio.train.trainer import Trainer, TrainResult
 
@@ -29,14 +29,7 @@ def train_dpo(
     flags = run_flags(trainer_args)
     check_run_dir(out_dir, "dpo", **flags)
     pins = Pins(out_dir, flags["resume"])
-    policy = load_policy(pins.spec("init_from", init_from))
-    reference = reference_from or init_from
-    ref = (
-        policy
-        if reference == init_from
-        else load_policy(pins.spec("reference", reference), "--reference")
-    )
-    same_tokenizer(policy, ref)
+    policy, ref = load_pinned_policy(pins, init_from, reference_from)
     config = policy_config(policy)
     rows, test = preference_rows(data, policy.tokenizer, config.block_size)
     prompts = list(dict.fromkeys(p.prompt[-1]["content"] for p in test))
@@ -45,8 +38,6 @@ def train_dpo(
     objective = DPOObjective(rows, ref.model, run.train.batch_size, cfg, policy.tokenizer, gold)
     meta = {"stage": "dpo", "init_from": init_from, "reference": reference_from or init_from,
             "data": str(Path(data).resolve()), "prefs": cfg.to_dict()}  # fmt: skip
-    pins.pin("init_from", init_from, where(policy))
-    pins.pin("reference", reference, where(ref))
     trainer = Trainer(
         run, objective, out_dir, policy.tokenizer, init_weights=policy.model.state_dict(),
         meta=meta, init=policy.source, pins=pins, **trainer_args,

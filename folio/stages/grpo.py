@@ -51,7 +51,11 @@ from folio.rl.estimators import LOSS_MEANS, group_advantages, k3_kl, policy_loss
 from folio.rl.rollout import RolloutBuffer, reply_logprobs, sample_rollout
 from folio.tokenizers.chat import end_of_turn_id, render_prompt
 from folio.train.objectives import Objective
-from folio.train.policy import frozen, load_policy, policy_config, same_tokenizer, where
+from folio.train.policy import (
+    frozen,
+    load_pinned_policy,
+    policy_config,
+)
 from folio.train.rundir import Pins, check_run_dir, check_same_settings
 from folio.train.trainer import Trainer, TrainResult
 
@@ -350,15 +354,8 @@ def train_grpo(
     check_run_dir(out_dir, "grpo", resume=resume, restart=restart)
     names = parse_task_names(tasks)
     pins = Pins(out_dir, resume)
-    policy = load_policy(pins.spec("init_from", init_from))
+    policy, ref = load_pinned_policy(pins, init_from, reference_from)
     tokenizer = policy.tokenizer
-    reference = reference_from or init_from
-    ref = (
-        policy
-        if reference == init_from
-        else load_policy(pins.spec("reference", reference), "--reference")
-    )
-    same_tokenizer(policy, ref)
     needs_corpus = any(get_task(n).needs_corpus for n in names)
     material = load_material(corpus) if needs_corpus else None
     train_examples = make_examples(names, "train", rl.prompt_pool, rl.train_seed, material)
@@ -376,8 +373,6 @@ def train_grpo(
         "corpus": corpus if needs_corpus else None,
         "rl": rl.to_dict(),
     }
-    pins.pin("init_from", init_from, where(policy))
-    pins.pin("reference", reference, where(ref))
     if resume:
         check_same_settings(Path(out_dir), meta)
     objective = GRPOObjective(rl, tokenizer, ref.model, train_examples, test_examples)

@@ -56,7 +56,7 @@ from folio.tokenizers.chat import cut_at_turn_token, end_of_turn_id, render_prom
 from folio.train.objectives import Objective
 from folio.train.policy import (
     frozen,
-    load_policy,
+    load_pinned_policy,
     load_reward_model,
     policy_config,
     same_tokenizer,
@@ -269,15 +269,9 @@ def train_ppo(
     """
     check_run_dir(out_dir, "ppo", resume=resume, restart=restart)
     pins = Pins(out_dir, resume)
-    policy = load_policy(pins.spec("init_from", init_from))
+    policy, ref = load_pinned_policy(pins, init_from, reference_from)
     reward = load_reward_model(pins.spec("reward_model", reward_model_from))
-    reference = reference_from or init_from
-    ref = (
-        policy
-        if reference == init_from
-        else load_policy(pins.spec("reference", reference), "--reference")
-    )
-    same_tokenizer(policy, ref)
+    pins.pin("reward_model", reward_model_from, where(reward))
     same_tokenizer(policy, reward)
     if isinstance(policy.config, PolicyValueConfig):
         config, weights = policy_config(policy), policy.model.state_dict()
@@ -299,9 +293,6 @@ def train_ppo(
         "corpus": corpus,
         "rl": rl.to_dict(),
     }
-    pins.pin("init_from", init_from, where(policy))
-    pins.pin("reference", reference, where(ref))
-    pins.pin("reward_model", reward_model_from, where(reward))
     if resume:
         check_same_settings(Path(out_dir), meta)
     objective = PPOObjective(

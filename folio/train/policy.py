@@ -18,6 +18,7 @@ from folio.models import build_model
 from folio.models.config import GPTConfig
 from folio.tokenizers.chat import has_chat_template
 from folio.train.init import RUN_PREFIX, Base, load_base
+from folio.train.rundir import Pins
 
 POLICY_TYPES = ("gpt", "gpt-value")
 """Model types that generate replies (a PPO run's model carries a value head too)."""
@@ -95,3 +96,17 @@ def frozen(model: nn.Module) -> nn.Module:
     """`model` as a fixed reference: no gradients, eval mode (no dropout), never stepped."""
     model.requires_grad_(False)
     return model.eval()
+
+
+def load_pinned_policy(pins: Pins, init_from: str, reference_from: str | None) -> tuple[Base, Base]:
+    """The chat model to train and its frozen reference (by default the same model), loaded
+    through the run's pins (folio/train/rundir.py): on resume, the copies the run began with."""
+    policy = load_policy(pins.spec("init_from", init_from))
+    reference = reference_from or init_from
+    ref = policy
+    if reference != init_from:
+        ref = load_policy(pins.spec("reference", reference), "--reference")
+    same_tokenizer(policy, ref)
+    pins.pin("init_from", init_from, where(policy))
+    pins.pin("reference", reference, where(ref))
+    return policy, ref
