@@ -50,3 +50,52 @@ def test_one_batch_is_a_real_loss(model: GPT) -> None:
     out = _evaluate(model, np.arange(200, dtype=np.uint16) % 10, batch_size=2, max_batches=1)
     assert out["tokens"] == 32 and out["loss"] > 0 and out["perplexity"] > 1
     assert not out["complete"]
+
+
+@pytest.mark.parametrize(("n", "batch_size", "max_batches"), [(200, 4, None), (161, 3, None),
+                                                                (17, 8, None), (400, 2, 5)])  # fmt: skip
+def test_the_progress_bar_counts_every_batch(
+    model: GPT, monkeypatch: pytest.MonkeyPatch, n: int, batch_size: int, max_batches
+) -> None:
+    """The bar's total is the number of batches the split really has (or the limit)."""
+    import folio.eval.loss as loss_module
+
+    class Counter:
+        def __init__(self, name, total):
+            self.name, self.total, self.n = name, total, 0
+
+        def update(self, k: int) -> None:
+            self.n += k
+
+        def close(self) -> None:
+            pass
+
+    bars: list[Counter] = []
+    monkeypatch.setattr(
+        loss_module, "_progress_bar", lambda *a: bars.append(Counter(*a)) or bars[-1]
+    )
+    data = np.arange(n, dtype=np.uint16) % 10
+    _evaluate(model, data, batch_size=batch_size, max_batches=max_batches, progress="eval val")
+    assert bars[0].name == "eval val" and bars[0].total == bars[0].n > 0  # every batch counted
+
+
+def test_folio_eval_reads_the_val_split_unless_asked(tmp_path, capsys) -> None:
+    """The train split of a real corpus takes minutes: `folio eval` asks for val by default."""
+    import json
+
+    from folio.cli import main
+    from folio.data.corpora import load_corpus
+    from folio.data.prepare import prepare_dataset
+
+    (tmp_path / "t.txt").write_text("to be or not to be, that is the question.\n" * 60)
+    prepare_dataset(load_corpus([str(tmp_path / "t.txt")]), tmp_path / "data")
+    argv = ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
+            "--preset", "tiny", "--max-iters", "2", "--quiet", "--threads", "1"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert "val_loss" in result and "train_loss" not in result
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--splits", "train", "val",
+                 "--json"]) == 0  # fmt: skip
+    assert "train_loss" in json.loads(capsys.readouterr().out)

@@ -85,3 +85,11 @@ def test_every_test_a_doc_cites_exists(doc: Path) -> None:
         if not re.search(rf"^def {name}\(", source, re.MULTILINE):
             missing.append(f"{file}::{name}")
     assert missing == []
+
+
+def test_the_package_metadata_names_its_license_as_spdx() -> None:
+    """A table (`{text = ...}`) makes setuptools print a deprecation warning at every install."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert isinstance(project["license"], str) and project["license"] == "MIT"

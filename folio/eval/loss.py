@@ -10,6 +10,7 @@ Two estimates, both deterministic:
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,7 @@ def evaluate_split(
     n_bytes: int | None = None,
     batch_size: int = 32,
     max_batches: int | None = None,
+    progress: str | None = None,
 ) -> dict[str, Any]:
     """Loss over the whole split (or its first `max_batches` batches), every token once.
 
@@ -110,21 +112,29 @@ def evaluate_split(
     byte (comparable across tokenizers). For a character tokenizer bits per
     token are bits per character. A batch size or batch limit below 1, or a
     split with nothing to predict, is refused (FolioError) rather than reported
-    as a loss of 0.
+    as a loss of 0. `progress` names a bar shown on stderr while it runs (where stderr is a
+    terminal).
     """
     check_eval_limits(batch_size, max_batches)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    pairs = max(0, len(data) - 1)  # as sequential_batches: full windows, then the rest
+    n_batches = -(-(pairs // block_size) // batch_size) + (1 if pairs % block_size else 0)
+    if max_batches is not None:
+        n_batches = min(n_batches, max_batches)
+    bar = _progress_bar(progress, n_batches)
     for i, (x, y) in enumerate(sequential_batches(data, batch_size, block_size)):
         if max_batches is not None and i >= max_batches:
             break
+        bar.update(1)
         with autocast_ctx():
             logits, _ = model(x.to(device))
         logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
         nll = -logp.gather(-1, y.to(device).unsqueeze(-1)).squeeze(-1)  # (B, T)
         total += float(nll.double().sum())
         count += y.numel()
+    bar.close()
     model.train(was_training)
     if count == 0:
         raise FolioError(f"nothing to evaluate: the split has {len(data)} token(s), fewer than 2")
@@ -141,18 +151,30 @@ def evaluate_split(
     return out
 
 
+def _progress_bar(name: str | None, total: int) -> Any:
+    """A tqdm bar on stderr named `name`, shown only where stderr is a terminal (None: never)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=name or "", unit="batch", file=sys.stderr, leave=False,
+        disable=None if name else True,
+    )  # fmt: skip
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     data: str | Path | None = None,
     *,
-    splits: Iterable[str] = ("train", "val"),
+    splits: Iterable[str] = ("val",),
     which: str = "latest",
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     batch_size: int = 32,
     max_batches: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """`folio eval`: a checkpoint's figures on each split of a dataset (default: the run's own).
+    """`folio eval`: a checkpoint's figures on each split of a dataset (default: the run's own;
+    the val split unless `splits` asks for more; `progress`: a bar per split on a terminal).
 
     Returns, per split: loss, perplexity, bits per char (char) or per token
     (BPE), bits per byte when the whole split was read, and tokens counted.
@@ -178,6 +200,7 @@ def evaluate_checkpoint(
             ck.model, remapped(ds.tokens(split), lut), ck.model_config.block_size, device,
             lambda: autocast(device, dtype), n_bytes=ds.meta.get(f"{split}_bytes"),
             batch_size=batch_size, max_batches=max_batches,
+            progress=f"eval {split}" if progress else None,
         )  # fmt: skip
         out[f"{split}_loss"] = r["loss"]
         out[f"{split}_perplexity"] = r["perplexity"]
