@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from folio.errors import FolioError
+from folio.inputs import parse_json
 
 
 def fsync_dir(path: Path) -> None:
@@ -160,9 +161,10 @@ def edited_files(directory: Path, manifest: str) -> list[str]:
     lists none (written before manifests did) count as edited.
     """
     try:
-        recorded = json.loads((directory / manifest).read_text(encoding="utf-8")).get("files")
+        document = parse_json((directory / manifest).read_bytes(), str(directory / manifest))
+        recorded = document.get("files") if isinstance(document, dict) else None
         names = sorted(p.name for p in directory.iterdir() if p.name != manifest)
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+    except (OSError, FolioError):
         return [manifest]
     if not isinstance(recorded, dict):
         return names

@@ -17,11 +17,19 @@ answers 400):
 
 A UTF-8 byte-order mark at the start of a document is dropped, as editors
 on some systems write one.
+
+Text from the operating system (command-line arguments, a terminal's input)
+is decoded by Python with errors="surrogateescape": a byte that is not UTF-8
+becomes a lone surrogate. `check_os_text` refuses it naming the byte.
+
+Seeds given on the command line are checked by `check_seed`: every seed
+reaches `torch.Generator.manual_seed`, which takes a signed 64-bit integer.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from folio.errors import FolioError
@@ -30,6 +38,11 @@ MAX_DEPTH = 64
 """Deepest nesting of arrays and objects accepted (a chat message is 4 deep)."""
 MAX_INT_DIGITS = 100
 """Longest integer accepted, in digits (a 64-bit seed has 20)."""
+
+SEED_LIMIT = 2**63
+"""Seeds are in [0, SEED_LIMIT): what torch's generators take (train.seed's range too)."""
+
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 
 class InputError(FolioError):
@@ -57,6 +70,21 @@ def check_text(text: str, where: str) -> str:
             f"which is not text"
         ) from None
     return text
+
+
+def check_os_text(text: str, where: str) -> str:
+    """`text` from argv or stdin if it is UTF-8 text; else an InputError naming the first bad byte.
+
+    Python decodes those with errors="surrogateescape", which turns each byte
+    b that is not UTF-8 into the lone surrogate U+DC00 + b (b >= 0x80).
+    """
+    bad = _ESCAPED_BYTE.search(text)
+    if bad is not None:
+        raise InputError(
+            f"{where}: not UTF-8 text (byte 0x{ord(bad.group()) - 0xDC00:02X} "
+            f"at character {bad.start()})"
+        )
+    return check_text(text, where)
 
 
 def _check_value(value: Any, where: str) -> None:
@@ -93,3 +121,17 @@ def parse_json(data: str | bytes, where: str) -> Any:
         raise InputError(f"{where}: not valid JSON ({str(e).splitlines()[0][:80]})") from None
     _check_value(value, where)
     return value
+
+
+def check_seed(seed: int | None, where: str = "--seed") -> int | None:
+    """`seed` if it is None or an integer in [0, SEED_LIMIT); else an InputError naming `where`.
+
+    A seed that grows (reply n of a chat uses seed + n) wraps modulo SEED_LIMIT.
+    """
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT
+    ):
+        big = isinstance(seed, int) and seed.bit_length() > 128  # no page of digits in a message
+        shown = f"an integer of {seed.bit_length()} bits" if big else repr(seed)[:40]
+        raise InputError(f"{where}: must be a non-negative integer below 2**63, got {shown}")
+    return seed

@@ -59,6 +59,28 @@ def test_any_text_round_trips(tok: BPETokenizer, text: str) -> None:
     assert tok.decode(tok.encode(text)) == text
 
 
+@FUZZ
+@given(st.text() | st.text(alphabet="Line 1: sweet Ophélie ♪", min_size=50, max_size=2000))
+def test_min_tokens_never_exceeds_the_tokens_encode_gives(tok: BPETokenizer, text: str) -> None:
+    chat = tok.with_tokens(specials=["<|end|>"])  # a special token covers no text
+    for t in (tok, chat):
+        assert t.min_tokens(text) <= len(t.encode(text))
+    assert (tok.min_tokens(text) > 0) == (text != "")
+
+
+def test_min_tokens_is_trivial_where_no_bound_is_sound(tok: BPETokenizer) -> None:
+    from tokenizers import Tokenizer, normalizers
+
+    text = "Line 1: sweet Ophélie " * 100
+    longest = int(tok.token_byte_lengths().max())
+    assert tok.min_tokens(text) == -(-len(text.encode()) // longest)
+    rewritten = Tokenizer.from_str(tok.tokenizer.to_str())
+    rewritten.normalizer = normalizers.Replace("Line 1: sweet Ophélie ", "")  # text shrinks
+    assert (
+        BPETokenizer(rewritten).min_tokens(text) == 0 == len(BPETokenizer(rewritten).encode(text))
+    )
+
+
 def test_vocabulary_and_merges(tok: BPETokenizer) -> None:
     assert tok.kind == "bpe"
     assert tok.vocab_size == 300
@@ -357,7 +379,7 @@ def test_cli_prepare_train_eval_sample_with_bpe(tmp_path: Path, capsys) -> None:
     train = ["--preset", "tiny", "--max-iters", "5", "--quiet", "--threads", "1"]
     assert main(["train", "--data", str(data), "--out", str(run), *train]) == 0
     capsys.readouterr()
-    assert main(["eval", "--checkpoint", str(run), "--json"]) == 0
+    assert main(["eval", "--checkpoint", str(run), "--splits", "train", "val", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     for split in ("train", "val"):
         assert result[f"{split}_bits_per_byte"] > 0

@@ -184,3 +184,91 @@ def test_ctrl_c_stops_the_reply_and_the_chat_goes_on(run_dir):
     finally:
         chat.close()
     assert "Traceback" not in chat.out.decode(errors="replace")
+
+
+# --- what the user gives: input bytes, seeds, --system ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bpe_chat_run(tmp_path_factory):
+    from folio.tokenizers import BPETokenizer
+
+    btok = with_chat_tokens(BPETokenizer.train([TEXT * 20], 300))
+    model = random_gpt(btok.vocab_size, CHAT_BLOCK, seed=CHAT_SEED)
+    return save_run(tmp_path_factory.mktemp("chat") / "bpe", model, btok)
+
+
+@pytest.mark.parametrize("errors", ["strict", "surrogateescape"])
+def test_a_byte_that_is_not_utf8_is_refused_and_the_chat_goes_on(bpe_chat_run, errors, monkeypatch):
+    # Python reads stdin strictly in most locales and with surrogateescape in the C locale:
+    # either way the bad line is one error line and the next line is answered.
+    monkeypatch.setenv("PYTHONIOENCODING", f"utf-8:{errors}")
+    chat = Chat("--checkpoint", str(bpe_chat_run), "--max-new-tokens", "4", "--temperature", "0")
+    try:
+        chat.wait_for("you> ")
+        chat.proc.stdin.write(b"Spe\xffak\n")
+        chat.proc.stdin.flush()
+        refused = chat.wait_for("not UTF-8 text (byte 0xFF at character 3); it was not sent")
+        chat.send("Speak")
+        chat.wait_for("model> ", refused)
+        chat.send("/quit")
+        assert chat.close() == 0
+    finally:
+        chat.close()
+    out = chat.out.decode(errors="replace")
+    assert "Traceback" not in out and out.count("model> ") == 1
+    assert "folio: error: the line: not UTF-8 text" in out
+
+
+def test_a_lone_surrogate_never_reaches_the_tokenizer(bpe_chat_run):
+    from folio.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(bpe_chat_run)
+    s = session(ck.model, ck.tokenizer, max_new_tokens=2)
+    with pytest.raises(FolioError, match=r"lone UTF-16 surrogate \(U\+DCFF\)"):
+        "".join(s.reply("Spe\udcffak"))
+    assert s.history == []
+
+
+def test_a_seed_at_the_top_of_the_range_wraps_for_the_next_reply(model, tok):
+    top = 2**63 - 1
+    assert ChatSettings(seed=top).sampling(1).seed == 0
+    s = session(model, tok, max_new_tokens=3, seed=top)
+    "".join(s.reply("First"))
+    "".join(s.reply("All"))  # reply 1 uses seed 0, not 2**63, which no generator takes
+    again = session(model, tok, max_new_tokens=3, seed=top)
+    assert [("".join(again.reply(w))) for w in ("First", "All")] == [
+        m["content"] for m in s.history if m["role"] == "assistant"
+    ]
+    for seed in (2**63, 2**64, -1):
+        with pytest.raises(
+            FolioError, match=r"--seed: must be a non-negative integer below 2\*\*63"
+        ):
+            session(model, tok, seed=seed)
+
+
+def test_system_is_checked_at_start_up(model, tok):
+    ctok = with_chat_tokens(CharTokenizer.from_text(TEXT))
+    m = random_gpt(ctok.vocab_size, CHAT_BLOCK, seed=CHAT_SEED)
+    with pytest.raises(FolioError, match=r"^--system needs a chat model"):
+        session(model, tok, system="Be fair")  # a base model has no system turn
+    with pytest.raises(FolioError, match=r"^--system: text contains 1 character\(s\) outside"):
+        session(m, ctok, system="Be quick")
+    with pytest.raises(
+        FolioError, match=r"^--system: the system message takes 65 tokens of the 32"
+    ):
+        session(m, ctok, max_new_tokens=40, system="Speak" * 12)
+    with pytest.raises(FolioError, match=r"^--system: holds a lone UTF-16 surrogate"):
+        session(m, ctok, system="Be\ud800")
+    s = session(m, ctok, max_new_tokens=40, system="Speak" * 4)  # 25 tokens: room for a message
+    "".join(s.reply("Speak"))
+    assert s.history[0] == {"role": "user", "content": "Speak"}
+    assert session(model, tok, system="").settings.system == ""  # empty: no system message
+
+
+def test_chat_command_refuses_a_bad_system_in_one_line(run_dir, capsys):
+    from folio.cli import main
+
+    assert main(["chat", "--checkpoint", str(run_dir), "--system", "Be fair"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("folio: error: --system needs a chat model")

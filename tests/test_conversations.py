@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,9 @@ def test_too_long_conversation_is_refused_with_its_line(tmp_path: Path, tok) -> 
     # The second renders to 13 tokens: it fits block 12 (13 = 12 + 1) but not block 11.
     x, _, m = sft_rows(convos, tok, block_size=12)
     assert x.shape == (2, 12) and m.sum().item() == 4
-    with pytest.raises(FolioError, match=rf"^{f}:2: the conversation is 13 tokens.*block_size 11"):
+    with pytest.raises(
+        FolioError, match=rf"^{f}:2: the conversation is (at least )?13 tokens.*block_size 11"
+    ):
         sft_rows(convos, tok, block_size=11)
 
 
@@ -136,3 +139,81 @@ def test_masked_lm_loss_equals_a_hand_computed_value() -> None:
     zero = masked_lm_loss(leaf, targets, torch.zeros_like(mask))
     zero.backward()
     assert zero.item() == 0.0 and leaf.grad is not None and not leaf.grad.any()
+
+
+def test_a_byte_order_mark_at_the_start_of_the_file_is_dropped(tmp_path: Path) -> None:
+    f = tmp_path / "bom.jsonl"
+    f.write_text("\ufeff" + json.dumps(convo("ab", "ba")) + "\n" + json.dumps(convo("a", "b")))
+    assert [c.messages[0]["content"] for c in read_conversations(f)] == ["ab", "a"]
+
+
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ("[" * 1000 + "]" * 1000, "nested more than 64 levels deep"),
+        (
+            json.dumps({"messages": [], "n": 0}).replace("0", "9" * 4301),
+            "an integer of 4301 digits",
+        ),
+        (json.dumps(convo("a", "b")).replace('"b"', '"\\ud800"'), "lone UTF-16 surrogate (U+D800)"),
+        ('{"messages": [], "x": {"\\udfff": 1}}', "lone UTF-16 surrogate (U+DFFF)"),
+    ],
+)
+def test_a_hostile_line_is_one_error_naming_file_and_line(
+    tmp_path: Path, line: str, why: str
+) -> None:
+    f = write_lines(tmp_path / "d.jsonl", [json.dumps(convo("a", "b")), line])
+    with pytest.raises(FolioError) as e:
+        read_conversations(f)
+    assert str(e.value).startswith(f"{f}:2: ") and why in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_content_given_as_text_parts_is_joined(tmp_path: Path, tok: CharTokenizer) -> None:
+    parts = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "1+"}, {"type": "text", "text": "1="}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "2"}]},
+        ]
+    }  # fmt: skip
+    f = write_lines(tmp_path / "d.jsonl", [json.dumps(parts), json.dumps(convo("1+1=", "2"))])
+    a, b = read_conversations(f)
+    assert a.messages == b.messages
+    assert torch.equal(sft_rows([a], tok, 16)[0], sft_rows([b], tok, 16)[0])
+    image = {"type": "image_url", "image_url": {"url": "http://x"}}
+    for part, why in [
+        (image, "message 1 has a 'image_url' part; only text parts"),
+        ("1+1=", "message 1 has an untyped part"),
+        ({"type": "text", "text": 3}, 'message 1 has a text part without a string "text"'),
+    ]:
+        bad = {"messages": [{"role": "user", "content": [part]}, convo("a", "b")["messages"][1]]}
+        write_lines(f, [json.dumps(bad)])
+        with pytest.raises(FolioError) as e:
+            read_conversations(f)
+        assert str(e.value) == f"{f}:1: " + str(e.value).split(": ", 1)[1] and why in str(e.value)
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_a_line_of_megabytes_is_refused_before_it_is_encoded(
+    tmp_path: Path, tok: CharTokenizer, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from folio.tokenizers import BPETokenizer
+
+    long = "ab" * 2_000_000  # 4 MB of text
+    if kind == "bpe":
+        tok = with_chat_tokens(BPETokenizer.train(["abcdefgh " * 200], 300))
+    encoded: list[int] = []
+    encode = tok.encode
+    monkeypatch.setattr(tok, "encode", lambda text: encoded.append(len(text)) or encode(text))
+    f = write_lines(tmp_path / "d.jsonl", [json.dumps(convo("ab", "c")), json.dumps(convo(long, "c"))])  # fmt: skip
+    start = time.perf_counter()
+    with pytest.raises(FolioError) as e:
+        sft_rows(read_conversations(f), tok, block_size=64)
+    seconds = time.perf_counter() - start
+    msg = str(e.value)
+    assert msg.startswith(f"{f}:2: the conversation is at least ") and "\n" not in msg
+    assert "longer than the model's block_size 64" in msg
+    at_least = int(msg.split("at least ")[1].split()[0])
+    assert at_least == tok.min_tokens(long) + 5 and at_least > 64 + 1  # + role tokens and ENDs
+    assert max(encoded) < 100  # the long line was never encoded
+    assert seconds < 1.0, seconds

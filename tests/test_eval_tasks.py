@@ -128,6 +128,20 @@ def test_batched_greedy_equals_the_sampler_one_prompt_at_a_time() -> None:
         assert reply.ids == expected and reply.ended == (end in ids)
 
 
+def test_a_seed_at_the_top_of_the_range_also_seeds_prompts_decoded_alone() -> None:
+    tok = chat_tokenizer()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(tok.vocab_size, block_size=40, n_layer=2, n_head=2, n_embd=32)).eval()
+    prompts = ["Reverse: abcdexy abcdexy abcdexy", "Reverse: abcdexy abcdexy abcdeyx"]  # alone
+    items = task_items([conversation(p, "1", "add", i) for i, p in enumerate(prompts)], tok)
+    ids, end = [it.prompt for it in items], tok.special_token_id(END)
+    top = 2**63 - 1  # the alone prompts take seeds top + 1 and top + 2, wrapped to 0 and 1
+    replies = generate_replies(model, ids, end, 10, temperature=1.0, seed=top)
+    assert replies == generate_replies(model, ids, end, 10, temperature=1.0, seed=top)
+    with pytest.raises(FolioError, match=r"must be a non-negative integer below 2\*\*63"):
+        generate_replies(model, ids, end, 10, temperature=1.0, seed=2**63)
+
+
 def test_bad_test_sets_and_a_tokenizer_without_chat_tokens() -> None:
     tok = chat_tokenizer()
     user_last = Conversation(

@@ -207,3 +207,56 @@ def test_cli_train_with_garbage_overrides_exits_cleanly(
         assert "Traceback" not in err
     else:
         assert "done: step" in stdout.getvalue()
+
+
+# --- JSONL files a user hands to a command ------------------------------------------------------
+
+HOSTILE_LINES = st.sampled_from([
+    "[" * 1000 + "]" * 1000,
+    '{"prompt": [{"role": "user", "content": "a"}], "chosen": 1' + "0" * 5000 + "}",
+    '{"messages": [{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "b"}]}',
+    '{"prompt": "\\udfff", "chosen": "a", "rejected": "b"}',
+    '{"messages": NaN}',
+    "\ufeff{}",
+])  # fmt: skip
+
+
+def _run_cli(argv: list[str]) -> tuple[int, str]:
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+    return code, stderr.getvalue()
+
+
+@fuzz(150)
+@given(
+    st.lists(HOSTILE_LINES | st.text(max_size=80) | st.binary(max_size=80).map(repr), max_size=6),
+    st.binary(max_size=64),
+)
+def test_prefs_check_and_sft_data_take_any_file_or_say_why_in_one_line(
+    lines: list[str], raw: bytes
+) -> None:
+    """Random and hostile JSONL (and raw bytes) through `folio prefs check` and `folio sft
+    --data`: a count, or one `folio: error:` line; never a traceback."""
+    TRIED["prefs check / sft --data"] += 1
+    root = Path(tempfile.mkdtemp(prefix="folio-fuzz-"))
+    try:
+        path = root / "data.jsonl"
+        path.write_bytes("\n".join(lines).encode("utf-8", "surrogatepass") + b"\n" + raw)
+        runs = [
+            ["prefs", "check", str(path)],
+            ["sft", "--init-from", f"run:{root / 'none'}", "--data", str(path), "--out",
+             str(root / "out"), "--quiet"],
+        ]  # fmt: skip
+        for argv in runs:
+            code, err = _run_cli(argv)
+            assert code in (0, 2), (argv, err)
+            assert "Traceback" not in err
+            if code == 2:
+                lines_out = [line for line in err.splitlines() if line.strip()]
+                assert len(lines_out) == 1 and lines_out[0].startswith("folio: error:"), err
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -56,3 +56,27 @@ def test_any_input_is_a_value_or_one_input_error(data) -> None:
         parse_json(data, "fuzz")
     except InputError as e:
         assert "\n" not in str(e)
+
+
+def test_check_seed_takes_what_torch_takes() -> None:
+    from folio.inputs import SEED_LIMIT, check_seed
+
+    assert check_seed(None) is None and check_seed(0) == 0
+    assert check_seed(SEED_LIMIT - 1) == SEED_LIMIT - 1
+    for bad in (SEED_LIMIT, 2**64, -1, True, 1.5, 10**1000):
+        with pytest.raises(
+            InputError, match=r"^--seed: must be a non-negative integer below 2\*\*63"
+        ) as e:
+            check_seed(bad)
+        assert len(str(e.value)) < 120  # a huge seed is not printed digit by digit
+
+
+def test_check_os_text_names_a_byte_that_is_not_utf8() -> None:
+    from folio.inputs import check_os_text
+
+    line = b"caf\xe9 ok".decode("utf-8", "surrogateescape")  # how Python reads argv and stdin
+    with pytest.raises(InputError, match=r"^--system: not UTF-8 text \(byte 0xE9 at character 3\)"):
+        check_os_text(line, "--system")
+    with pytest.raises(InputError, match="lone UTF-16 surrogate"):
+        check_os_text("a\ud800", "--system")
+    assert check_os_text("café", "--system") == "café"

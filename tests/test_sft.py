@@ -199,6 +199,9 @@ def test_cli_flags_that_cannot_apply_are_one_line(
         "--mix-fraction must be in [0, 1)": ["--mix-data", str(world["ds"]), "--mix-fraction", "1"],
         "model.block_size: the model's shape comes from": ["--model.block_size", "32"],
         "--eval-prompts must be a non-negative integer": ["--eval-prompts", "-1"],
+        "rl.kl_coef: this command reads no [rl] settings; it takes settings of the sections "
+        "model, train": ["--set", "rl.kl_coef=1"],
+        "prefs.beta: this command reads no [prefs] settings": ["--set", "prefs.beta=0.5"],
     }
     for words, extra in cases.items():
         assert main([*argv, *extra]) == 2

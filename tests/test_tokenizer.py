@@ -27,6 +27,13 @@ def test_round_trip_non_ascii() -> None:
     assert all(0 <= i < tok.vocab_size for i in ids)
 
 
+def test_min_tokens_is_the_exact_count() -> None:
+    tok = CharTokenizer.from_text(MIXED + "<|>").with_tokens(specials=["<|end|>"])
+    assert tok.min_tokens(MIXED) == len(tok.encode(MIXED)) == len(MIXED)
+    assert tok.min_tokens("<|end|>") == len(tok.encode("<|end|>")) == 7  # text, not the special
+    assert tok.min_tokens("") == 0
+
+
 def test_vocab_is_sorted_set_of_text() -> None:
     tok = CharTokenizer.from_text(MIXED)
     assert tok.chars == sorted(set(MIXED))

@@ -7,6 +7,11 @@ joined by newlines). Commands: /reset, /temperature X, /top_k N (0: off),
 /help, /quit (or Ctrl-D). Ctrl-C stops the reply being written and returns
 to the prompt. When the history outgrows the context, the oldest turns are
 dropped (see folio/serve/session.py) and a note says so.
+
+Input is read as UTF-8. A line holding bytes that are not UTF-8 (a terminal
+in another encoding, a binary file piped in) is refused in one line and not
+sent, and the chat goes on: the model would otherwise see text the user did
+not write.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import sys
 
 from folio.errors import FolioError
+from folio.inputs import InputError, check_os_text, check_seed
 
 HELP = "talk to a checkpoint in the terminal"
 
@@ -34,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=40, help="sample among the k most likely (0: off)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus threshold in (0, 1]")
-    p.add_argument("--seed", type=int, default=None, help="seed: reply n uses seed + n")
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed in [0, 2**63): reply n uses seed + n"
+    )
     p.add_argument("--system", default=None, help="system message (chat models only)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
 
@@ -77,17 +85,33 @@ def _command(session, line: str) -> bool:
     return True
 
 
+def _escape_bytes_not_utf8() -> None:
+    """Decode stdin so that no byte ends the chat: a byte that is not UTF-8 becomes a lone
+    surrogate (which `check_os_text` refuses) instead of a UnicodeDecodeError out of input()."""
+    reconfigure = getattr(sys.stdin, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")
+
+
 def run(args: argparse.Namespace) -> None:
     """Load the checkpoint and hold the conversation until /quit or end of input."""
-    from folio.checkpoint import load_checkpoint
+    if args.max_new_tokens < 1:
+        raise FolioError("--max-new-tokens must be at least 1")
+    check_seed(args.seed)
+    if args.system is not None:
+        check_os_text(args.system, "--system")
+    from folio.checkpoint import load_checkpoint  # torch, only once the flags are known to be good
     from folio.runtime import pick_device
     from folio.sample.engine import Engine
     from folio.serve.session import ChatSession, ChatSettings
 
-    if args.max_new_tokens < 1:
-        raise FolioError("--max-new-tokens must be at least 1")
     device = pick_device(args.device)
     ck = load_checkpoint(args.checkpoint, args.which, device)
+    if ck.model_config.model_type == "reward":
+        raise FolioError(
+            f"{ck.path}: this is a reward model (it scores replies, it writes none); "
+            f"folio chat wants a language model (a chat model such as a `folio sft` run)"
+        )
     settings = ChatSettings(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -101,6 +125,7 @@ def run(args: argparse.Namespace) -> None:
         "chat mode" if session.chat else "continuation mode (a base model: it continues the text)"
     )
     print(f"folio chat: {ck.path} in {mode}. {COMMANDS_HELP}", flush=True)
+    _escape_bytes_not_utf8()
     while True:
         try:
             line = input("you> ")
@@ -111,6 +136,11 @@ def run(args: argparse.Namespace) -> None:
             print("\n(/quit or Ctrl-D to leave)", flush=True)
             continue
         if not line.strip():
+            continue
+        try:
+            line = check_os_text(line, "the line")
+        except InputError as e:
+            print(f"folio: error: {e}; it was not sent", file=sys.stderr, flush=True)
             continue
         if line.startswith("/"):
             if not _command(session, line):

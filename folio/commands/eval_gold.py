@@ -7,6 +7,7 @@ import argparse
 import json
 
 from folio.commands.common import positive_int
+from folio.inputs import check_seed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--n", type=positive_int, default=200, help="held-out prompts")
     parser.add_argument("--samples", type=positive_int, default=4, help="replies per prompt")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prompts and the replies")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the prompts and the replies, in [0, 2**63)"
+    )
     parser.add_argument(
         "--max-new-tokens", type=positive_int, default=64, help="reply length limit (tokens)"
     )
@@ -42,6 +45,7 @@ def run(args: argparse.Namespace) -> None:
     from folio.eval.gold import gold_report
     from folio.train.policy import load_policy, same_tokenizer
 
+    check_seed(args.seed)
     policy = load_policy(_spec(args.checkpoint), "--checkpoint")
     reference = None
     if args.reference is not None:

@@ -7,6 +7,7 @@ import json
 
 from folio.commands.common import DefaultsOnceFormatter
 from folio.errors import FolioError
+from folio.inputs import check_seed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-new-tokens", type=int, default=32, help="reply length limit")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N prompts only")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the temperature-1 samples")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the temperature-1 samples, in [0, 2**63)"
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="rows decoded together")
     parser.add_argument(
         "--extend-vocab",
@@ -66,7 +69,8 @@ def _table(report: dict) -> str:
 
 def run(args: argparse.Namespace) -> None:
     """Evaluate a checkpoint on a test set and print the table (or JSON)."""
-    import torch
+    check_seed(args.seed)
+    import torch  # only once the flags are known to be good
 
     from folio.checkpoint import load_checkpoint
     from folio.eval.tasks import evaluate_tasks, read_test_set, task_items
@@ -77,6 +81,11 @@ def run(args: argparse.Namespace) -> None:
 
     device = pick_device(args.device)
     ck = load_checkpoint(args.checkpoint, args.which, device)
+    if ck.model_config.model_type == "reward":
+        raise FolioError(
+            f"{ck.path}: this is a reward model (it scores replies, it writes none); "
+            f"folio eval tasks wants a chat language model (a `folio sft` run)"
+        )
     conversations = read_test_set(args.data, args.limit)
     model, tokenizer = ck.model, ck.tokenizer
     if args.extend_vocab:

@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pm.add_argument("--n-test", type=int, default=100, help="held-out prompts")
     pm.add_argument("--replies", type=int, default=4, help="replies sampled per prompt (>= 2)")
     pm.add_argument("--flip", type=float, default=FLIP, help="share of labels flipped")
-    pm.add_argument("--seed", type=int, default=0, help="seed of the prompts, replies and flips")
+    pm.add_argument(
+        "--seed", type=int, default=0, help="seed of the prompts, replies and flips, in [0, 2**63)"
+    )
     pm.add_argument("--corpus", default="shakespeare", help="where speakers and words come from")
     pm.add_argument("--max-new-tokens", type=int, default=64, help="reply length limit")
     pm.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")

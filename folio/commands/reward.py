@@ -45,7 +45,7 @@ def configs(args: argparse.Namespace):
     for key, _ in overrides:
         if key.startswith("model."):
             raise FolioError(f"{key}: the model comes from the --init-from checkpoint")
-    return build_run_config(args.preset, overrides), stage_config(
+    return build_run_config(args.preset, overrides, stages=("prefs",)), stage_config(
         PrefConfig, args.preset, "prefs", overrides
     )
 

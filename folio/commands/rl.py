@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> None:
             )
     if env_from_environ().enabled:
         raise FolioError("folio rl runs in a single process; launch it without torchrun")
-    run_config = build_run_config(args.preset, overrides)
+    run_config = build_run_config(args.preset, overrides, stages=("rl",))
     rl = stage_config(RLConfig, args.preset, "rl", overrides)
     common = dict(
         reference_from=args.reference, corpus=args.corpus, resume=args.resume,

@@ -74,8 +74,11 @@ def run(args: argparse.Namespace) -> None:
     """Print the prompt and its continuation(s), streamed if asked."""
     import warnings
 
+    from folio.inputs import check_seed
     from folio.runtime import autocast_dtype, pick_device, resolve_dtype
     from folio.sample import SamplingConfig, load_sampler
+
+    check_seed(args.seed)
 
     _positive("--max-new-tokens", args.max_new_tokens)
     _positive("--num-samples", args.num_samples)

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> None:
 
     overrides = config_overrides(args)
     check_model_overrides(overrides, args.init_from)
-    run_config = build_run_config(args.preset, overrides)
+    run_config = build_run_config(args.preset, overrides, stages=())
     from folio.stages.sft import train  # torch, only once the flags are known to be good
 
     result = train(

@@ -31,9 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(t.name for t in TASKS),
         help="comma-separated task names",
     )
-    pm.add_argument("--n", type=int, required=True, help="training examples per task")
-    pm.add_argument("--n-test", type=int, default=500, help="test examples per task")
-    pm.add_argument("--seed", type=int, default=0, help="seed (non-negative)")
+    pm.add_argument("--n", type=int, required=True, help="training examples per task (>= 1)")
+    pm.add_argument("--n-test", type=int, default=500, help="test examples per task (>= 1)")
+    pm.add_argument("--seed", type=int, default=0, help="seed, in [0, 2**63)")
     pm.add_argument("--out", required=True, help="directory to write (new, empty, or a tasks dir)")
     pm.add_argument(
         "--corpus",

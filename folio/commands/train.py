@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
         )
     overrides = config_overrides(args)
     check_model_overrides(overrides, args.init_from)
-    run = build_run_config(args.preset, overrides)
+    run = build_run_config(args.preset, overrides, stages=())
     from folio.stages.pretrain import train  # torch, only once the flags are known to be good
 
     result = train(

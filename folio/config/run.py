@@ -300,9 +300,18 @@ reads [rl]; `folio reward` and `folio dpo` read [prefs]); the run config ignores
 their `--SECTION.FIELD` overrides."""
 
 
-def build_run_config(preset: str, overrides: list[tuple[str, Any]]) -> RunConfig:
-    """A preset with `overrides` applied, every field validated (vocab_size may stay 0)."""
+def build_run_config(
+    preset: str, overrides: list[tuple[str, Any]], stages: tuple[str, ...] | None = None
+) -> RunConfig:
+    """A preset with `overrides` applied, every field validated (vocab_size may stay 0).
+
+    `stages`: the STAGE_SECTIONS the calling command reads (with `stage_config`);
+    an override of any other stage section is refused, since nothing would read
+    it. None lets every stage section's overrides through unread.
+    """
     d = load_preset_dict(preset)
+    if stages is not None:
+        check_stage_overrides(overrides, stages)
     unknown_sections = set(d) - {"model", "train", "description", *STAGE_SECTIONS}
     if unknown_sections:
         raise FolioError(
@@ -321,6 +330,18 @@ def build_run_config(preset: str, overrides: list[tuple[str, Any]]) -> RunConfig
         train=TrainConfig.from_dict(tables["train"], f"preset {preset!r}, train config"),
         preset=preset,
     )
+
+
+def check_stage_overrides(overrides: Iterable[tuple[str, Any]], stages: tuple[str, ...]) -> None:
+    """Refuse an override of a stage section other than `stages` (one a command never reads)."""
+    for key, _ in overrides:
+        section = key.partition(".")[0]
+        if "." in key and section in STAGE_SECTIONS and section not in stages:
+            taken = ", ".join(["model", "train", *stages])
+            raise FolioError(
+                f"{key}: this command reads no [{section}] settings; it takes settings of "
+                f"the sections {taken}"
+            )
 
 
 def preset_model_config(preset: str, vocab_size: int = 65) -> ModelConfig:

@@ -4,9 +4,10 @@ Notation: N rows, T block_size.
 
 A conversation file is JSONL, one `{"messages": [...]}` object a line (the
 chat format of `folio.tokenizers.chat`), optionally with a `"task"` name as
-`folio tasks make` writes. Each line is checked on reading, and a bad one is
-one FolioError naming its file and line number. Blank lines are skipped; a
-file with no conversation at all is an error.
+`folio tasks make` writes. Each line is read by `folio.data.jsonl` and checked,
+and a bad one is one FolioError naming its file and line number; a message's
+content may be a list of text parts, joined into its text. Blank lines are
+skipped; a file with no conversation at all is an error.
 
 For SFT, rendered conversations (ids, mask) are packed into fixed rows of
 T + 1 tokens: x is a row's first T tokens, y its last T (the next token at
@@ -21,17 +22,19 @@ A conversation longer than T + 1 tokens is refused, not truncated: cutting it
 would drop the reply's end (and with it END, so the model would not learn to
 stop) or its start (the question the reply answers). The error names the
 file and line, so the user can shorten it or train with a larger block_size.
+A conversation certainly too long is refused before it is encoded
+(`render_conversations`), so a line of megabytes fails at once.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from folio.data.jsonl import join_text_parts, read_jsonl
 from folio.errors import FolioError
 from folio.tokenizers.chat import ChatTokenizer, render_conversation, validate_conversation
 
@@ -62,27 +65,19 @@ def jsonl_files(path: str | Path) -> list[Path]:
 
 
 def read_jsonl_file(path: Path, needs_reply: bool = True) -> list[Conversation]:
-    """The conversations of one JSONL file, each line checked (see `validate_conversation`)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise FolioError(f"{path}:{line}: not UTF-8 text") from None
-    except OSError as e:
-        raise FolioError(f"{path}: cannot read it ({e.strerror or e})") from None
+    """The conversations of one JSONL file, each line checked (see `validate_conversation`).
+
+    Lines are read by `folio.data.jsonl.read_jsonl`; content given as a list of
+    text parts is joined into its text (`join_text_parts`).
+    """
     out = []
-    for n, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FolioError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    for where, obj in read_jsonl(path):
+        if isinstance(obj, dict) and "messages" in obj:
+            obj = {**obj, "messages": join_text_parts(obj["messages"], where)}
         messages = validate_conversation(obj, where, needs_reply=needs_reply)
         task = obj.get("task")
         if task is not None and not isinstance(task, str):
-            raise FolioError(f'{where}: "task" must be a string, got {task!r}')
+            raise FolioError(f'{where}: "task" must be a string, got {type(task).__name__}')
         out.append(Conversation(messages, where, task))
     if not out:
         raise FolioError(f"{path}: holds no conversations (the file is empty or blank)")
@@ -98,12 +93,35 @@ def read_conversations(path: str | Path, needs_reply: bool = True) -> list[Conve
     return [c for f in jsonl_files(path) for c in read_jsonl_file(f, needs_reply)]
 
 
+def _too_long(name: str, n_tokens: int, block_size: int, at_least: bool = False) -> FolioError:
+    return FolioError(
+        f"{name}: the conversation is {'at least ' if at_least else ''}{n_tokens} tokens, longer "
+        f"than the model's block_size {block_size} + 1; shorten it or train with a larger block_size"
+    )
+
+
 def render_conversations(
-    tokenizer: ChatTokenizer, conversations: Iterable[Conversation]
+    tokenizer: ChatTokenizer,
+    conversations: Iterable[Conversation],
+    block_size: int | None = None,
 ) -> list[tuple[list[int], list[int]]]:
-    """(ids, mask) of each conversation; a FolioError naming the line for text outside the vocabulary."""
+    """(ids, mask) of each conversation; a FolioError naming the line for text outside the vocabulary.
+
+    With `block_size`, a conversation certainly longer than block_size + 1
+    tokens is refused before it is encoded: encoding a line of megabytes costs
+    seconds and gigabytes for a list of ids that would be refused anyway. The
+    bound is the tokenizer's `min_tokens` (a character tokenizer's is exact;
+    a BPE tokenizer's divides the bytes by its longest token's) plus the role
+    token and END of each message; a conversation within it is encoded and
+    measured exactly by `pack_rows`.
+    """
     out = []
+    min_tokens = getattr(tokenizer, "min_tokens", None)
     for c in conversations:
+        if block_size is not None and min_tokens is not None:
+            bound = sum(min_tokens(m["content"]) + 2 for m in c.messages)
+            if bound > block_size + 1:
+                raise _too_long(c.where, bound, block_size, at_least=True)
         try:
             out.append(render_conversation(tokenizer, c.messages))
         except FolioError as e:
@@ -138,10 +156,7 @@ def pack_rows(
             raise ValueError(f"conversation {i}: {len(ids)} ids but {len(mask)} mask values")
         if len(ids) > width:
             name = names[i] if names is not None else f"conversation {i}"
-            raise FolioError(
-                f"{name}: the conversation is {len(ids)} tokens, longer than the model's "
-                f"block_size {block_size} + 1; shorten it or train with a larger block_size"
-            )
+            raise _too_long(name, len(ids), block_size)
         if len(ids_row) + len(ids) > width:
             rows.append((ids_row, mask_row))
             ids_row, mask_row = [], []
@@ -166,5 +181,5 @@ def sft_rows(
     pad_id: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Render and pack conversations: (x, y, loss_mask), each (N, block_size)."""
-    rendered = render_conversations(tokenizer, conversations)
+    rendered = render_conversations(tokenizer, conversations, block_size)
     return pack_rows(rendered, block_size, pad_id, names=[c.where for c in conversations])

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from folio.data.jsonl import join_text_parts, read_jsonl
 from folio.data.tasks import MAX_DRAWS, Material, prompt_split
 from folio.errors import FolioError
 from folio.fsutil import (
@@ -44,6 +45,7 @@ from folio.fsutil import (
     replace_dir,
     scratch_dir,
 )
+from folio.inputs import InputError, parse_json
 from folio.tokenizers.chat import validate_conversation
 
 PREFS_FORMAT = "folio-prefs"
@@ -88,24 +90,11 @@ def check_pair(obj: Any, where: str) -> Pair:
 
 
 def read_pairs(path: str | Path) -> list[Pair]:
-    """The pairs of one JSONL file, each line checked; blank lines are skipped."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise FolioError(f"{path}:{line}: not UTF-8 text") from None
-    except OSError as e:
-        raise FolioError(f"{path}: cannot read it ({e.strerror or e})") from None
+    """The pairs of one JSONL file (read by `folio.data.jsonl.read_jsonl`), each line checked."""
     pairs = []
-    for n, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FolioError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    for where, obj in read_jsonl(path):
+        if isinstance(obj, dict) and "prompt" in obj:
+            obj = {**obj, "prompt": join_text_parts(obj["prompt"], where)}
         pairs.append(check_pair(obj, where))
     if not pairs:
         raise FolioError(f"{path}: holds no pairs (the file is empty or blank)")
@@ -221,10 +210,14 @@ def make_pairs(
 def _is_prefs_dir(path: Path) -> bool:
     try:
         names = {p.name for p in path.iterdir()}
-        meta = json.loads((path / "prefs.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        meta = parse_json((path / "prefs.json").read_bytes(), "prefs.json")
+    except (OSError, InputError):
         return False
-    return names <= {*PREFS_FILES, "prefs.json"} and meta.get("format") == PREFS_FORMAT
+    return (
+        names <= {*PREFS_FILES, "prefs.json"}
+        and isinstance(meta, dict)
+        and meta.get("format") == PREFS_FORMAT
+    )
 
 
 def check_prefs_target(out_dir: str | Path, force: bool = False) -> Path:

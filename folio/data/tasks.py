@@ -51,6 +51,7 @@ from folio.fsutil import (
     replace_dir,
     scratch_dir,
 )
+from folio.inputs import InputError, check_seed, parse_json
 
 TASKS_FORMAT = "folio-tasks"
 TASKS_VERSION = 1
@@ -322,8 +323,8 @@ def _is_tasks_dir(path: Path) -> bool:
     """Whether `path` holds what `make_task_files` writes and nothing else."""
     try:
         names = {p.name for p in path.iterdir()}
-        meta = json.loads((path / "tasks.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        meta = parse_json((path / "tasks.json").read_bytes(), "tasks.json")
+    except (OSError, InputError):
         return False
     return names <= TASKS_FILES and isinstance(meta, dict) and meta.get("format") == TASKS_FORMAT
 
@@ -357,6 +358,12 @@ def make_task_files(
     directory is replaced only if its files are as written (tasks.json keeps
     their digests), or with `force`. Returns the manifest written to tasks.json.
     """
+    for flag, count in (("--n", n), ("--n-test", n_test)):  # an empty split trains or tests nothing
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise FolioError(
+                f"{flag} must be a positive integer (examples per task), got {count!r}"
+            )
+    check_seed(seed)
     names = parse_task_names(names)
     out = check_tasks_target(out_dir, force)
     tasks = [get_task(name) for name in names]

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from folio.data.prefs import GOLD_TESTS, gold_tests
+from folio.inputs import check_seed
 from folio.rl.estimators import k3_kl
 from folio.rl.rollout import reply_logprobs, sample_rollout
 from folio.tokenizers.chat import cut_at_turn_token, end_of_turn_id, render_prompt
@@ -49,7 +50,7 @@ def gold_report(
     generator seeded with `seed`, so two calls with the same arguments agree.
     """
     end_id = end_of_turn_id(tokenizer)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(check_seed(seed))
     gold: list[tuple[bool, bool, bool]] = []
     ended: list[bool] = []
     chars: list[int] = []

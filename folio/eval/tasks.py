@@ -48,6 +48,7 @@ from torch import nn
 from folio.data.conversations import Conversation, read_conversations
 from folio.data.tasks import check_reply
 from folio.errors import FolioError
+from folio.inputs import SEED_LIMIT, check_seed
 from folio.models.gpt import GPT
 from folio.sample.sampler import Sampler, SamplingConfig, choose_tokens, sampling_logprobs
 from folio.tokenizers.chat import ChatTokenizer, end_of_turn_id, has_chat_template, render_prompt
@@ -228,6 +229,7 @@ def generate_replies(
         raise FolioError(f"--batch-size must be a positive integer, got {batch_size!r}")
     if logprobs and temperature <= 0:
         raise ValueError("log-probabilities of greedy replies are not defined (temperature 0)")
+    check_seed(seed)
     cfg = SamplingConfig(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -270,7 +272,8 @@ def generate_replies(
             if alone and logprobs:
                 raise ValueError(f"prompt {alone[0]} and its reply do not fit the context")
             for n, i in enumerate(alone):
-                one = SamplingConfig(**{**cfg.__dict__, "seed": seed + 1 + n})
+                # wrapped: the seeds of a run near the top of the range stay in it
+                one = SamplingConfig(**{**cfg.__dict__, "seed": (seed + 1 + n) % SEED_LIMIT})
                 out[i] = _decode_alone(model, list(prompts[i]), end_id, one)
     finally:
         model.train(was_training)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from folio.errors import FolioError
 from folio.models.gpt import GPT
 from folio.sample.engine import Engine
 from folio.serve.prompt import is_chat_model, stop_ids_for
@@ -70,6 +71,11 @@ def load_served_model(
     if not sep:
         model_id, path = "", spec
     ck = load_checkpoint(path, which, device)
+    if ck.model_config.model_type == "reward":
+        raise FolioError(
+            f"{ck.path}: this is a reward model (it scores replies, it writes none); "
+            f"folio serve wants a language model"
+        )
     if not model_id:
         p = Path(path).resolve()
         model_id = (p.parent.parent.name if p.parent.name == "checkpoints" else p.name) or "folio"

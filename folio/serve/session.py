@@ -14,6 +14,11 @@ refused with an error and not added.
 
 A reply cut short (Ctrl-C, which closes the generator) stays in the history
 as far as it was shown.
+
+Everything given at start-up is checked then, not at the first reply: the
+seed's range, and the system message, which needs a chat model (a base model
+has no system turn), must be text the vocabulary encodes, and must leave room
+in the context for a user message.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from folio.errors import FolioError
+from folio.inputs import SEED_LIMIT, check_seed, check_text
 from folio.sample.engine import Engine, GenerationRequest
 from folio.sample.sampler import SamplingConfig
 from folio.serve.prompt import conversation_prompt, is_chat_model
+from folio.tokenizers.chat import render_prompt
 from folio.tokenizers.stream import TextStream, TokenBytes
 
 
@@ -42,7 +49,8 @@ class ChatSettings:
     top_p: float | None = None
     """Nucleus threshold in (0, 1]; None: off."""
     seed: int | None = None
-    """Turn n uses seed + n, so a whole chat can be replayed; None: fresh randomness."""
+    """Turn n uses seed + n (modulo 2**63), so a whole chat can be replayed; None: fresh
+    randomness."""
     system: str | None = None
     """A system message put first (chat models only)."""
     stop: list[str] = field(default_factory=list)
@@ -50,12 +58,14 @@ class ChatSettings:
 
     def sampling(self, turn: int) -> SamplingConfig:
         """The decoding config of reply number `turn` (checked: a FolioError if out of range)."""
+        seed = check_seed(self.seed)
         return SamplingConfig(
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
             top_k=self.top_k,
             top_p=self.top_p,
-            seed=None if self.seed is None else self.seed + turn,
+            # Wrapped, so that a seed near the top of the range still has a next reply.
+            seed=None if seed is None else (seed + turn) % SEED_LIMIT,
         )
 
 
@@ -71,12 +81,36 @@ class ChatSession:
         self.dropped = 0
         """Messages dropped from the history so far to fit the context."""
         settings.sampling(0)  # check the settings now, not at the first reply
+        self._check_system()
 
     @property
     def budget(self) -> int:
         """Tokens the prompt may take: the context minus room for the reply."""
         block = self.engine.block_size
         return max(1, block - min(self.settings.max_new_tokens, block // 2))
+
+    def _check_system(self) -> None:
+        """Refuse a system message that cannot be used, naming --system (see the module docstring)."""
+        system = self.settings.system
+        if not system:
+            return
+        if not self.chat:
+            raise FolioError(
+                "--system needs a chat model: this checkpoint has no chat template (no <|system|>, "
+                "<|user|>, <|end|> tokens) and continues plain text; fine-tune it with `folio sft`"
+            )
+        check_text(system, "--system")
+        least = [{"role": "system", "content": system}, {"role": "user", "content": ""}]
+        try:  # the system message and an empty user turn: the least any prompt holds
+            ids = render_prompt(self.tokenizer, least)
+        except FolioError as e:
+            raise FolioError(f"--system: {e}") from None
+        if len(ids) >= self.budget:
+            raise FolioError(
+                f"--system: the system message takes {len(ids)} tokens of the {self.budget} this "
+                f"model's context leaves for the prompt, so no message would fit after it; "
+                f"shorten it (or lower --max-new-tokens)"
+            )
 
     def reset(self) -> None:
         """Forget the conversation (settings stay)."""
@@ -90,6 +124,7 @@ class ChatSession:
 
     def reply(self, text: str) -> Iterator[str]:
         """Add a user message and stream the reply's text; the reply joins the history."""
+        check_text(text, "the message")  # a lone surrogate cannot be encoded by any tokenizer
         cfg = self.settings.sampling(self.turns)
         messages = self._messages() + [{"role": "user", "content": text}]
         prompt = conversation_prompt(self.tokenizer, messages, self.budget, drop_oldest=True)

@@ -22,6 +22,7 @@ from folio.data.prefs import (
 from folio.data.tasks import load_material
 from folio.errors import FolioError
 from folio.eval.tasks import Reply, generate_replies
+from folio.inputs import check_seed
 from folio.tokenizers.chat import cut_at_turn_token, end_of_turn_id, render_prompt
 from folio.train.policy import load_policy, where
 
@@ -56,6 +57,7 @@ def make_preferences(
             raise FolioError(f"{name} must be a positive integer, got {v!r}")
     if temperature <= 0:
         raise FolioError(f"--temperature must be positive (replies must differ), got {temperature}")
+    check_seed(seed)
     policy = load_policy(checkpoint, "--checkpoint")
     tok, model = policy.tokenizer, policy.model
     end_id = end_of_turn_id(tok)

@@ -34,6 +34,7 @@ bytes, so encode then decode returns any text exactly.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -257,6 +258,32 @@ class BPETokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def min_tokens(self, text: str) -> int:
+        """A lower bound on len(self.encode(text)), found without encoding the text.
+
+        No token covers more bytes than the longest token of the vocabulary, so
+        a text of B UTF-8 bytes takes at least B / longest tokens. (The reverse
+        bound does not hold: one token may cover many characters.) A tokenizer
+        that rewrites text before splitting it (a normalizer) or has an unknown
+        token, neither of which Folio builds, gets the trivial bound 0.
+        """
+        longest = self._longest_token_bytes
+        if longest is None:
+            return 0
+        return -(-len(text.encode("utf-8", "surrogatepass")) // longest)
+
+    @functools.cached_property
+    def _longest_token_bytes(self) -> int | None:
+        """The most text bytes one token stands for; None when no bound is sound."""
+        tok = self.tokenizer
+        if tok.normalizer is not None or getattr(tok.model, "unk_token", None) is not None:
+            return None
+        longest = int(self.token_byte_lengths().max(initial=1))
+        for added in tok.get_added_tokens_decoder().values():  # raw text, not byte-level
+            if not added.special:
+                longest = max(longest, len(added.content.encode("utf-8")))
+        return max(longest, 1)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Encode many texts at once, in parallel (Rust threads), without character offsets."""

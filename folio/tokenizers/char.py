@@ -85,6 +85,11 @@ class CharTokenizer:
                 f"text contains {len(unknown)} character(s) outside the vocabulary: {shown}{more}"
             ) from None
 
+    def min_tokens(self, text: str) -> int:
+        """A lower bound on len(self.encode(text)), found without encoding: here exact, as
+        every character is one token (text never encodes to a special token)."""
+        return len(text)
+
     def decode(self, ids: Iterable[int]) -> str:
         ids = [int(i) for i in ids]
         bad = next((i for i in ids if not 0 <= i < len(self.chars)), None)
