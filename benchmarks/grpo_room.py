@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from folio.errors import FolioError  # noqa: E402
 from folio.recipes.assistant import SCALES  # noqa: E402
-from folio.recipes.runner import last_eval, run_folio  # noqa: E402
+from folio.recipes.runner import Supervisor, last_eval  # noqa: E402
 
 SFT = ("--preset", "sft", "--mix-fraction", "0.1")
 EVAL = ("--k", "8", "--max-new-tokens", "32", "--seed", "0")
@@ -84,8 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Room:
     """The steps of one benchmark in OUT; a step whose record exists is not rerun."""
 
-    def __init__(self, a: argparse.Namespace) -> None:
+    def __init__(self, a: argparse.Namespace, runner: Supervisor | None = None) -> None:
         self.a, self.out = a, a.out.resolve()
+        self.runner = runner or Supervisor()  # each step its own process, as a user would run it
         self.threads = ["--threads", str(a.threads)]
         self.tasks = self.out / "tasks"
 
@@ -97,7 +98,7 @@ class Room:
         if "--out" in argv and (Path(argv[argv.index("--out") + 1]) / "latest.json").exists():
             argv = [*argv, "--resume"]  # a training step that was stopped part-way
         started = time.perf_counter()
-        result = run_folio(argv, self.out / "logs" / f"{name}.log", parse)
+        result = self.runner.run(argv, self.out / "logs" / f"{name}.log", parse, name)
         if result.get("stopped") in ("terminated", "interrupted"):
             raise FolioError(f"{name} was stopped at step {result.get('step')}; rerun to resume")
         print(f"  {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
@@ -182,6 +183,14 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(out)
 
 
+def write_result(a: argparse.Namespace, rows: dict[str, dict], argv: list[str]) -> Path:
+    """OUT/grpo_room.json: the command's arguments and the rows (written whole, then renamed)."""
+    out = a.out.resolve() / "grpo_room.json"
+    out.with_suffix(".tmp").write_text(json.dumps({"argv": argv, "rows": rows}, indent=1))
+    out.with_suffix(".tmp").replace(out)
+    return out
+
+
 def main() -> None:
     a = parse_args()
     try:
@@ -191,9 +200,7 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit("grpo_room: interrupted; rerun the same command to continue")
     print(table(rows))
-    out = a.out.resolve() / "grpo_room.json"
-    out.with_suffix(".tmp").write_text(json.dumps({"argv": sys.argv[1:], "rows": rows}, indent=1))
-    out.with_suffix(".tmp").replace(out)
+    write_result(a, rows, sys.argv[1:])
 
 
 if __name__ == "__main__":

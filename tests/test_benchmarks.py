@@ -211,25 +211,29 @@ def test_frontier_times_the_folio_side_and_shifts_it_by_the_whole_command(
 
 
 def test_grpo_room_runs_sft_grpo_and_the_control_and_tabulates_them(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    """Every step of the benchmark, run in this process through the same runner interface
+    (`folio recipe assistant`'s tests keep the process boundary)."""
+    import importlib.util
 
-    def folio(*args: str) -> None:
-        subprocess.run([sys.executable, "-m", "folio", *args], check=True, capture_output=True,
-                       env=env, timeout=300)  # fmt: skip
+    from folio.cli import main
+    from folio.recipes.runner import InProcess
 
+    spec = importlib.util.spec_from_file_location("grpo_room", ROOT / "benchmarks" / "grpo_room.py")
+    grpo_room = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grpo_room)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("HAMLET:\nTo be, or not to be, 12+34=46.\n\n" * 40, encoding="utf-8")
-    folio("prepare", str(corpus), "--out", str(tmp_path / "ds"), "--tokenizer", "char")
-    folio("train", "--data", str(tmp_path / "ds"), "--preset", "tiny", "--model.block_size", "64",
-          "--max-iters", "2", "--set", "train.eval_iters=1", "--dtype", "float32",
-          "--out", str(tmp_path / "base"), "--quiet")  # fmt: skip
+    assert main(["prepare", str(corpus), "--out", str(tmp_path / "ds"), "--tokenizer", "char"]) == 0
+    assert main(["train", "--data", str(tmp_path / "ds"), "--preset", "tiny",
+                 "--model.block_size", "64", "--max-iters", "2", "--set", "train.eval_iters=1",
+                 "--dtype", "float32", "--out", str(tmp_path / "base"), "--quiet"]) == 0  # fmt: skip
     room = tmp_path / "room"
-    argv = [sys.executable, str(ROOT / "benchmarks" / "grpo_room.py"), "--out", str(room),
-            "--base", str(tmp_path / "base"), "--mix-data", str(tmp_path / "ds"), "--n", "40",
-            "--n-test", "8", "--n-val", "8", "--sft-iters", "3", "--grpo-iters", "2",
-            "--lr", "3e-5", "--dtype", "float32", "--threads", "1"]  # fmt: skip
-    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
+    argv = ["--out", str(room), "--base", str(tmp_path / "base"), "--mix-data",
+            str(tmp_path / "ds"), "--n", "40", "--n-test", "8", "--n-val", "8", "--sft-iters", "3",
+            "--grpo-iters", "2", "--lr", "3e-5", "--dtype", "float32", "--threads", "1"]  # fmt: skip
+    a = grpo_room.parse_args(argv)
+    grpo_room.write_result(a, grpo_room.Room(a, InProcess(main)).run(), argv)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     rows = json.loads((room / "grpo_room.json").read_text())["rows"]
     assert list(rows) == ["sft", "control", "grpo-3e-05"]
     assert rows["sft"]["steps"] <= 3 and [rows[k]["steps"] for k in list(rows)[1:]] == [3, 2]
@@ -237,12 +241,13 @@ def test_grpo_room_runs_sft_grpo_and_the_control_and_tabulates_them(tmp_path: Pa
     assert len((room / "tasks" / "train.jsonl").read_text().splitlines()) == 32
     assert all(0 <= row["pass_at_1"] <= row["pass_at_k"] <= 1 for row in rows.values())
     assert "kl" in rows["grpo-3e-05"] and "kl" not in rows["sft"]
-    table = r.stdout.splitlines()
+    table = grpo_room.table(rows).splitlines()
     assert table[0].startswith("| model | steps | add pass@1 | vs SFT")
     assert table[2].startswith("| sft | ") and "+0.0" in table[2]
-    # A rerun finds every step's record and runs nothing.
-    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
-    assert again.returncode == 0 and again.stderr == "" and again.stdout == r.stdout
+    # The command itself, rerun, finds every step's record and runs nothing.
+    script = [sys.executable, str(ROOT / "benchmarks" / "grpo_room.py"), *argv]
+    again = subprocess.run(script, capture_output=True, text=True, env=env, timeout=60)
+    assert again.returncode == 0 and again.stderr == "" and again.stdout.splitlines() == table
 
 
 def test_grpo_room_wants_the_base_and_its_data_together(tmp_path: Path) -> None:
@@ -260,13 +265,13 @@ def test_grpo_room_records_no_step_that_a_signal_stopped(tmp_path: Path, monkeyp
     spec.loader.exec_module(room_module)
     calls: list[list[str]] = []
 
-    def fake_run(argv, log, parse=True):
-        calls.append(list(argv))
-        return {"stopped": "terminated", "step": 7}
+    class FakeRunner:
+        def run(self, argv, log, parse=True, name=None):
+            calls.append(list(argv))
+            return {"stopped": "terminated", "step": 7}
 
-    monkeypatch.setattr(room_module, "run_folio", fake_run)
     args = room_module.parse_args(["--out", str(tmp_path), "--base", "b", "--mix-data", "d"])
-    room = room_module.Room(args)
+    room = room_module.Room(args, FakeRunner())
     run = tmp_path / "sft"
     run.mkdir()
     (run / "latest.json").write_text("{}")
