@@ -37,7 +37,18 @@ def ladder_run(data_dir, tmp_path_factory):
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         rc = main(
-            ["ladder", "--data", str(data_dir), "--out", str(out), "--max-iters", "3", "--json"]
+            [
+                "ladder",
+                "--data",
+                str(data_dir),
+                "--out",
+                str(out),
+                "--max-iters",
+                "3",
+                "--eval-iters",
+                "1",
+                "--json",
+            ]
         )
     assert rc == 0
     return json.loads(buffer.getvalue()), out

@@ -24,6 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-iters", type=int, default=None, help="override every rung's iterations (quick look)"
     )
+    parser.add_argument(
+        "--eval-iters",
+        type=int,
+        default=None,
+        help="override the batches each rung's in-training evals average (the table's val loss "
+        "is always the whole val split)",
+    )
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list")
 
 
@@ -38,6 +45,7 @@ def run(args: argparse.Namespace) -> None:
         scale_up=args.scale_up,
         seed=args.seed,
         max_iters=args.max_iters,
+        eval_iters=args.eval_iters,
         log=log,
     )
     if args.json:

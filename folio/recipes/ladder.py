@@ -73,9 +73,11 @@ def run_ladder(
     scale_up: bool = False,
     seed: int = 1337,
     max_iters: int | None = None,
+    eval_iters: int | None = None,
     log=print,
 ) -> list[Rung]:
-    """Train every rung (the scale-up only if asked) and measure its val loss."""
+    """Train every rung (the scale-up only if asked) and measure its val loss on the whole val
+    split; `max_iters` and `eval_iters` override every rung's (a quick look)."""
     out_dir = Path(out_dir)
     ds = Dataset.open(data_dir)
     rows: list[Rung] = []
@@ -87,6 +89,8 @@ def run_ladder(
         pairs.append(("train.eval_at_start", False))
         if max_iters is not None:
             pairs.append(("train.max_iters", max_iters))
+        if eval_iters is not None:
+            pairs.append(("train.eval_iters", eval_iters))
         run = build_run_config(preset, pairs)
         log(f"[{i + 1}/{len(RUNGS)}] {name}")
         result = train(run, data_dir, out_dir / f"rung-{i}", progress=False, log=lambda *_: None)
