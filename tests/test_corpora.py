@@ -227,6 +227,9 @@ def test_directory_without_txt_files(tmp_path):
     with pytest.raises(FolioError, match="no .txt files") as err:
         load_corpus([str(tmp_path)])
     assert str(tmp_path) in str(err.value)
+    # it says why, and how to name the files it holds
+    assert "it holds 1 .md" in str(err.value) and f"'{tmp_path}/**/*.md'" in str(err.value)
+    assert load_corpus([f"{tmp_path}/**/*.md"]).documents == ["hi\n"]
 
 
 def test_missing_path_and_unmatched_glob(tmp_path):

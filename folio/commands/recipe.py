@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--scale", choices=["laptop", "tiny"], default="laptop",
-        help="laptop: the BENCHMARKS.md figures, about 15 minutes on 2 cores; tiny: seconds, "
-        "figures meaningless",
+        help="laptop: the BENCHMARKS.md figures, about 15 minutes on 2 cores; tiny: about a "
+        "minute (each step's start-up is most of it), figures meaningless",
     )  # fmt: skip
     parser.add_argument(
         "--tokenizer", choices=["char", "bpe"], default="char",

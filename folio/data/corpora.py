@@ -27,6 +27,7 @@ import importlib.util
 import os
 import re
 import urllib.request
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,13 +300,30 @@ def load_tinyshakespeare(input_path: str | os.PathLike[str] | None = None) -> Co
 # ----------------------------------------------------------------- user paths
 
 
+def _no_txt_files(path: Path, source: str) -> str:
+    """Why a directory gave no files, and how to name the ones it holds."""
+    kinds = Counter(p.suffix or "(no extension)" for p in path.rglob("*") if p.is_file())
+    if not kinds:
+        return "directory contains no .txt files (it is empty)"
+    suffix, n = kinds.most_common(1)[0]
+    held = ", ".join(f"{c} {k}" for k, c in kinds.most_common(3))
+    hint = (
+        f"; name them with a glob: '{source.rstrip('/')}/**/*{suffix}'"
+        if suffix.startswith(".")
+        else ""
+    )
+    return (
+        f"directory contains no .txt files, the only ones a directory gives (it holds {held}){hint}"
+    )
+
+
 def _expand_source(source: str) -> list[Path]:
     """The files one source names: a file, every *.txt under a directory, or a glob's files."""
     path = Path(source).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
-            raise FolioError(f"{source}: directory contains no .txt files")
+            raise FolioError(f"{source}: {_no_txt_files(path, source)}")
         return files
     if path.is_file():
         return [path]
