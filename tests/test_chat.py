@@ -272,3 +272,67 @@ def test_chat_command_refuses_a_bad_system_in_one_line(run_dir, capsys):
     assert main(["chat", "--checkpoint", str(run_dir), "--system", "Be fair"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("folio: error: --system needs a chat model")
+
+
+def test_model_is_printed_only_for_a_reply_notices_come_first_and_a_cut_is_marked(run_dir):
+    """No empty `model>` before an error, the history notice before the reply it affects, and
+    a reply cut at the token limit says so."""
+    chat = Chat("--checkpoint", str(run_dir), "--max-new-tokens", "3", "--temperature", "0")
+    try:
+        chat.send("First")
+        chat.wait_for("cut at 3 tokens")
+        chat.send("e" * 200)  # longer than the context (16 tokens) on its own
+        chat.wait_for("folio: error:")
+        for _ in range(4):  # the history outgrows the context
+            chat.send("First")
+        chat.send("/quit")
+        assert chat.close() == 0
+    finally:
+        chat.close()
+    out = chat.out.decode()
+    assert "model> \nfolio: error" not in out and "model> folio: error" not in out
+    assert out.count("model> ") == 5
+    assert "message(s))\nmodel> " in out  # the notice, then the reply it belongs to
+    assert "[... cut at 3 tokens: --max-new-tokens N for more]" in out
+
+
+def test_text_typed_while_a_reply_streams_is_neither_echoed_nor_sent(run_dir):
+    """On a terminal (a pseudo-terminal here): echo is off while a reply streams, and what was
+    typed is dropped after."""
+
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "folio", "chat", "--checkpoint", str(run_dir),
+         "--max-new-tokens", "3000", "--seed", "1"],
+        stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=folio_env(),
+        start_new_session=True,
+    )  # fmt: skip
+    os.close(slave)
+    out = b""
+
+    def read_until(text: bytes, timeout: float = 60) -> None:
+        nonlocal out
+        deadline = time.monotonic() + timeout
+        while text not in out:
+            assert time.monotonic() < deadline, out[-300:]
+            try:
+                out += os.read(master, 4096)
+            except OSError:
+                break
+
+    try:
+        read_until(b"you> ")
+        os.write(master, b"First\n")
+        read_until(b"model> ")
+        os.write(master, b"zzzz\n")  # typed mid-reply
+        read_until(b"cut at 3000 tokens")
+        read_until(b"you> ")
+        os.write(master, b"/quit\n")
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    reply = out[out.index(b"model> ") :]
+    assert b"zzzz" not in reply  # not echoed into the reply, and never sent as a message
+    assert out.count(b"model> ") == 1

@@ -17,7 +17,10 @@ not write.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 
 from folio.errors import FolioError
 from folio.inputs import InputError, check_os_text, check_seed
@@ -146,22 +149,67 @@ def run(args: argparse.Namespace) -> None:
             if not _command(session, line):
                 return
             continue
-        dropped = session.dropped
-        sys.stdout.write("model> ")
-        sys.stdout.flush()
-        try:
-            for piece in session.reply(line):
+        _reply(session, line)
+
+
+def _reply(session, line: str) -> None:
+    """Stream one reply: the prompt is built (and refused, or the history trimmed) before
+    `model>` is printed, what is typed meanwhile is neither echoed nor sent, and a reply cut at
+    the token limit says so."""
+    dropped = session.dropped
+    pieces = session.reply(line)
+    started = False
+    try:
+        with _terminal_quiet():
+            first = next(pieces, "")  # builds the prompt: its notices and errors come first
+            if session.dropped > dropped:
+                print(
+                    f"(history too long for the context: dropped the oldest "
+                    f"{session.dropped - dropped} message(s))"
+                )
+            sys.stdout.write("model> " + first)
+            sys.stdout.flush()
+            started = True
+            for piece in pieces:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
+        if session.finish_reason == "length":
+            cut = session.settings.max_new_tokens
+            sys.stdout.write(f" [... cut at {cut} tokens: --max-new-tokens N for more]")
+        elif not session.history[-1]["content"]:
+            sys.stdout.write("(an empty reply)")
+        sys.stdout.write("\n")
+    except KeyboardInterrupt:
+        sys.stdout.write(" [stopped]\n" if started else "(stopped)\n")
+    except FolioError as e:
+        if started:
             sys.stdout.write("\n")
-        except KeyboardInterrupt:
-            sys.stdout.write(" [stopped]\n")
-        except FolioError as e:
-            sys.stdout.write("\n")
-            print(f"folio: error: {e}", file=sys.stderr)
-        if session.dropped > dropped:
-            print(
-                f"(history too long for the context: dropped the oldest "
-                f"{session.dropped - dropped} message(s))"
-            )
         sys.stdout.flush()
+        print(f"folio: error: {e}", file=sys.stderr)
+    finally:
+        pieces.close()
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def _terminal_quiet() -> Iterator[None]:
+    """While a reply streams on a terminal: no echo of what is typed, and it is discarded after,
+    so it neither mixes into the reply nor becomes the next message unseen."""
+    try:
+        import termios
+
+        fd = sys.stdin.fileno()
+        if not os.isatty(fd):
+            raise OSError
+        old = termios.tcgetattr(fd)
+    except (ImportError, OSError, ValueError, AttributeError):  # not a terminal: nothing to do
+        yield
+        return
+    quiet = list(old)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcflush(fd, termios.TCIFLUSH)
+        termios.tcsetattr(fd, termios.TCSANOW, old)

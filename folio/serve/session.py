@@ -80,6 +80,8 @@ class ChatSession:
         self.turns = 0
         self.dropped = 0
         """Messages dropped from the history so far to fit the context."""
+        self.finish_reason: str | None = None
+        """Why the last reply ended: 'stop' (it ended itself), 'length' (cut at max_new_tokens)."""
         settings.sampling(0)  # check the settings now, not at the first reply
         self._check_system()
 
@@ -133,6 +135,7 @@ class ChatSession:
             self.dropped += prompt.dropped
         self.history.append({"role": "user", "content": text})
         self.turns += 1
+        self.finish_reason = None
         shown: list[str] = []
         stream = TextStream(self.token_bytes, self.settings.stop)
         events = self.engine.stream(GenerationRequest(prompt.ids, cfg, stop_ids=prompt.stop_ids))
@@ -141,6 +144,8 @@ class ChatSession:
                 if event.error:
                     raise FolioError(event.error)
                 piece = stream.feed(event.token_id) if event.token_id is not None else ""
+                if event.finish_reason is not None:
+                    self.finish_reason = event.finish_reason
                 if event.finish_reason is not None or stream.done:
                     piece += stream.finish()
                 if piece:
