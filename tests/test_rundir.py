@@ -140,3 +140,22 @@ def test_a_directory_left_by_a_start_that_never_checkpointed_takes_a_fresh_run(
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     r = folio("train", "--data", dataset, "--out", tmp_path / "mine", *TINY)
     assert r.returncode == 2 and "is not empty" in r.stderr
+
+
+def test_a_run_that_used_its_time_budget_says_so_on_resume(dataset: Path, tmp_path: Path) -> None:
+    """A resume trained one step and printed `done` where the clock had already ended the run."""
+    run = tmp_path / "run"
+    timed = ("--preset", "tiny", "--max-iters", 100000, "--eval-interval", 100000,
+             "--set", "train.eval_iters=1", "--threads", 1, "--quiet")  # fmt: skip
+    r = folio("train", "--data", dataset, "--out", run, *timed, "--max-time", 1)
+    assert r.returncode == 0, r.stderr
+    before = snapshot(run)
+    r = folio("train", "--data", dataset, "--out", run, *timed, "--max-time", 1, "--resume")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "used its time budget of 1 s (it counts across resumes)" in r.stderr
+    after = snapshot(run)
+    for files in (before, after):
+        files.pop(".lock")  # the lock names the last process that held it; nothing else moves
+    assert "--max-time" in r.stderr and after == before
+    r = folio("train", "--data", dataset, "--out", run, *timed, "--max-time", 2, "--resume")
+    assert r.returncode == 0, r.stderr

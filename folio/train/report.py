@@ -51,8 +51,9 @@ class MFU:
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool, total: int, initial: int) -> Iterator[Any]:
-    """A tqdm bar on stderr from `initial` to `total` steps, or None when not enabled."""
+def progress_bar(enabled: bool, total: int | None, initial: int) -> Iterator[Any]:
+    """A tqdm bar on stderr from `initial` to `total` steps (None: a count, no percentage), or
+    None when not enabled."""
     if not enabled:
         yield None
         return

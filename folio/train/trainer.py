@@ -237,12 +237,18 @@ class Trainer:
         self.objective.load_state_dict(
             {k[len(prefix) :]: v for k, v in rng.items() if k.startswith(prefix)}
         )
+        val = ck.state.get("val_loss")
+        shown = f" (val loss {val:.4f})" if isinstance(val, float) else ""
         if self.state.step >= self.tc.max_iters:
-            val = ck.state.get("val_loss")
-            shown = f" (val loss {val:.4f})" if isinstance(val, float) else ""
             raise FolioError(
                 f"{self.out_dir}: the run is already complete at step {self.state.step}{shown}; "
                 f"to train further, resume with a larger --max-iters"
+            )
+        if self.tc.max_time > 0 and self.state.elapsed >= self.tc.max_time:
+            raise FolioError(
+                f"{self.out_dir}: the run used its time budget of {self.tc.max_time:g} s (it "
+                f"counts across resumes) and stopped at step {self.state.step}{shown}; to train "
+                f"further, resume with a larger --max-time"
             )
         self.log(f"resuming from {ck.path} at step {self.state.step}")
 
@@ -464,7 +470,9 @@ class Trainer:
         self.t_start, self.elapsed_before = time.perf_counter(), st.elapsed
         stopped = "max_iters"
         try:
-            with self.stop.installed(), progress_bar(self.progress, tc.max_iters, st.step) as bar:
+            # a run the clock ends has no step count to show a percentage of
+            total = None if tc.schedule_clock == "time" else tc.max_iters
+            with self.stop.installed(), progress_bar(self.progress, total, st.step) as bar:
                 # The curve's starting point: an estimate before the first step.
                 if tc.eval_at_start and st.step == 0:
                     self.evaluate_and_save(bar)
