@@ -43,9 +43,10 @@ demo: install
 	$(FOLIO) train --data data/shakespeare --preset demo --out runs/demo --restart  # a second demo keeps the first as runs/demo.old-N
 	$(FOLIO) sample --checkpoint runs/demo --prompt "ROMEO:" --max-new-tokens 400 --seed 1
 
-# -n auto: one pytest worker per core (pytest-xdist); the workers share one kernel cache.
+# -n auto: one pytest worker per core (pytest-xdist); each test module stays on one worker, so
+# its module fixtures (trained runs, compiled steps) are built once; the workers share one kernel cache.
 test: install
-	$(PY) -m pytest -q -n auto --durations=15
+	$(PY) -m pytest -q -n auto --dist loadscope --durations=15
 
 lint: install
 	$(VENV)/bin/ruff check folio tests benchmarks

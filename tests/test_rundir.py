@@ -103,6 +103,19 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "data"
 
 
+def in_process(*args: object) -> subprocess.CompletedProcess:
+    """`folio ARGS` run in this process (the same CLI, without a Python start-up)."""
+    import contextlib
+    import io
+
+    from folio.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 TINY = ("--preset", "tiny", "--max-iters", 2, "--eval-interval", 2, "--set", "train.eval_iters=1",
         "--threads", 1, "--quiet")  # fmt: skip
 
@@ -115,11 +128,11 @@ def test_resume_refuses_a_setting_other_than_the_runs_own(dataset: Path, tmp_pat
     )
     assert r.returncode == 0, r.stderr
     before = snapshot(run)
-    r = folio("train", "--data", dataset, "--out", run, *TINY, "--max-iters", 4, "--resume")
+    r = in_process("train", "--data", dataset, "--out", run, *TINY, "--max-iters", 4, "--resume")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "--resume continues the run as recorded, but train.batch_size was 4" in r.stderr
     assert snapshot(run) == before
-    r = folio("train", "--data", dataset, "--out", run, *TINY, "--dtype", "float32",
+    r = in_process("train", "--data", dataset, "--out", run, *TINY, "--dtype", "float32",
               "--batch-size", 4, "--max-iters", 4, "--resume")  # fmt: skip
     assert r.returncode == 0, r.stderr  # the recorded settings, and a longer run: fine
 
@@ -133,12 +146,12 @@ def test_a_directory_left_by_a_start_that_never_checkpointed_takes_a_fresh_run(
     (run / "run.json").write_text("{}")
     (run / "metrics.jsonl").write_text("")
     (run / "checkpoints").mkdir()
-    r = folio("train", "--data", dataset, "--out", run, *TINY)
+    r = in_process("train", "--data", dataset, "--out", run, *TINY)
     assert r.returncode == 0, r.stderr
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "run.json").write_text("{}")
     (tmp_path / "mine" / "notes.txt").write_text("keep")
-    r = folio("train", "--data", dataset, "--out", tmp_path / "mine", *TINY)
+    r = in_process("train", "--data", dataset, "--out", tmp_path / "mine", *TINY)
     assert r.returncode == 2 and "is not empty" in r.stderr
 
 
@@ -147,15 +160,15 @@ def test_a_run_that_used_its_time_budget_says_so_on_resume(dataset: Path, tmp_pa
     run = tmp_path / "run"
     timed = ("--preset", "tiny", "--max-iters", 100000, "--eval-interval", 100000,
              "--set", "train.eval_iters=1", "--threads", 1, "--quiet")  # fmt: skip
-    r = folio("train", "--data", dataset, "--out", run, *timed, "--max-time", 1)
+    r = in_process("train", "--data", dataset, "--out", run, *timed, "--max-time", 1)
     assert r.returncode == 0, r.stderr
     before = snapshot(run)
-    r = folio("train", "--data", dataset, "--out", run, *timed, "--max-time", 1, "--resume")
+    r = in_process("train", "--data", dataset, "--out", run, *timed, "--max-time", 1, "--resume")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "used its time budget of 1 s (it counts across resumes)" in r.stderr
     after = snapshot(run)
     for files in (before, after):
         files.pop(".lock")  # the lock names the last process that held it; nothing else moves
     assert "--max-time" in r.stderr and after == before
-    r = folio("train", "--data", dataset, "--out", run, *timed, "--max-time", 2, "--resume")
+    r = in_process("train", "--data", dataset, "--out", run, *timed, "--max-time", 2, "--resume")
     assert r.returncode == 0, r.stderr
