@@ -148,7 +148,7 @@ def test_dynamic_sampling_draws_more_rollouts_until_every_group_has_spread() -> 
     obj.bind(model)
     torch.manual_seed(0)
     rollout = obj._training_rollout(torch.Generator().manual_seed(0))
-    drawn = int(obj.rollout_sums[3])  # groups sampled, every draw included
+    drawn = int(obj.stats[3])  # groups sampled, every draw included
     informative = informative_groups(rollout["rewards"], 8)
     assert rollout["rewards"].shape == (4 * 8,)
     assert len(informative) == 4 or drawn == 4 * 7  # all informative, or every try spent

@@ -48,11 +48,10 @@ from folio.data.tasks import (
 from folio.errors import FolioError
 from folio.eval.tasks import generate_replies
 from folio.rl.estimators import LOSS_MEANS, group_advantages, k3_kl, policy_loss
-from folio.rl.rollout import RolloutBuffer, reply_logprobs, sample_rollout
-from folio.tokenizers.chat import end_of_turn_id, render_prompt
-from folio.train.objectives import Objective
+from folio.rl.rollout import reply_logprobs, sample_rollout
+from folio.stages.onpolicy import OnPolicyObjective
+from folio.tokenizers.chat import render_prompt
 from folio.train.policy import (
-    frozen,
     load_pinned_policy,
     policy_config,
 )
@@ -115,10 +114,11 @@ def keep_informative(
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-class GRPOObjective(Objective):
+class GRPOObjective(OnPolicyObjective):
     """GRPO on task prompts (see the module docstring), for the one `Trainer`."""
 
-    splits = ("train", "val")
+    batch_keys = BATCH_KEYS
+    stats_key = "rollout_sums"  # rewards, replies, zero-spread groups, groups
 
     def __init__(
         self,
@@ -136,22 +136,12 @@ class GRPOObjective(Objective):
                 f"rl config: GRPO needs group_size of at least 2 (a group's mean reward is each "
                 f"reply's baseline), got {cfg.group_size}"
             )
-        self.cfg, self.tokenizer = cfg, tokenizer
-        self.reference = frozen(reference)
-        self.end_id = end_of_turn_id(tokenizer)
+        super().__init__(cfg, tokenizer, reference)
+        self.reference = self.frozen_models[0]
         self.reward = reward or task_reward(cfg.no_end_penalty)
         self.train_examples, self.test_examples = list(train_examples), list(test_examples)
         self.train_prompts = [render_prompt(tokenizer, ex.messages[:1]) for ex in train_examples]
         self.test_prompts = [render_prompt(tokenizer, ex.messages[:1]) for ex in test_examples]
-        self.tokens_per_batch = cfg.minibatch_rows * reference.context_size
-        self.policy: nn.Module | None = None
-        self.buffer = RolloutBuffer(BATCH_KEYS, cfg.epochs, cfg.minibatches)
-        self.rollout_sums = torch.zeros(4)  # rewards, replies, zero-spread groups, groups
-
-    def bind(self, model: nn.Module) -> None:
-        """Take the policy the trainer trains (rollouts sample from it)."""
-        self.policy = model
-        self.reference.to(next(model.parameters()).device)
 
     # ------------------------------------------------------------ rollouts
 
@@ -195,27 +185,15 @@ class GRPOObjective(Objective):
 
     def _draw(self, split: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """A rollout on prompts_per_rollout prompts drawn from the split's pool."""
-        if self.policy is None:
-            raise RuntimeError("GRPOObjective.bind(model) must come before any batch")
         examples, prompts = (
             (self.train_examples, self.train_prompts)
             if split == "train"
             else (self.test_examples, self.test_prompts)
         )
-        picks = torch.randint(len(examples), (self.cfg.prompts_per_rollout,), generator=generator)
-        chosen = picks.tolist()
+        chosen = self._picks(len(examples), generator)
         return self.sample(
             self.policy, [examples[i] for i in chosen], [prompts[i] for i in chosen], generator
         )
-
-    # ------------------------------------------------------ the objective
-
-    def batch(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """Training: the next minibatch of the current rollout, sampling a new one when it is
-        used up (epochs passes, each over its own shuffle of the rows)."""
-        if split != "train":
-            return self.eval_batch(split, generator)
-        return self.buffer.next(lambda: self._training_rollout(generator), generator)
 
     def _training_rollout(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         rollout = self._counted(self._draw("train", generator))
@@ -235,16 +213,10 @@ class GRPOObjective(Objective):
         """Add a training rollout to the reward and zero-spread tallies the metrics report."""
         groups = rollout["rewards"].view(-1, self.cfg.group_size)
         zero = float((groups.amax(dim=1) == groups.amin(dim=1)).sum())
-        self.rollout_sums += torch.tensor(
+        self.stats += torch.tensor(
             [float(groups.sum()), float(groups.numel()), zero, float(len(groups))]
         )
         return rollout
-
-    def eval_batch(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """A fresh rollout on the split's prompts (train pool or held-out), all rows at once;
-        the training rollout is left alone."""
-        rollout = self._draw(split, generator)
-        return tuple(rollout[k] for k in BATCH_KEYS)
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The clipped surrogate plus kl_coef times the mean k3 KL to the reference."""
@@ -306,23 +278,11 @@ class GRPOObjective(Objective):
             "reply_tokens": float((rollout["mask"].sum(dim=1) - ended).mean()),
             "zero_spread": float((groups.amax(dim=1) == groups.amin(dim=1)).float().mean()),
         }
-        rewards, replies, zero, n_groups = self.rollout_sums.tolist()
+        rewards, replies, zero, n_groups = self.stats.tolist()
         if replies:
             out |= {"train_reward": rewards / replies, "train_zero_spread": zero / n_groups}
-        self.rollout_sums.zero_()
+        self.stats.zero_()
         return out
-
-    # ------------------------------------------------------------- resume
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The rollout being learned from, the next minibatch's index and the training rollouts'
-        statistics since the last eval (empty before the first rollout)."""
-        state = self.buffer.state_dict()
-        return state | {"rollout_sums": self.rollout_sums.clone()} if state else {}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.rollout_sums = state.pop("rollout_sums", torch.zeros(4)).clone()
-        self.buffer.load_state_dict(state)
 
 
 # ------------------------------------------------------------------ the stage

@@ -51,11 +51,10 @@ from folio.rl.estimators import (
     value_loss,
     whiten,
 )
-from folio.rl.rollout import RolloutBuffer, reply_logprobs, sample_rollout
-from folio.tokenizers.chat import cut_at_turn_token, end_of_turn_id, render_prompt
-from folio.train.objectives import Objective
+from folio.rl.rollout import reply_logprobs, sample_rollout
+from folio.stages.onpolicy import OnPolicyObjective
+from folio.tokenizers.chat import cut_at_turn_token, render_prompt
 from folio.train.policy import (
-    frozen,
     load_pinned_policy,
     load_reward_model,
     policy_config,
@@ -84,10 +83,11 @@ def end_positions(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.bool(), positions, -1).amax(dim=1) + 1
 
 
-class PPOObjective(Objective):
+class PPOObjective(OnPolicyObjective):
     """PPO with a reward model and a per-token KL penalty (see the module docstring)."""
 
-    splits = ("train", "val")
+    batch_keys = BATCH_KEYS
+    stats_key = "ratio_sums"  # sum of ratio means, max ratio, sum of clip fractions, n
 
     def __init__(
         self,
@@ -98,26 +98,14 @@ class PPOObjective(Objective):
         train_prompts: Sequence[str],
         test_prompts: Sequence[str],
     ) -> None:
-        self.cfg, self.tokenizer = cfg, tokenizer
-        self.reference, self.reward_model = frozen(reference), frozen(reward_model)
-        self.end_id = end_of_turn_id(tokenizer)
+        super().__init__(cfg, tokenizer, reference, reward_model)
+        self.reference, self.reward_model = self.frozen_models
         self.train_texts, self.test_texts = list(train_prompts), list(test_prompts)
         self.train_prompts = [self._render(p) for p in self.train_texts]
         self.test_prompts = [self._render(p) for p in self.test_texts]
-        self.tokens_per_batch = cfg.minibatch_rows * reference.context_size
-        self.policy: nn.Module | None = None
-        self.buffer = RolloutBuffer(BATCH_KEYS, cfg.epochs, cfg.minibatches)
-        self.ratio_sums = torch.zeros(4)  # sum of ratio means, max ratio, sum of clip fractions, n
 
     def _render(self, prompt: str) -> list[int]:
         return render_prompt(self.tokenizer, [{"role": "user", "content": prompt}])
-
-    def bind(self, model: nn.Module) -> None:
-        """Take the policy the trainer trains (rollouts sample from it)."""
-        self.policy = model
-        device = next(model.parameters()).device
-        self.reference.to(device)
-        self.reward_model.to(device)
 
     @torch.no_grad()
     def sample(
@@ -158,22 +146,11 @@ class PPOObjective(Objective):
         }
 
     def _draw(self, split: str, generator: torch.Generator) -> dict[str, Any]:
-        if self.policy is None:
-            raise RuntimeError("PPOObjective.bind(model) must come before any batch")
+        """A rollout on prompts_per_rollout prompts drawn from the split's pool."""
         prompts = self.train_prompts if split == "train" else self.test_prompts
-        picks = torch.randint(len(prompts), (self.cfg.prompts_per_rollout,), generator=generator)
-        return self.sample(self.policy, [prompts[i] for i in picks.tolist()], generator)
-
-    def batch(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """Training: the next minibatch of the current rollout (a new rollout when used up)."""
-        if split != "train":
-            return self.eval_batch(split, generator)
-        return self.buffer.next(lambda: self._draw("train", generator), generator)
-
-    def eval_batch(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """A fresh rollout on the split's prompts, all rows; the training rollout is left alone."""
-        rollout = self._draw(split, generator)
-        return tuple(rollout[k] for k in BATCH_KEYS)
+        return self.sample(
+            self.policy, [prompts[i] for i in self._picks(len(prompts), generator)], generator
+        )
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The clipped policy loss plus vf_coef times the clipped value loss."""
@@ -195,8 +172,8 @@ class PPOObjective(Objective):
     ) -> None:
         ratio = torch.exp(logprobs - old_logprobs)
         top = float(ratio[mask == 1].max()) if bool((mask == 1).any()) else 1.0
-        total, biggest, clipped, n = self.ratio_sums.tolist()
-        self.ratio_sums = torch.tensor([
+        total, biggest, clipped, n = self.stats.tolist()
+        self.stats = torch.tensor([
             total + float(masked_mean(ratio, mask)), max(biggest, top),
             clipped + float(clip_fraction(logprobs, old_logprobs, mask, self.cfg.clip_eps)),
             n + 1,
@@ -230,20 +207,11 @@ class PPOObjective(Objective):
             "reply_tokens": sum(len(ids) for ids in r["replies"]) / len(r["replies"]),
             "end_rate": float(r["ended"].float().mean()),
         }
-        total, top, clipped, n = self.ratio_sums.tolist()
+        total, top, clipped, n = self.stats.tolist()
         if n:
             out |= {"ratio_mean": total / n, "ratio_max": top, "clip_fraction": clipped / n}
-        self.ratio_sums.zero_()
+        self.stats.zero_()
         return out
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The rollout being learned from, and the ratio statistics gathered since the last eval."""
-        state = self.buffer.state_dict()
-        return state | {"ratio_sums": self.ratio_sums.clone()} if state else {}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.ratio_sums = state.pop("ratio_sums", torch.zeros(4)).clone()
-        self.buffer.load_state_dict(state)
 
 
 def train_ppo(
