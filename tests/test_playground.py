@@ -178,3 +178,38 @@ def test_playground_keeps_failed_turns_out_of_the_history_and_drops_old_turns_to
             assert uncaught == []
         finally:
             browser.quit()
+
+
+def test_the_page_fits_a_laptop_a_tablet_and_a_phone(tmp_path):
+    """No sideways scrolling at any width, and the chat column takes most of a narrow window
+    (at 800 px it was about 120 px wide; at 420 px the page scrolled sideways)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    tok = CharTokenizer.from_text(TEXT)
+    run = save_run(tmp_path / "tiny", random_gpt(tok.vocab_size, 16), tok)
+    with Server(f"--checkpoint=tiny={run}") as server:
+        browser = _browser_or_skip()
+        try:
+            browser.get(server.url + "/")
+            WebDriverWait(browser, 30).until(
+                lambda b: b.find_element(By.ID, "status").text == "ready"
+            )
+            for width, share in ((1400, 0.35), (800, 0.6), (420, 0.85)):
+                browser.set_window_size(width, 900)
+                layout = browser.execute_script(
+                    """
+                    const chat = document.getElementById('chat').getBoundingClientRect();
+                    return {inner: window.innerWidth, scroll: document.documentElement.scrollWidth,
+                            chat: chat.width, top: chat.top,
+                            controls: document.getElementById('controls').getBoundingClientRect().top};
+                    """
+                )
+                assert layout["scroll"] <= layout["inner"], (width, layout)  # no sideways scroll
+                assert layout["chat"] >= share * layout["inner"], (width, layout)
+                if width == 420:  # one column, the conversation first
+                    assert layout["top"] < layout["controls"], layout
+                assert browser.get_screenshot_as_png()[:8] == b"\x89PNG\r\n\x1a\n"
+                browser.save_screenshot(str(tmp_path / f"playground-{width}.png"))
+        finally:
+            browser.quit()
