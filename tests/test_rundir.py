@@ -172,3 +172,14 @@ def test_a_run_that_used_its_time_budget_says_so_on_resume(dataset: Path, tmp_pa
     assert "--max-time" in r.stderr and after == before
     r = in_process("train", "--data", dataset, "--out", run, *timed, "--max-time", 2, "--resume")
     assert r.returncode == 0, r.stderr
+
+
+def test_a_run_the_clock_ends_shows_its_progress_without_a_step_total(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """As `make demo` trains: the schedule over time, the progress bar on (no step total)."""
+    r = in_process("train", "--data", dataset, "--out", tmp_path / "run", "--preset", "tiny",
+                   "--max-iters", 100000, "--max-time", 1, "--set", "train.schedule_clock=time",
+                   "--set", "train.eval_iters=1", "--threads", 1)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "time budget of 1 s reached" in r.stdout + r.stderr and "it/s" in r.stderr

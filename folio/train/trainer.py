@@ -428,7 +428,7 @@ class Trainer:
         self.metrics.write(row)
         msg = f"step {st.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
         msg += "".join(f", {k} {v:.4f}" for k, v in losses.items() if k not in ("train", "val"))
-        (bar.write if bar else self.log)(msg)
+        (bar.write if bar is not None else self.log)(msg)
         if self.tc.save_checkpoints and st.step > 0:
             self.save(losses, improved)
         if self.main and self.tc.plot:
@@ -442,7 +442,7 @@ class Trainer:
                 {"step": st.step, "tokens": st.tokens_seen, **stats, "mfu": mfu,
                  "time": time.perf_counter() - self.t_start}
             )  # fmt: skip
-        if bar:
+        if bar is not None:
             show_step(bar, stats)
 
     def clock(self) -> float:
