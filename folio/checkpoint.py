@@ -483,6 +483,15 @@ def _check_weights_file(
         check_loading_memory(model_config, file_bytes, device, where=f)
 
 
+def require_language_model(ck: Any, wanted: str) -> None:
+    """Refuse a reward model where a command generates text: `wanted` says what it wants
+    ("folio chat wants a language model ..."), after the checkpoint's path."""
+    if ck.model_config.model_type == "reward":
+        raise FolioError(
+            f"{ck.path}: this is a reward model (it scores replies, it writes none); {wanted}"
+        )
+
+
 def load_checkpoint(
     path: str | Path,
     which: str = "latest",

@@ -103,18 +103,19 @@ def run(args: argparse.Namespace) -> None:
     check_seed(args.seed)
     if args.system is not None:
         check_os_text(args.system, "--system")
-    from folio.checkpoint import load_checkpoint  # torch, only once the flags are known to be good
+    from folio.checkpoint import (  # torch, only once the flags are known to be good
+        load_checkpoint,
+        require_language_model,
+    )
     from folio.runtime import pick_device
     from folio.sample.engine import Engine
     from folio.serve.session import ChatSession, ChatSettings
 
     device = pick_device(args.device)
     ck = load_checkpoint(args.checkpoint, args.which, device)
-    if ck.model_config.model_type == "reward":
-        raise FolioError(
-            f"{ck.path}: this is a reward model (it scores replies, it writes none); "
-            f"folio chat wants a language model (a chat model such as a `folio sft` run)"
-        )
+    require_language_model(
+        ck, "folio chat wants a language model (a chat model such as a `folio sft` run)"
+    )
     settings = ChatSettings(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,

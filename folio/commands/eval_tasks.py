@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> None:
     check_seed(args.seed)
     import torch  # only once the flags are known to be good
 
-    from folio.checkpoint import load_checkpoint
+    from folio.checkpoint import load_checkpoint, require_language_model
     from folio.eval.tasks import evaluate_tasks, read_test_set, task_items
     from folio.models.resize import resize_vocab
     from folio.runtime import pick_device, resolve_dtype
@@ -81,11 +81,7 @@ def run(args: argparse.Namespace) -> None:
 
     device = pick_device(args.device)
     ck = load_checkpoint(args.checkpoint, args.which, device)
-    if ck.model_config.model_type == "reward":
-        raise FolioError(
-            f"{ck.path}: this is a reward model (it scores replies, it writes none); "
-            f"folio eval tasks wants a chat language model (a `folio sft` run)"
-        )
+    require_language_model(ck, "folio eval tasks wants a chat language model (a `folio sft` run)")
     conversations = read_test_set(args.data, args.limit)
     model, tokenizer = ck.model, ck.tokenizer
     if args.extend_vocab:

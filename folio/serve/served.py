@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from folio.errors import FolioError
 from folio.models.gpt import GPT
 from folio.sample.engine import Engine
 from folio.serve.prompt import is_chat_model, stop_ids_for
@@ -65,17 +64,13 @@ def load_served_model(
     which: str = "latest",
 ) -> ServedModel:
     """A checkpoint to serve from `PATH` or `ID=PATH` (the id defaults to the run's folder name)."""
-    from folio.checkpoint import load_checkpoint
+    from folio.checkpoint import load_checkpoint, require_language_model
 
     model_id, sep, path = spec.partition("=")
     if not sep:
         model_id, path = "", spec
     ck = load_checkpoint(path, which, device)
-    if ck.model_config.model_type == "reward":
-        raise FolioError(
-            f"{ck.path}: this is a reward model (it scores replies, it writes none); "
-            f"folio serve wants a language model"
-        )
+    require_language_model(ck, "folio serve wants a language model")
     if not model_id:
         p = Path(path).resolve()
         model_id = (p.parent.parent.name if p.parent.name == "checkpoints" else p.name) or "folio"
