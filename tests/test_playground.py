@@ -48,18 +48,30 @@ def _browser_or_skip():
     return webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
 
 
-def test_playground_streams_a_reply_colours_tokens_and_shows_attention(tmp_path):
+def _tiny_run(tmp_path):
+    """A random tiny character model's run directory (completion mode)."""
+    tok = CharTokenizer.from_text(TEXT)
+    return save_run(tmp_path / "tiny", random_gpt(tok.vocab_size, 16), tok)
+
+
+def _open_ready(browser, url: str):
+    """Load the page and wait until it says ready; the wait, for what follows."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    tok = CharTokenizer.from_text(TEXT)
-    run = save_run(tmp_path / "tiny", random_gpt(tok.vocab_size, 16), tok)
-    with Server(f"--checkpoint=tiny={run}") as server:
+    browser.get(url + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda b: b.find_element(By.ID, "status").text == "ready")
+    return wait
+
+
+def test_playground_streams_a_reply_colours_tokens_and_shows_attention(tmp_path):
+    from selenium.webdriver.common.by import By
+
+    with Server(f"--checkpoint=tiny={_tiny_run(tmp_path)}") as server:
         browser = _browser_or_skip()
         try:
-            browser.get(server.url + "/")
-            wait = WebDriverWait(browser, 30)
-            wait.until(lambda b: b.find_element(By.ID, "status").text == "ready")
+            wait = _open_ready(browser, server.url)
             assert browser.find_element(By.ID, "mode").get_attribute("value") == "completion"
             max_tokens = browser.find_element(By.ID, "max_tokens")
             max_tokens.clear()
@@ -183,18 +195,10 @@ def test_playground_keeps_failed_turns_out_of_the_history_and_drops_old_turns_to
 def test_the_page_fits_a_laptop_a_tablet_and_a_phone(tmp_path):
     """No sideways scrolling at any width, and the chat column takes most of a narrow window
     (at 800 px it was about 120 px wide; at 420 px the page scrolled sideways)."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    tok = CharTokenizer.from_text(TEXT)
-    run = save_run(tmp_path / "tiny", random_gpt(tok.vocab_size, 16), tok)
-    with Server(f"--checkpoint=tiny={run}") as server:
+    with Server(f"--checkpoint=tiny={_tiny_run(tmp_path)}") as server:
         browser = _browser_or_skip()
         try:
-            browser.get(server.url + "/")
-            WebDriverWait(browser, 30).until(
-                lambda b: b.find_element(By.ID, "status").text == "ready"
-            )
+            _open_ready(browser, server.url)
             for width, share in ((1400, 0.35), (800, 0.6), (420, 0.85)):
                 browser.set_window_size(width, 900)
                 layout = browser.execute_script(
