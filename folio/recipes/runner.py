@@ -153,7 +153,7 @@ class Supervisor:
             env=_child_env(), start_new_session=True, preexec_fn=_die_with_parent,
         )  # fmt: skip
         try:
-            _wait(self._child)
+            self._child.wait()  # a signal handled here runs its handler; the wait goes on
         finally:
             child, self._child = self._child, None
             if child.poll() is None:  # only if this process is going down
@@ -188,14 +188,8 @@ class InProcess(Supervisor):
                 sys.stdout.flush()
 
 
-def _wait(child: subprocess.Popen) -> None:
-    """Until the child has exited (a signal handled here interrupts the wait, not the child)."""
-    while True:
-        try:
-            child.wait()
-            return
-        except InterruptedError:  # pragma: no cover - Python retries EINTR itself
-            continue
+PR_SET_PDEATHSIG = 1
+"""Linux's prctl option: the signal this process gets when its parent dies."""
 
 
 def _die_with_parent() -> None:
@@ -205,9 +199,6 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):  # not Linux: the recipe's handlers still forward
         pass
-
-
-PR_SET_PDEATHSIG = 1
 
 
 def run_folio(argv: Sequence[str], log: Path, parse: bool = True) -> dict[str, Any]:
