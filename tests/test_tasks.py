@@ -13,17 +13,23 @@ import pytest
 from folio.cli import main
 from folio.data.conversations import read_conversations
 from folio.data.corpora import Corpus
+from folio.data.prefs import is_gold_prompt
 from folio.data.tasks import (
     SPLITS,
     TASKS,
     build_material,
     check_reply,
+    checkable_task_names,
     example_seed,
+    final_answer,
     get_task,
+    length_bucket,
     make_examples,
     make_task_files,
     prompt_split,
     speeches,
+    worked_count,
+    worked_sum,
 )
 from folio.errors import FolioError
 
@@ -71,16 +77,72 @@ def test_prompts_and_answers_have_the_exact_forms(material) -> None:
             assert e.answer == word[::-1] and word in material.words
         elif e.task == "add":
             a, b = re.fullmatch(r"(\d{1,3})\+(\d{1,3})=", e.prompt).groups()
-            assert e.answer == str(int(a) + int(b))
+            assert e.answer == worked_sum(int(a), int(b))
+            assert e.answer.split()[-1] == str(int(a) + int(b))
         elif e.task == "count":
             letter, word = re.fullmatch(r"How many ([a-z]) in ([a-z]+)\?", e.prompt).groups()
-            assert e.answer == str(word.count(letter))
+            assert e.answer == worked_count(letter, word)
+            assert e.answer.split()[-1] == str(word.count(letter))
         else:
             line = e.prompt.removeprefix("Who says: ")
             assert e.answer == dict(material.lines)[line]
         assert e.messages[-1] == {"role": "assistant", "content": e.answer}
         assert prompt_split(e.prompt) == "train"
     assert len({(e.task, e.prompt) for e in examples}) == len(examples)  # no repeats
+
+
+def test_worked_answers_by_hand() -> None:
+    # 47 + 85: 7+5 = 12 (carry 1), 4+8+1 = 13 (carry 1), so 132
+    assert worked_sum(47, 85) == "7+5=12 4+8+1=13 so 132"
+    # 7 + 385: the shorter number's missing digits are 0; the carry rides on
+    assert worked_sum(7, 385) == "7+5=12 0+8+1=9 0+3=3 so 392"
+    assert worked_sum(999, 1) == "9+1=10 9+0+1=10 9+0+1=10 so 1000"
+    assert worked_sum(0, 0) == "0+0=0 so 0"
+    assert worked_count("r", "berry") == "b e r1 r2 y so 2"
+    assert worked_count("z", "cat") == "c a t so 0"
+    assert worked_count("s", "sass") == "s1 a s2 s3 so 3"
+
+
+def test_worked_tasks_are_checked_by_their_final_answer() -> None:
+    assert final_answer("b e r1 r2 y so 2") == "2" and final_answer("  ") == ""
+    assert check_reply("count", "b e r1 r2 y so 2", "b e r1 r2 y so 2")
+    assert check_reply("count", "b e r1 y so 2", "b e r1 r2 y so 2")  # the working may differ
+    assert check_reply("count", "2", "b e r1 r2 y so 2")  # a one-shot reply answers too
+    assert not check_reply("count", "b e r1 r2 y so 1", "b e r1 r2 y so 2")
+    assert not check_reply("add", "", "0+0=0 so 0")  # an empty reply answers nothing
+    assert check_reply("add", "7+5=12 4+8+1=13 so 132 ", "7+5=12 4+8+1=13 so 132")
+    # the one-shot forms stay exact
+    assert check_reply("add-oneshot", " 132\n", "132")
+    assert not check_reply("add-oneshot", "so 132", "132")
+
+
+def test_line_demonstrations_are_real_passages_of_every_length(material) -> None:
+    examples = make_examples(["line"], "train", 16, 1, material)
+    passages = {text for text, _ in material.passages}
+    buckets, with_word = set(), 0
+    for e in examples:
+        m = re.fullmatch(r"Write a line for (\w+) about ([a-z]+)", e.prompt)
+        assert m and m[1] in material.speakers and m[2] in material.topics
+        assert is_gold_prompt(e.prompt)  # the same form the preference stages rank
+        if e.answer.startswith(m[2]):  # a passage holding the word, from the word on
+            assert any(p.lower().endswith(e.answer.lower()) for p in passages)
+            with_word += 1
+        else:  # a real line (or two lines of one speech) that does not hold it
+            assert e.answer in passages and m[2] not in e.answer.lower()
+        buckets.add(length_bucket(e.answer))
+    assert buckets == {"short", "fit", "long"}
+    assert 0 < with_word < len(examples)  # sometimes the word, often not: imperfect on purpose
+
+
+def test_demonstrations_are_train_only_and_never_rewarded(tmp_path: Path) -> None:
+    manifest = make_task_files(["reverse", "line"], tmp_path / "t", n=6, n_test=3)
+    assert manifest["demonstrations"] == ["line"]
+    tasks = [json.loads(x)["task"] for x in (tmp_path / "t" / "test.jsonl").open()]
+    assert tasks == ["reverse"] * 3
+    train = [json.loads(x)["task"] for x in (tmp_path / "t" / "train.jsonl").open()]
+    assert train.count("line") == 6
+    with pytest.raises(FolioError, match="demonstrations"):
+        checkable_task_names("reverse,line")
 
 
 def test_example_seeds_never_collide_and_are_never_negative() -> None:
@@ -122,7 +184,9 @@ def test_checkers_strip_whitespace_only() -> None:
     assert not check_reply("add", "042", "42") and not check_reply("reverse", "Olleh", "olleh")
     assert check_reply("my-own-task", "yes ", "yes")  # a user's own task: exact match
     with pytest.raises(
-        FolioError, match=r"unknown task 'nope' \(known: reverse, add, count, speaker\)"
+        FolioError,
+        match=r"unknown task 'nope' \(known: reverse, add, count, speaker, add-oneshot, "
+        r"count-oneshot, line\)",
     ):
         get_task("nope")
 
@@ -176,7 +240,10 @@ def test_cli_make_list_and_refusals(tmp_path: Path, capsys) -> None:
         == 2
     )
     err = capsys.readouterr().err
-    assert err == "folio: error: unknown task 'divide' (known: reverse, add, count, speaker)\n"
+    assert err == (
+        "folio: error: unknown task 'divide' "
+        "(known: reverse, add, count, speaker, add-oneshot, count-oneshot, line)\n"
+    )
     assert not (tmp_path / "x").exists()
     assert (
         main(
@@ -198,7 +265,9 @@ def test_cli_make_list_and_refusals(tmp_path: Path, capsys) -> None:
     assert "non-negative" in capsys.readouterr().err
     assert main(["tasks", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [t["name"] for t in listed] == ["reverse", "add", "count", "speaker"]
+    assert [t["name"] for t in listed] == [
+        "reverse", "add", "count", "speaker", "add-oneshot", "count-oneshot", "line"
+    ]  # fmt: skip
 
 
 def test_tinyshakespeare_speakers_are_its_name_lines(tinyshakespeare_path: Path) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from folio.commands.common import DefaultsOnceFormatter
-from folio.data.tasks import SPEAKERS, TASKS, make_task_files
+from folio.data.tasks import DEFAULT_TASKS, SPEAKERS, TASKS, make_task_files
 
 HELP = "make conversations of tasks with checkable answers"
 
@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     pm.add_argument(
         "--tasks",
-        default=",".join(t.name for t in TASKS),
-        help="comma-separated task names",
+        default=",".join(DEFAULT_TASKS),
+        help="comma-separated task names (`folio tasks list`; default: %(default)s)",
     )
     pm.add_argument("--n", type=int, required=True, help="training examples per task (>= 1)")
     pm.add_argument("--n-test", type=int, default=500, help="test examples per task (>= 1)")
@@ -74,7 +74,10 @@ def run(args: argparse.Namespace) -> None:
         print(json.dumps({"out": args.out, **manifest}))
         return
     n_tasks = len(manifest["tasks"])
+    n_tested = n_tasks - len(manifest["demonstrations"])
+    demos = manifest["demonstrations"]
     print(
         f"wrote {args.out}: train.jsonl ({args.n * n_tasks} conversations), "
-        f"test.jsonl ({args.n_test * n_tasks}), tasks: {', '.join(manifest['tasks'])}"
+        f"test.jsonl ({args.n_test * n_tested}), tasks: {', '.join(manifest['tasks'])}"
+        + (f" ({', '.join(demos)}: demonstrations, train only)" if demos else "")
     )

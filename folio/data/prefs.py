@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from folio.data.jsonl import join_text_parts, read_jsonl
-from folio.data.tasks import MAX_DRAWS, Material, prompt_split
+from folio.data.tasks import LINE_PROMPT, MAX_DRAWS, Material, prompt_split
 from folio.errors import FolioError
 from folio.fsutil import (
     atomic_write_json,
@@ -52,7 +52,6 @@ PREFS_FORMAT = "folio-prefs"
 PREFS_FILES = ("train.jsonl", "test.jsonl")
 FLIP = 0.1
 """Default share of labels flipped (chosen and rejected swapped) by `folio prefs make`."""
-LINE_PROMPT = "Write a line for {speaker} about {word}"
 LINE_LENGTHS = (20, 60)
 """A good line is this many characters long, both ends included."""
 _PROMPT_RE = re.compile(r"Write a line for (.+) about (\S+)")
@@ -124,9 +123,9 @@ def read_pref_dir(path: str | Path) -> tuple[list[Pair], list[Pair]]:
 
 
 def line_prompt(rng: random.Random, material: Material) -> str:
-    """A prompt of the gold rule: a speaker and a word of the corpus."""
+    """A prompt of the gold rule: a speaker and one of the corpus's frequent words (topics)."""
     return LINE_PROMPT.format(
-        speaker=rng.choice(material.speakers), word=rng.choice(material.words)
+        speaker=rng.choice(material.speakers), word=rng.choice(material.topics)
     )
 
 

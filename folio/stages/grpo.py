@@ -40,10 +40,10 @@ from folio.config.run import RunConfig
 from folio.data.tasks import (
     Example,
     check_reply,
+    checkable_task_names,
     get_task,
     load_material,
     make_examples,
-    parse_task_names,
 )
 from folio.errors import FolioError
 from folio.eval.tasks import generate_replies
@@ -312,7 +312,7 @@ def train_grpo(
     on noise. The reference (default: the initial checkpoint) is frozen.
     """
     check_run_dir(out_dir, "grpo", resume=resume, restart=restart)
-    names = parse_task_names(tasks)
+    names = checkable_task_names(tasks)
     pins = Pins(out_dir, resume)
     policy, ref = load_pinned_policy(pins, init_from, reference_from)
     tokenizer = policy.tokenizer
