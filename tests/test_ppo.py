@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from rl_models import picker, tokenizer
+from safetensors.torch import load_file
 
 from folio.checkpoint import clean_state_dict, save_checkpoint
 from folio.cli import main
@@ -27,6 +28,7 @@ from folio.models.config import GPTConfig, PolicyValueConfig, RewardModelConfig
 from folio.rl.rollout import reply_logprobs
 from folio.stages.ppo import PPOObjective, end_positions
 from folio.stages.preference import RewardObjective, pair_rows
+from folio.stages.ptx import ptx_loss
 from folio.tokenizers import CharTokenizer
 from folio.tokenizers.chat import END, with_chat_tokens
 from folio.train.init import Base
@@ -200,3 +202,66 @@ def test_folio_rl_ppo_bad_input_is_one_line(line_runs: dict[str, Path]) -> None:
                 *SMALL, *args]  # fmt: skip
         code, _, err = cli(*argv)
         assert code == 2 and message in err and err.count("\n") == 1, (args, err)
+
+
+# ---------------------------------------------------------------- PPO-ptx
+
+
+def test_ptx_loss_is_the_sft_loss_on_the_assistant_tokens_by_hand() -> None:
+    tok = tokenizer()
+    (config, weights), _ = policy_value(tok, steps=0)
+    model = build_model(config)
+    model.load_state_dict(weights)
+    x = torch.tensor([[3, 4, 5, 6], [6, 5, 4, 3]])
+    y = torch.tensor([[4, 5, 6, 7], [5, 4, 3, 2]])
+    mask = torch.tensor([[0, 1, 1, 0], [0, 0, 0, 1]])
+    logits = model.lm_head(model.hidden_states(x))
+    # three supervised tokens: (0, 1), (0, 2) and (1, 3), each weighing the same
+    nll = [-torch.log_softmax(logits[b, t], dim=-1)[y[b, t]] for b, t in ((0, 1), (0, 2), (1, 3))]
+    assert torch.allclose(ptx_loss(model, x, y, mask), sum(nll) / 3, atol=1e-6)
+
+
+def write_ptx(path: Path) -> Path:
+    lines = [
+        {"task": "reverse", "messages": [{"role": "user", "content": "about dog"},
+                                         {"role": "assistant", "content": "god"}]},
+        {"task": "line", "messages": [{"role": "user", "content": "Write a line for about dog"},
+                                      {"role": "assistant", "content": "a dog"}]},
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def test_ppo_ptx_trains_on_the_tasks_resumes_exactly_and_needs_both_flags(
+    line_runs: dict[str, Path],
+) -> None:
+    root = line_runs["root"]
+    ptx = write_ptx(root / "ptx.jsonl")
+    base = ("rl", "--algo", "ppo", "--init-from", f"run:{line_runs['sft']}", "--reward-model",
+            f"run:{line_runs['rm']}", "--ptx-data", ptx, "--rl.ptx_coef", 0.5, *SMALL)  # fmt: skip
+    code, _, err = cli(*base, "--out", root / "ptx-a", "--max-iters", 4)
+    assert code == 0, err
+    assert "1 demonstrations left out" in err or "1 demonstrations left out" in _
+    run = json.loads((root / "ptx-a" / "run.json").read_text())
+    assert run["ptx_data"] == str(ptx.resolve()) and run["rl"]["ptx_coef"] == 0.5
+    # stopped at step 2 and resumed: the same weights as the run that never stopped
+    code, _, err = cli(*base, "--out", root / "ptx-b", "--max-iters", 2)
+    assert code == 0, err
+    code, _, err = cli(*base, "--out", root / "ptx-b", "--max-iters", 4, "--resume")
+    assert code == 0, err
+    a = load_file(latest(root / "ptx-a"))
+    b = load_file(latest(root / "ptx-b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for args, message in (
+        (("--ptx-data", ptx), "give both or neither"),
+        (("--rl.ptx_coef", 0.5), "give both or neither"),
+    ):
+        argv = ["rl", "--algo", "ppo", "--init-from", f"run:{line_runs['sft']}", "--reward-model",
+                f"run:{line_runs['rm']}", "--out", root / "bad-ptx", "--max-iters", 1, *SMALL,
+                *args]  # fmt: skip
+        code, _, err = cli(*argv)
+        assert code == 2 and message in err and err.count("\n") == 1, (args, err)
+
+
+def latest(run: Path) -> Path:
+    return run / json.loads((run / "latest.json").read_text())["checkpoint"] / "model.safetensors"

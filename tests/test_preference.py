@@ -16,6 +16,7 @@ import torch
 
 from folio.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
 from folio.cli import main
+from folio.data.conversations import Conversation, sft_rows
 from folio.data.prefs import (
     Pair,
     check_prefs_target,
@@ -29,6 +30,7 @@ from folio.errors import FolioError
 from folio.models import GPT, GPTConfig, build_model
 from folio.models.config import RewardModelConfig
 from folio.stages.preference import DPOObjective, PrefConfig, RewardObjective, pair_rows
+from folio.stages.ptx import ptx_loss
 from folio.tokenizers import CharTokenizer
 from folio.tokenizers.chat import END, with_chat_tokens
 
@@ -369,3 +371,35 @@ def test_a_resumed_dpo_run_keeps_its_pinned_reference(runs: dict[str, Path]) -> 
     # a run written where its own reference lives is refused before anything is loaded
     code, _, err = cli("dpo", "--init-from", f"run:{sft}", "--out", sft, *args, "--restart")
     assert code == 2 and "is where --init-from" in err and err.count("\n") == 1, err
+
+
+def test_dpo_with_ptx_adds_the_weighted_sft_loss_and_resumes_exactly(
+    runs: dict[str, Path],
+) -> None:
+    tok = tokenizer()
+    data = {"train": pair_rows(pairs_ab(range(1, 6)), tok, 16),
+            "val": pair_rows(pairs_ab([6, 7]), tok, 16)}  # fmt: skip
+    convs = [Conversation([*USER, {"role": "assistant", "content": "ab"}], "x", "reverse")] * 3
+    rows = sft_rows(convs, tok, 16)
+    policy, ref = tiny(tok, seed=1), tiny(tok)
+    plain = DPOObjective(data, ref, 4, PrefConfig(beta=0.5), tok, gold_prompts=[])
+    mixed = DPOObjective(data, ref, 4, PrefConfig(beta=0.5, ptx_coef=0.25), tok, [], rows)
+    batch = mixed.batch("train", torch.Generator().manual_seed(0))
+    assert len(batch) == 6 and len(mixed.batch("val", torch.Generator())) == 3  # evals: pairs
+    expected = plain.loss(policy, batch[:3]) + 0.25 * ptx_loss(policy, *batch[3:])
+    assert torch.allclose(mixed.loss(policy, batch), expected)
+    # the command: both flags or neither; a run stopped and resumed equals one that never stopped
+    ptx = write_jsonl(runs["root"] / "ptx.jsonl", [{"task": "reverse", "messages": [
+        *USER, {"role": "assistant", "content": "ab"}]}] * 3)  # fmt: skip
+    args = ("dpo", "--init-from", f"run:{runs['sft']}", "--data", runs["prefs"], "--ptx-data", ptx,
+            "--prefs.ptx_coef", 0.5, "--batch-size", 4, "--eval-interval", 2,
+            "--train.eval_iters", 1, "--threads", 1, "--quiet")  # fmt: skip
+    assert cli(*args, "--out", runs["root"] / "a", "--max-iters", 4)[0] == 0
+    assert cli(*args, "--out", runs["root"] / "b", "--max-iters", 2)[0] == 0
+    assert cli(*args, "--out", runs["root"] / "b", "--max-iters", 4, "--resume")[0] == 0
+    a, b = (load_checkpoint(runs["root"] / r).model.state_dict() for r in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for extra in (("--ptx-data", ptx), ("--prefs.ptx_coef", 0.5)):
+        code, _, err = cli("dpo", "--init-from", f"run:{runs['sft']}", "--data", runs["prefs"],
+                           "--out", runs["root"] / "bad", *COMMON, *extra)  # fmt: skip
+        assert code == 2 and "give both or neither" in err and err.count("\n") == 1, err

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from folio.config.rl import RLConfig
+from folio.config.rl import RLConfig, check_ptx
 from folio.config.run import add_config_flags, add_stage_flags, list_presets
 from folio.errors import FolioError
 
@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--corpus", default="shakespeare",
         help="where the words and lines of the tasks come from (as `folio tasks make --corpus`)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ptx-data", default=None, metavar="PATH",
+        help="ppo: conversations (a JSONL file, or a tasks directory's train.jsonl) whose SFT loss "
+        "is mixed into every step, weighted by --rl.ptx_coef (PPO-ptx)",
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="run directory (checkpoints, metrics, plot)")
     parser.add_argument(
@@ -88,7 +93,10 @@ def run(args: argparse.Namespace) -> None:
         restart=args.restart, force=args.force, progress=not args.quiet,
         log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print,
     )  # fmt: skip
+    check_ptx(args.ptx_data, rl.ptx_coef, "rl")
     if args.algo == "grpo":
+        if args.ptx_data is not None:
+            raise FolioError("--ptx-data is PPO's (--algo ppo); GRPO learns from its tasks alone")
         if args.tasks is None or args.reward_model is not None:
             raise FolioError(
                 "--algo grpo takes --tasks (their checkers are the reward) and no --reward-model"
@@ -101,7 +109,10 @@ def run(args: argparse.Namespace) -> None:
             raise FolioError("--algo ppo takes --reward-model (its reward) and no --tasks")
         from folio.stages.ppo import train_ppo  # torch, only once the flags are known to be good
 
-        result = train_ppo(run_config, rl, args.init_from, args.reward_model, args.out, **common)
+        result = train_ppo(
+            run_config, rl, args.init_from, args.reward_model, args.out,
+            ptx_data=args.ptx_data, **common,
+        )  # fmt: skip
     last = result.history[-1] if result.history else {}
     keys = ("pass_at_1", "reward", "rm_score", "gold_score", "kl", "end_rate")
     figures = {k: last[k] for k in keys if k in last}

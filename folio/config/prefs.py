@@ -25,6 +25,9 @@ class PrefConfig:
     """DPO: held-out prompts whose sampled replies the gold rule scores at every eval."""
     max_new_tokens: int = 64
     """DPO: reply length limit of those samples."""
+    ptx_coef: float = 0.0
+    """DPO: weight of the SFT loss on --ptx-data conversations added to every step (as PPO-ptx),
+    so the policy keeps what SFT taught beside what the pairs ask; 0: off."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -37,10 +40,11 @@ class PrefConfig:
                 setattr(self, f.name, float(v))
         if self.beta <= 0:
             raise FolioError(f"prefs config: beta must be positive, got {self.beta}")
-        if self.center_coef < 0:
-            raise FolioError(
-                f"prefs config: center_coef must not be negative, got {self.center_coef}"
-            )
+        for name in ("center_coef", "ptx_coef"):
+            if getattr(self, name) < 0:
+                raise FolioError(
+                    f"prefs config: {name} must not be negative, got {getattr(self, name)}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

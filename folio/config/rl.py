@@ -68,6 +68,9 @@ class RLConfig:
     """PPO: weight of the value loss beside the policy loss (they share the transformer)."""
     value_clip: float = 0.2
     """PPO: the value loss ignores moves of the value estimate beyond this from the rollout's."""
+    ptx_coef: float = 0.0
+    """PPO: weight of the SFT loss on --ptx-data conversations added to every step (PPO-ptx, as in
+    InstructGPT), so the policy keeps what SFT taught beside what the reward model asks; 0: off."""
     train_seed: int = 1
     """Seed of the training prompts (the tasks' train split; `folio tasks make` uses 0)."""
     prompt_pool: int = 4096
@@ -116,7 +119,7 @@ class RLConfig:
             raise FolioError(f"rl config: top_k must be 0 (off) or positive, got {self.top_k}")
         if not 0 < self.clip_eps < 1:
             raise FolioError(f"rl config: clip_eps must be in (0, 1), got {self.clip_eps}")
-        for name in ("kl_coef", "no_end_penalty", "vf_coef", "value_clip"):
+        for name in ("kl_coef", "no_end_penalty", "vf_coef", "value_clip", "ptx_coef"):
             if getattr(self, name) < 0:
                 raise FolioError(
                     f"rl config: {name} must not be negative, got {getattr(self, name)}"
@@ -152,3 +155,12 @@ class RLConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_ptx(data: object, coef: float, table: str) -> None:
+    """The mixed-in SFT loss (PPO-ptx) takes both its conversations and a weight above 0."""
+    if (data is not None) != (coef > 0):
+        raise FolioError(
+            f"the mixed-in SFT loss (ptx) takes both --ptx-data (the conversations) and "
+            f"--{table}.ptx_coef above 0 (their weight); give both or neither"
+        )

@@ -15,6 +15,7 @@ from folio.config.prefs import PrefConfig
 from folio.config.run import RunConfig
 from folio.data.prefs import is_gold_prompt
 from folio.stages.preference import DPOObjective, preference_rows, run_flags
+from folio.stages.ptx import ptx_rows
 from folio.train.policy import load_pinned_policy, policy_config
 from folio.train.rundir import Pins, check_run_dir
 from folio.train.trainer import Trainer, TrainResult
@@ -22,7 +23,7 @@ from folio.train.trainer import Trainer, TrainResult
 
 def train_dpo(
     run: RunConfig, cfg: PrefConfig, init_from: str, data: str | Path, out_dir: str | Path,
-    reference_from: str | None = None, **trainer_args: Any,
+    reference_from: str | None = None, ptx_data: str | Path | None = None, **trainer_args: Any,
 ) -> TrainResult:  # fmt: skip
     """DPO from the chat model `init_from` on the pairs in `data`, against a frozen reference
     (default: the same model). Dropout is off, so the log-ratio to the reference is 0 at step 0."""
@@ -35,9 +36,19 @@ def train_dpo(
     prompts = list(dict.fromkeys(p.prompt[-1]["content"] for p in test))
     gold = [p for p in prompts if is_gold_prompt(p)][: cfg.gold_prompts]
     run = dataclasses.replace(run, model=config)
-    objective = DPOObjective(rows, ref.model, run.train.batch_size, cfg, policy.tokenizer, gold)
+    ptx = None
+    if ptx_data is not None:
+        ptx, kept, left = ptx_rows(ptx_data, policy.tokenizer, config.block_size)
+        log = trainer_args.get("log", print)
+        log(f"dpo-ptx: {kept} conversations of {ptx_data} in {len(ptx[0])} rows"
+            + (f" ({left} demonstrations left out)" if left else ""))  # fmt: skip
+    objective = DPOObjective(
+        rows, ref.model, run.train.batch_size, cfg, policy.tokenizer, gold, ptx
+    )
     meta = {"stage": "dpo", "init_from": init_from, "reference": reference_from or init_from,
-            "data": str(Path(data).resolve()), "prefs": cfg.to_dict()}  # fmt: skip
+            "data": str(Path(data).resolve()), "prefs": cfg.to_dict(),
+            "ptx_data": str(Path(ptx_data).resolve()) if ptx_data is not None else None,
+            }  # fmt: skip
     trainer = Trainer(
         run, objective, out_dir, policy.tokenizer, init_weights=policy.model.state_dict(),
         meta=meta, init=policy.source, pins=pins, **trainer_args,

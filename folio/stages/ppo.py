@@ -18,6 +18,13 @@ R = A + V_old. As in GRPO (folio/stages/grpo.py), each rollout is learned from
 for epochs x minibatches steps, dropout is off, and the objective plugs into
 the one `Trainer`, the rollout being learned from saved with each checkpoint.
 
+PPO-ptx (InstructGPT; folio/stages/ptx.py): with `ptx_coef` above 0, every
+step adds `ptx_coef` times the SFT loss on rows of conversations (the task
+conversations SFT learned from, say), so that a policy trained on one kind of
+prompt keeps the others. Each rollout row is paired with one packed row of
+those conversations, drawn when the rollout is, so the pairing is
+checkpointed with the rollout.
+
 The prompts are those of the hidden gold rule (folio/data/prefs.py); the
 reward model never saw the rule, only labelled pairs. Each eval reports, on
 held-out prompts, the reward model's score and the gold score of the same
@@ -53,6 +60,8 @@ from folio.rl.estimators import (
 )
 from folio.rl.rollout import reply_logprobs, sample_rollout
 from folio.stages.onpolicy import OnPolicyObjective
+from folio.stages.ptx import PtxRows, draw_ptx, ptx_loss
+from folio.stages.ptx import ptx_rows as ptx_rows_of
 from folio.tokenizers.chat import cut_at_turn_token, render_prompt
 from folio.train.policy import (
     load_pinned_policy,
@@ -67,6 +76,9 @@ from folio.train.trainer import Trainer, TrainResult
 
 BATCH_KEYS = ("tokens", "mask", "old_logprobs", "advantages", "returns", "old_values")
 """A PPO batch, in this order: (B, T) tokens, then (B, T-1) each."""
+PTX_KEYS = ("ptx_x", "ptx_y", "ptx_mask")
+"""With PPO-ptx, a batch goes on with rows of SFT conversations: inputs, targets and the loss
+mask, (B, block_size) each."""
 
 METRICS_SEED = 0
 """Seed of the sampled replies the metrics score: the same draws at every eval."""
@@ -97,8 +109,12 @@ class PPOObjective(OnPolicyObjective):
         reward_model: nn.Module,
         train_prompts: Sequence[str],
         test_prompts: Sequence[str],
+        ptx_rows: PtxRows | None = None,
     ) -> None:
+        if ptx_rows is not None:  # before the buffer is made with batch_keys
+            self.batch_keys = BATCH_KEYS + PTX_KEYS
         super().__init__(cfg, tokenizer, reference, reward_model)
+        self.ptx_rows = ptx_rows
         self.reference, self.reward_model = self.frozen_models
         self.train_texts, self.test_texts = list(train_prompts), list(test_prompts)
         self.train_prompts = [self._render(p) for p in self.train_texts]
@@ -146,15 +162,21 @@ class PPOObjective(OnPolicyObjective):
         }
 
     def _draw(self, split: str, generator: torch.Generator) -> dict[str, Any]:
-        """A rollout on prompts_per_rollout prompts drawn from the split's pool."""
+        """A rollout on prompts_per_rollout prompts drawn from the split's pool (with PPO-ptx, and
+        one row of SFT conversations per reply)."""
         prompts = self.train_prompts if split == "train" else self.test_prompts
-        return self.sample(
+        rollout = self.sample(
             self.policy, [prompts[i] for i in self._picks(len(prompts), generator)], generator
         )
+        if self.ptx_rows is not None:
+            drawn = draw_ptx(self.ptx_rows, len(rollout["tokens"]), generator)
+            rollout |= dict(zip(PTX_KEYS, drawn, strict=True))
+        return rollout
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """The clipped policy loss plus vf_coef times the clipped value loss."""
-        tokens, mask, old_logprobs, advantages, returns, old_values = batch
+        """The clipped policy loss plus vf_coef times the clipped value loss (plus, with PPO-ptx,
+        ptx_coef times the SFT loss on the batch's conversation rows)."""
+        tokens, mask, old_logprobs, advantages, returns, old_values = batch[: len(BATCH_KEYS)]
         c = self.cfg
         hidden = model.hidden_states(tokens[:, :-1])  # (B, T-1, C), shared by both heads
         logits = model.lm_head(hidden)  # (B, T-1, V)
@@ -165,7 +187,11 @@ class PPOObjective(OnPolicyObjective):
         vf = value_loss(values, old_values, returns, mask, c.value_clip)
         if torch.is_grad_enabled():  # a training step (evals run under no_grad)
             self._gather_ratio_stats(logprobs.detach(), old_logprobs, mask)
-        return pg + c.vf_coef * vf
+        loss = pg + c.vf_coef * vf
+        if self.ptx_rows is not None:
+            x, y, ptx_mask = batch[len(BATCH_KEYS) :]
+            loss = loss + c.ptx_coef * ptx_loss(model, x, y, ptx_mask)
+        return loss
 
     def _gather_ratio_stats(
         self, logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor
@@ -223,6 +249,7 @@ def train_ppo(
     *,
     reference_from: str | None = None,
     corpus: str = "shakespeare",
+    ptx_data: str | Path | None = None,
     resume: bool = False,
     restart: bool = False,
     force: bool = False,
@@ -245,6 +272,13 @@ def train_ppo(
         config, weights = policy_config(policy), policy.model.state_dict()
     else:
         config, weights = with_scalar_head(policy, PolicyValueConfig, dropout=0.0)
+    ptx_rows = None
+    if ptx_data is not None:
+        ptx_rows, kept, left = ptx_rows_of(ptx_data, policy.tokenizer, config.block_size)
+        log(
+            f"ppo-ptx: {kept} conversations of {ptx_data} in {len(ptx_rows[0])} rows"
+            + (f" ({left} demonstrations left out)" if left else "")
+        )
     material = load_material(corpus)
     train_prompts = line_prompts("train", rl.prompt_pool, rl.train_seed, material)
     test_prompts = line_prompts("test", rl.eval_prompts, rl.test_seed, material)
@@ -259,12 +293,13 @@ def train_ppo(
         "reward_model": reward_model_from,
         "tasks": None,
         "corpus": corpus,
+        "ptx_data": str(Path(ptx_data).resolve()) if ptx_data is not None else None,
         "rl": rl.to_dict(),
     }
     if resume:
         check_same_settings(Path(out_dir), meta)
     objective = PPOObjective(
-        rl, policy.tokenizer, ref.model, reward.model, train_prompts, test_prompts
+        rl, policy.tokenizer, ref.model, reward.model, train_prompts, test_prompts, ptx_rows
     )
     trainer = Trainer(
         run, objective, out_dir, policy.tokenizer, init_weights=weights, meta=meta, init=policy.source,

@@ -16,7 +16,9 @@ Both stages read pairs (folio/data/prefs.py) rendered as two rows each:
   policy's own log-ratio to a frozen reference is the reward,
   beta * (log pi(y) - log pi_ref(y)), summed over the reply's tokens, and the
   same Bradley-Terry loss is applied to it. The reference's log-probs never
-  change, so they are computed once, before training.
+  change, so they are computed once, before training. With `ptx_coef`, each
+  step adds the SFT loss on conversation rows, as PPO-ptx does
+  (folio/stages/ptx.py).
 
 Both are objectives of the one `Trainer`. A pair too long for the model's
 context is refused, as SFT refuses a long conversation: cutting it would
@@ -39,6 +41,7 @@ from folio.errors import FolioError
 from folio.eval.gold import gold_report
 from folio.rl.estimators import bradley_terry_loss, dpo_loss, sequence_logprobs
 from folio.rl.rollout import reply_logprobs
+from folio.stages.ptx import PtxRows, draw_ptx, ptx_loss
 from folio.tokenizers.chat import end_of_turn_id, render_prompt
 from folio.train.objectives import Objective
 
@@ -164,8 +167,10 @@ class DPOObjective(Objective):
         cfg: PrefConfig,
         tokenizer: Any,
         gold_prompts: Sequence[str],
+        ptx: PtxRows | None = None,
     ) -> None:
         self.data, self.batch_size, self.cfg, self.tokenizer = data, batch_size, cfg, tokenizer
+        self.ptx = ptx
         reference.requires_grad_(False)
         reference.eval()
         self.reference = reference  # frozen: for the KL of the gold replies only
@@ -177,16 +182,21 @@ class DPOObjective(Objective):
     def batch(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         d = self.data[split]
         rows = d.rows(torch.randint(len(d), (self.batch_size,), generator=generator))
-        return d.tokens[rows], d.mask[rows], self.ref_logprobs[split][rows]
+        batch = d.tokens[rows], d.mask[rows], self.ref_logprobs[split][rows]
+        if self.ptx is not None and split == "train":  # with ptx: conversation rows as well
+            batch += draw_ptx(self.ptx, self.batch_size, generator)
+        return batch
 
     def _logratios(self, model: nn.Module, batch: tuple[torch.Tensor, ...]):
-        tokens, mask, ref = batch
+        tokens, mask, ref = batch[:3]
         lp = sequence_logprobs(reply_logprobs(model, tokens, mask, 1.0, None), mask)  # (2B,)
         return lp.chunk(2), ref.to(lp.dtype).chunk(2)
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         (chosen, rejected), (ref_chosen, ref_rejected) = self._logratios(model, batch)
         loss, _, _ = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.cfg.beta)
+        if len(batch) > 3:  # ptx (folio/stages/ptx.py): the SFT loss on conversation rows
+            loss = loss + self.cfg.ptx_coef * ptx_loss(model, *batch[3:])
         return loss
 
     @torch.no_grad()
