@@ -14,7 +14,15 @@ import pytest
 
 from folio.cli import main
 from folio.errors import FolioError
-from folio.recipes.assistant import SCALES, STAGES, TABLE_KEYS, Recipe, _check_out, format_table
+from folio.recipes.assistant import (
+    GOLD_KEYS,
+    SCALES,
+    STAGES,
+    TABLE_KEYS,
+    Recipe,
+    _check_out,
+    format_table,
+)
 from folio.recipes.runner import InProcess, Step, _last_error, finished, run_folio
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +42,7 @@ def test_the_tiny_recipe_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path)
     table = Recipe(out, SCALES["tiny"], supervisor=InProcess(main)).run()
     assert [row["stage"] for row in table["stages"]] == list(STAGES)
     for row in table["stages"]:
-        assert set(row) == {"stage", "checkpoint", *TABLE_KEYS}
+        assert set(row) == {"stage", "checkpoint", "tasks", *TABLE_KEYS, *GOLD_KEYS}
         assert Path(row["checkpoint"]).is_dir(), row
         assert row["seconds"] > 0
     by = {row["stage"]: row for row in table["stages"]}
@@ -42,9 +50,13 @@ def test_the_tiny_recipe_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path)
         for k in ("pass_at_1", "pass_at_k", "end_rate"):
             assert 0.0 <= by[stage][k] <= 1.0
         assert by[stage]["rm_accuracy"] is None
+        assert set(by[stage]["tasks"]) == {"reverse", "add"}  # per task (line: train only)
     for stage in ("sft", "ppo", "dpo"):  # measured against the gold rule, with KL to SFT
         assert 0.0 <= by[stage]["gold_score"] <= 1.0
         assert by[stage]["kl"] >= 0.0
+        tests = [by[stage][k] for k in GOLD_KEYS[:3]]  # the rule's three tests, and why
+        assert by[stage]["gold_score"] == pytest.approx(sum(tests) / 3)
+        assert by[stage]["reply_chars"] >= 0
     assert by["sft"]["kl"] < 1e-4  # the SFT model is the reference
     assert by["grpo"]["kl"] is not None and by["grpo"]["gold_score"] is None
     assert 0.0 <= by["reward"]["rm_accuracy"] <= 1.0
@@ -60,6 +72,11 @@ def test_the_tiny_recipe_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path)
     assert json.loads((out / "table.json").read_text()) == table
     assert "folio " not in again.stderr
     assert time.perf_counter() - start < 30
+    # the models talking: a prompt of each task, of the gold rule, and one never trained on
+    chat = (out / "transcript.md").read_text()
+    assert chat.count("you> ") == 4 and "you> Reverse: " in chat and "you> Write a line for" in chat
+    assert "you> Who are you" in chat
+    assert all(chat.count(f"\n{stage}> ") == 4 for stage in ("sft", "grpo", "ppo", "dpo"))
     # another scale or tokenizer on the same OUT is refused, not answered with the old table
     for flags in (["--scale", "laptop"], ["--scale", "tiny", "--tokenizer", "bpe"]):
         other = folio("recipe", "assistant", *flags, "--out", out, "--json")
@@ -104,6 +121,15 @@ def test_format_table_shows_a_dash_where_a_figure_does_not_apply() -> None:
     text = format_table({"stages": [row], "flip": 0.1, "rm_ceiling": 0.9, "seconds": 12.4})
     assert "| reward | - | - | - | 0.812 | - | - | 12 |" in text
     assert "ceiling 0.90" in text
+    assert "per task" not in text and "gold rule's tests" not in text  # no such figures: no table
+    sft = dict.fromkeys(TABLE_KEYS) | {
+        "stage": "sft", "pass_at_1": 0.5, "tasks": {"reverse": 0.9, "add": 0.1},
+        "gold_score": 0.5, "gold_word": 0.25, "gold_length": 0.375, "gold_end": 0.875,
+        "reply_chars": 41.26,
+    }  # fmt: skip
+    text = format_table({"stages": [sft, row], "flip": 0.1, "rm_ceiling": 0.9, "seconds": 1})
+    assert "| stage | reverse | add |" in text and "| sft | 0.900 | 0.100 |" in text
+    assert "| sft | 0.250 | 0.375 | 0.875 | 41.3 |" in text
 
 
 def test_bad_input_is_one_line(tmp_path: Path) -> None:

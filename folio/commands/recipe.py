@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> None:
     from folio.fsutil import atomic_write_json, atomic_write_text
     from folio.recipes.assistant import SCALES, Recipe, format_table
     from folio.recipes.runner import Stopped
+    from folio.recipes.transcript import make_transcript
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -66,4 +67,7 @@ def run(args: argparse.Namespace) -> None:
     atomic_write_json(out / "table.json", table)
     text = format_table(table)
     atomic_write_text(out / "table.md", text + "\n")
+    # the models talking: a scripted chat with each, beside the figures
+    chats = make_transcript(out, ("sft", "grpo", "ppo", "dpo"), out / "tasks" / "test.jsonl")
+    atomic_write_text(out / "transcript.md", chats)
     print(json.dumps(table) if args.json else text)

@@ -41,6 +41,9 @@ TABLE_KEYS = (
     "pass_at_1", "pass_at_k", "end_rate", "rm_accuracy", "gold_score", "kl", "seconds",
 )  # fmt: skip
 """The figures of a stage's row, in the table's order (None where one does not apply)."""
+GOLD_KEYS = ("gold_word", "gold_length", "gold_end", "reply_chars")
+"""The gold rule's three tests (shares of replies passing) and the replies' mean length: why a
+stage's gold score moved."""
 
 STAGES = ("base", "sft", "grpo", "reward", "ppo", "dpo")
 
@@ -70,7 +73,8 @@ class Scale:
     """`folio eval gold` flags (prompts, samples per prompt, seed)."""
     flip: float = 0.1
     """The share of preference labels flipped (so the reward model's ceiling is 1 - flip)."""
-    grpo_tasks: str = "reverse,add,count,speaker"
+    grpo_tasks: str = "reverse,add,count"
+    """`folio rl --algo grpo --tasks`: the tasks whose checkers are GRPO's reward."""
 
     @property
     def k(self) -> int:
@@ -90,24 +94,28 @@ SCALES: dict[str, Scale] = {
             "--preset demo --model.n_embd 160 --batch-size 16 --max-iters 800 "
             "--set train.max_time=0 --eval-interval 200 --dtype float32"
         ),
-        tasks=_flags("--tasks reverse,add,count,speaker --n 2000 --n-test 500 --seed 0"),
+        tasks=_flags("--tasks reverse,add,count,line --n 2000 --n-test 500 --seed 0"),
         sft=_flags("--preset sft --dtype float32 --mix-fraction 0.1"),
-        grpo=_flags("--max-iters 200"),
+        grpo=_flags(
+            "--max-iters 200 --train.learning_rate 3e-5 --rl.dynamic_sampling 4 "
+            "--rl.max_new_tokens 48"
+        ),
         prefs=_flags("--n 600 --n-test 200 --replies 4 --seed 0"),
         reward=(),
-        ppo=_flags("--max-iters 200 --rl.max_new_tokens 64"),
+        ppo=_flags("--max-iters 200 --rl.max_new_tokens 64 --rl.ptx_coef 0.5"),
         dpo=(),
-        eval_tasks=_flags("--k 8 --max-new-tokens 32 --seed 0"),
+        eval_tasks=_flags("--k 8 --max-new-tokens 48 --seed 0"),
         gold=_flags("--n 200 --samples 4 --seed 0"),
+        grpo_tasks="add,count",
     ),
     "tiny": Scale(
         description="a model of a few thousand parameters and a few steps per stage: about a "
         "minute on 2 cores, most of it each step's start-up (its figures mean nothing)",
         base=_flags(
-            "--preset tiny --model.block_size 64 --max-iters 4 --eval-interval 4 "
+            "--preset tiny --model.block_size 128 --max-iters 4 --eval-interval 4 "
             "--set train.eval_iters=1 --set train.max_time=0 --dtype float32"
         ),
-        tasks=_flags("--tasks reverse,add --n 12 --n-test 4 --seed 0"),
+        tasks=_flags("--tasks reverse,add,line --n 12 --n-test 4 --seed 0"),
         sft=_flags(
             "--preset sft --dtype float32 --max-iters 3 --batch-size 4 "
             "--train.eval_interval 3 --train.eval_iters 1 --eval-prompts 2"
@@ -122,7 +130,7 @@ SCALES: dict[str, Scale] = {
         ppo=_flags(
             "--max-iters 2 --train.eval_interval 2 --rl.prompts_per_rollout 2 --rl.group_size 2 "
             "--rl.minibatches 1 --rl.epochs 1 --rl.max_new_tokens 4 --rl.eval_prompts 2 "
-            "--rl.prompt_pool 8"
+            "--rl.prompt_pool 8 --rl.ptx_coef 0.5"
         ),
         dpo=_flags(
             "--max-iters 2 --batch-size 2 --train.eval_interval 2 --train.eval_iters 1 "
@@ -186,6 +194,8 @@ class Recipe:
         eval_rm = ["eval", "prefs", "--checkpoint", str(o / "reward"), "--data", prefs]
         out.append(Step("eval-reward", eval_rm, stage="reward"))
         ppo = ["rl", "--algo", "ppo", "--init-from", sft, "--reward-model", f"run:{o / 'reward'}"]
+        # PPO-ptx: the task conversations' SFT loss rides along, so PPO keeps the tasks
+        ppo += ["--ptx-data", tasks]
         out.append(Step("ppo", [*ppo, *s.ppo], o / "ppo", "ppo"))
         out += [self._eval_tasks("ppo", test), self._gold("ppo")]
         dpo = ["dpo", "--init-from", sft, "--data", prefs, *s.dpo]
@@ -297,16 +307,19 @@ class Recipe:
         rows = []
         for stage in STAGES:
             row: dict[str, Any] = {"stage": stage, "checkpoint": str(self._checkpoint(stage))}
-            row |= dict.fromkeys(TABLE_KEYS)
-            overall = result(f"eval-{stage}").get("overall")
+            row |= dict.fromkeys(TABLE_KEYS) | dict.fromkeys(GOLD_KEYS) | {"tasks": None}
+            report = result(f"eval-{stage}")
+            overall = report.get("overall")
             if overall:
                 row["pass_at_1"] = overall["pass_at_1"]
                 row["pass_at_k"] = overall.get("pass_at_k")
                 row["end_rate"] = overall["end_rate"]
+                row["tasks"] = {t: m["pass_at_1"] for t, m in report.get("tasks", {}).items()}
             gold = result(f"gold-{stage}")
             if gold:
                 row["gold_score"] = gold["gold_score"]
                 row["kl"] = gold.get("kl")
+                row |= {k: gold.get(k) for k in GOLD_KEYS}
             if stage == "grpo":
                 row["kl"] = records.get("grpo", {}).get("last_eval", {}).get("kl")
             if stage == "reward":
@@ -336,7 +349,7 @@ _MOVED_ASIDE = re.compile(r"(base|sft|grpo|reward|ppo|dpo)\.old-[0-9]+")
 def _check_out(out: Path) -> None:
     """Refuse an OUT that holds something other than a recipe's (nothing a user has is lost)."""
     ours = {SETTINGS_FILE, "data", "base", "tasks", "sft", "grpo", "prefs", "reward", "ppo",
-            "dpo", "stages", "logs", "table.json", "table.md", "ppo-kl0", "overoptimisation.png",
+            "dpo", "stages", "logs", "table.json", "table.md", "transcript.md", "ppo-kl0", "overoptimisation.png",
             "overoptimisation.json"}  # fmt: skip
     others = sorted(
         p.name for p in out.iterdir() if p.name not in ours and not _MOVED_ASIDE.match(p.name)
@@ -370,4 +383,20 @@ def format_table(table: dict[str, Any]) -> str:
         f"flip rate {table['flip']:.2f} (RM accuracy ceiling {table['rm_ceiling']:.2f}); "
         f"{table['seconds']:.0f} s of steps in all"
     )
+    tasks = [r for r in table["stages"] if r.get("tasks")]
+    if tasks:
+        names = list(dict.fromkeys(t for r in tasks for t in r["tasks"]))
+        lines += ["", "greedy pass@1 per task:", "", "| stage | " + " | ".join(names) + " |"]
+        lines.append("|---" + "|---:" * len(names) + "|")
+        for r in tasks:
+            cells = ["-" if r["tasks"].get(t) is None else f"{r['tasks'][t]:.3f}" for t in names]
+            lines.append(f"| {r['stage']} | " + " | ".join(cells) + " |")
+    golds = [r for r in table["stages"] if r.get("gold_word") is not None]
+    if golds:
+        lines += ["", "the gold rule's tests, share of sampled replies passing:", ""]
+        lines.append("| stage | names the word | 20-60 characters | ends | mean characters |")
+        lines.append("|---|---:|---:|---:|---:|")
+        for r in golds:
+            cells = [f"{r[k]:.3f}" for k in GOLD_KEYS[:3]] + [f"{r['reply_chars']:.1f}"]
+            lines.append(f"| {r['stage']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
