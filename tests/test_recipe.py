@@ -46,7 +46,7 @@ def test_the_tiny_recipe_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path)
         assert Path(row["checkpoint"]).is_dir(), row
         assert row["seconds"] > 0
     by = {row["stage"]: row for row in table["stages"]}
-    for stage in ("base", "sft", "grpo", "ppo", "dpo"):  # the chat models, measured on tasks
+    for stage in ("base", "sft", "grpo", "sft-longer", "ppo", "dpo"):  # measured on the tasks
         for k in ("pass_at_1", "pass_at_k", "end_rate"):
             assert 0.0 <= by[stage][k] <= 1.0
         assert by[stage]["rm_accuracy"] is None
@@ -106,6 +106,13 @@ def test_the_steps_follow_the_pipeline_and_a_given_base_is_not_pretrained(tmp_pa
     for before, after in [("sft", "grpo"), ("sft", "prefs"), ("prefs", "reward"),
                           ("reward", "ppo"), ("prefs", "dpo"), ("ppo", "gold-ppo")]:  # fmt: skip
         assert names.index(before) < names.index(after)
+    # --seed: every training step's train.seed, and nothing else (the data and test sets stay)
+    seeded = Recipe(tmp_path / "s", SCALES["laptop"], seed=5).steps()
+    trained = {s.name for s in seeded if s.run is not None}
+    assert trained == {"base", "sft", "grpo", "sft-longer", "reward", "ppo", "dpo"}
+    for step in seeded:
+        assert (" --seed 5" in " ".join(step.args)) == (step.name in trained), step.args
+    assert Recipe(tmp_path / "s", SCALES["laptop"], seed=5).settings()["seed"] == 5
     base = tmp_path / "mine"
     steps = Recipe(tmp_path / "o", SCALES["laptop"], base=base).steps()
     assert "base" not in [s.name for s in steps] and "data" not in [s.name for s in steps]

@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the pretrained base's tokenizer (char, or a byte-level BPE of --bpe-vocab tokens)",
     )  # fmt: skip
     parser.add_argument("--bpe-vocab", type=positive_int, default=1024, help="BPE vocabulary size")
+    parser.add_argument(
+        "--seed", type=int, default=None,
+        help="train.seed of every training step (default: each preset's); the data and the "
+        "held-out sets stay the same, so two seeds' tables compare",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the table as one JSON object")
 
 
@@ -44,6 +49,7 @@ def run(args: argparse.Namespace) -> None:
 
     from folio.errors import FolioError
     from folio.fsutil import atomic_write_json, atomic_write_text
+    from folio.inputs import check_seed
     from folio.recipes.assistant import SCALES, Recipe, format_table
     from folio.recipes.runner import Stopped
     from folio.recipes.transcript import make_transcript
@@ -58,7 +64,9 @@ def run(args: argparse.Namespace) -> None:
             raise FolioError(f"--base {base}: not a Folio run directory (no latest.json)")
         if args.tokenizer != "char":
             raise FolioError("--tokenizer applies when the recipe pretrains; --base has its own")
-    recipe = Recipe(out, SCALES[args.scale], base, args.tokenizer, args.bpe_vocab)
+    if args.seed is not None:
+        check_seed(args.seed)
+    recipe = Recipe(out, SCALES[args.scale], base, args.tokenizer, args.bpe_vocab, args.seed)
     try:
         table = recipe.run()
     except Stopped as e:  # exit as a shell reports the signal, the step's work kept

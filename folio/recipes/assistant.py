@@ -45,7 +45,9 @@ GOLD_KEYS = ("gold_word", "gold_length", "gold_end", "reply_chars")
 """The gold rule's three tests (shares of replies passing) and the replies' mean length: why a
 stage's gold score moved."""
 
-STAGES = ("base", "sft", "grpo", "reward", "ppo", "dpo")
+STAGES = ("base", "sft", "grpo", "sft-longer", "reward", "ppo", "dpo")
+"""The table's rows. sft-longer is GRPO's control: the SFT run continued on its labelled tasks for
+as many steps as GRPO takes, so GRPO's gain is read against what more SFT would have given."""
 
 SETTINGS_FILE = "recipe.json"
 """OUT's record of the scale, tokenizer and base a recipe run was made with."""
@@ -62,6 +64,8 @@ class Scale:
     """`folio tasks make` flags (tasks, counts, seed)."""
     sft: tuple[str, ...]
     grpo: tuple[str, ...]
+    sft_longer: tuple[str, ...]
+    """`folio sft` flags of GRPO's control, continued from the SFT run."""
     prefs: tuple[str, ...]
     """`folio prefs make` flags."""
     reward: tuple[str, ...]
@@ -92,21 +96,22 @@ SCALES: dict[str, Scale] = {
         description="a 1.3M-parameter character model; about 15 minutes on 2 CPU cores",
         base=_flags(
             "--preset demo --model.n_embd 160 --batch-size 16 --max-iters 800 "
-            "--set train.max_time=0 --eval-interval 200 --dtype float32"
+            "--set train.max_time=0 --set train.schedule_clock=steps --eval-interval 200 "
+            "--dtype float32"
         ),
         tasks=_flags("--tasks reverse,add,count,line --n 2000 --n-test 500 --seed 0"),
-        sft=_flags("--preset sft --dtype float32 --mix-fraction 0.1"),
-        grpo=_flags(
-            "--max-iters 200 --train.learning_rate 3e-5 --rl.dynamic_sampling 4 "
-            "--rl.max_new_tokens 48"
+        sft=_flags("--preset sft --dtype float32 --mix-fraction 0.1 --max-iters 1000"),
+        grpo=_flags("--max-iters 100 --train.learning_rate 2e-5 --rl.max_new_tokens 48"),
+        sft_longer=_flags(
+            "--preset sft --dtype float32 --mix-fraction 0.1 --max-iters 100 "
+            "--train.lr_schedule constant --train.learning_rate 1e-4 --train.warmup_iters 0"
         ),
         prefs=_flags("--n 600 --n-test 200 --replies 4 --seed 0"),
         reward=(),
         ppo=_flags("--max-iters 200 --rl.max_new_tokens 64 --rl.ptx_coef 0.5"),
-        dpo=(),
+        dpo=_flags("--prefs.ptx_coef 0.5"),
         eval_tasks=_flags("--k 8 --max-new-tokens 48 --seed 0"),
         gold=_flags("--n 200 --samples 4 --seed 0"),
-        grpo_tasks="add,count",
     ),
     "tiny": Scale(
         description="a model of a few thousand parameters and a few steps per stage: about a "
@@ -125,6 +130,10 @@ SCALES: dict[str, Scale] = {
             "--rl.minibatches 1 --rl.epochs 1 --rl.max_new_tokens 4 --rl.eval_prompts 2 "
             "--rl.prompt_pool 8"
         ),
+        sft_longer=_flags(
+            "--preset sft --dtype float32 --max-iters 2 --batch-size 4 --train.eval_interval 2 "
+            "--train.eval_iters 1 --eval-prompts 2"
+        ),
         prefs=_flags("--n 6 --n-test 4 --replies 3 --seed 0 --max-new-tokens 8"),
         reward=_flags("--max-iters 2 --batch-size 2 --train.eval_interval 2 --train.eval_iters 1"),
         ppo=_flags(
@@ -134,7 +143,7 @@ SCALES: dict[str, Scale] = {
         ),
         dpo=_flags(
             "--max-iters 2 --batch-size 2 --train.eval_interval 2 --train.eval_iters 1 "
-            "--prefs.gold_prompts 2 --prefs.max_new_tokens 4"
+            "--prefs.gold_prompts 2 --prefs.max_new_tokens 4 --prefs.ptx_coef 0.5"
         ),
         eval_tasks=_flags("--k 2 --max-new-tokens 6 --seed 0"),
         gold=_flags("--n 3 --samples 2 --seed 0 --max-new-tokens 6"),
@@ -154,6 +163,8 @@ class Recipe:
     tokenizer: str = "char"
     """The base's tokenizer when the recipe pretrains it: char, or a byte-level BPE."""
     bpe_vocab: int = 1024
+    seed: int | None = None
+    """train.seed of every training step (None: each preset's)."""
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
     supervisor: Supervisor = field(default_factory=lambda: Supervisor())
 
@@ -172,33 +183,38 @@ class Recipe:
         test = str(o / "tasks" / "test.jsonl")
         sft = f"run:{o / 'sft'}"
         out: list[Step] = []
+        seed = ["--seed", str(self.seed)] if self.seed is not None else []
         if self.base is None:
             prepare = ["prepare", "shakespeare", "--out", data, *self.prepare]
             out.append(Step("data", prepare, stage="base", json=False))
-            out.append(Step("base", ["train", "--data", data, *s.base], o / "base", "base"))
+            out.append(Step("base", ["train", "--data", data, *s.base, *seed], o / "base", "base"))
         out.append(Step("tasks", ["tasks", "make", *s.tasks, "--out", tasks], stage="sft"))
         eval_base = ["eval", "tasks", "--checkpoint", base, "--data", test, "--extend-vocab"]
         out.append(Step("eval-base", [*eval_base, *s.eval_tasks], stage="base"))
         # SFT keeps the base's Shakespeare by mixing some in (only a pretrained-here base's)
         mix = ["--mix-data", data] if self.base is None else []
-        sft_args = ["sft", "--init-from", f"run:{base}", "--data", tasks, *mix, *s.sft]
+        sft_args = ["sft", "--init-from", f"run:{base}", "--data", tasks, *mix, *s.sft, *seed]
         out.append(Step("sft", sft_args, o / "sft", "sft"))
         out += [self._eval_tasks("sft", test), self._gold("sft")]
-        grpo = ["rl", "--algo", "grpo", "--init-from", sft, "--tasks", s.grpo_tasks, *s.grpo]
+        grpo = ["rl", "--algo", "grpo", "--init-from", sft, "--tasks", s.grpo_tasks, *s.grpo, *seed]
         out += [Step("grpo", grpo, o / "grpo", "grpo"), self._eval_tasks("grpo", test)]
+        # GRPO's control: as many more steps of SFT on the labelled tasks
+        more = ["sft", "--init-from", sft, "--data", tasks, *mix, *s.sft_longer, *seed]
+        out += [Step("sft-longer", more, o / "sft-longer", "sft-longer")]
+        out.append(self._eval_tasks("sft-longer", test))
         # the preference stages: pairs ranked by the hidden rule, a reward model, PPO and DPO
         make = ["prefs", "make", "--checkpoint", sft, *s.prefs, "--flip", str(s.flip)]
         out.append(Step("prefs", [*make, "--out", prefs], stage="reward"))
-        reward = ["reward", "--init-from", sft, "--data", prefs, *s.reward]
+        reward = ["reward", "--init-from", sft, "--data", prefs, *s.reward, *seed]
         out.append(Step("reward", reward, o / "reward", "reward"))
         eval_rm = ["eval", "prefs", "--checkpoint", str(o / "reward"), "--data", prefs]
         out.append(Step("eval-reward", eval_rm, stage="reward"))
         ppo = ["rl", "--algo", "ppo", "--init-from", sft, "--reward-model", f"run:{o / 'reward'}"]
         # PPO-ptx: the task conversations' SFT loss rides along, so PPO keeps the tasks
         ppo += ["--ptx-data", tasks]
-        out.append(Step("ppo", [*ppo, *s.ppo], o / "ppo", "ppo"))
+        out.append(Step("ppo", [*ppo, *s.ppo, *seed], o / "ppo", "ppo"))
         out += [self._eval_tasks("ppo", test), self._gold("ppo")]
-        dpo = ["dpo", "--init-from", sft, "--data", prefs, *s.dpo]
+        dpo = ["dpo", "--init-from", sft, "--data", prefs, "--ptx-data", tasks, *s.dpo, *seed]
         out.append(Step("dpo", dpo, o / "dpo", "dpo"))
         out += [self._eval_tasks("dpo", test), self._gold("dpo")]
         return out
@@ -279,6 +295,7 @@ class Recipe:
             "scale": scale,
             "tokenizer": self.tokenizer if self.base is None else None,
             "bpe_vocab": self.bpe_vocab if self.base is None and self.tokenizer != "char" else None,
+            "seed": self.seed,
             "base": str(self.base.resolve()) if self.base is not None else None,
         }
 
@@ -342,15 +359,15 @@ class Recipe:
         return self.out / stage
 
 
-_MOVED_ASIDE = re.compile(r"(base|sft|grpo|reward|ppo|dpo)\.old-[0-9]+")
+_MOVED_ASIDE = re.compile(r"(base|sft|grpo|sft-longer|reward|ppo|dpo)\.old-[0-9]+")
 """A step's run directory that a restart moved aside (it stopped before its first checkpoint)."""
 
 
 def _check_out(out: Path) -> None:
     """Refuse an OUT that holds something other than a recipe's (nothing a user has is lost)."""
-    ours = {SETTINGS_FILE, "data", "base", "tasks", "sft", "grpo", "prefs", "reward", "ppo",
-            "dpo", "stages", "logs", "table.json", "table.md", "transcript.md", "ppo-kl0", "overoptimisation.png",
-            "overoptimisation.json"}  # fmt: skip
+    ours = {SETTINGS_FILE, "data", "base", "tasks", "sft", "grpo", "sft-longer", "prefs",
+            "reward", "ppo", "dpo", "stages", "logs", "table.json", "table.md", "transcript.md",
+            "ppo-kl0", "overoptimisation.png", "overoptimisation.json"}  # fmt: skip
     others = sorted(
         p.name for p in out.iterdir() if p.name not in ours and not _MOVED_ASIDE.match(p.name)
     )
