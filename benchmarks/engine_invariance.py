@@ -10,6 +10,11 @@ checked: with invariance, every request's tokens equal the same request
 served alone.
 
     python benchmarks/engine_invariance.py [--tokens 200] [--repeats 3] [--threads 2]
+        [--decode module]
+
+`--decode`: the engine's decode path, `module` (the model's forward, prefills one
+at a time) or `static` (the slot decoder, whose exact mode also runs its
+prefills through the operator and attends one query at a time).
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--decode", default="module", choices=["module", "static"])
     ap.add_argument("--out", default=None, help="write the result as JSON here too")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -71,8 +77,8 @@ def main() -> None:
     config = GPTConfig(vocab_size=65, n_layer=6, n_head=6, n_embd=384, block_size=256)
     model = GPT(config).eval()
     engines = {
-        "invariant": Engine(model, max_batch=32),
-        "pytorch": Engine(model, max_batch=32, batch_invariant=False),
+        "invariant": Engine(model, max_batch=32, decode=args.decode),
+        "pytorch": Engine(model, max_batch=32, batch_invariant=False, decode=args.decode),
     }
     assert engines["invariant"].batch_invariant, engines["invariant"].invariance_note
     load_before = os.getloadavg()
@@ -99,6 +105,7 @@ def main() -> None:
         "cpu": cpu_info().name,
         "flags": cpu_info().notable_flags(),
         "threads": args.threads,
+        "decode": args.decode,
         "torch": torch.__version__,
         "tokens_per_request": args.tokens,
         "loadavg_before": [round(x, 2) for x in load_before],

@@ -1,4 +1,4 @@
-"""Load test of `folio serve`: what continuous batching buys, and memory over many requests.
+"""Load test of `folio serve`: what continuous batching buys, per decode path, and memory.
 
 A `video`-sized GPT (6 layers, 6 heads, 384 wide, block 256, 10.8M parameters)
 with random weights: throughput does not depend on what the weights learned,
@@ -6,18 +6,31 @@ only on their shapes. The vocabulary is 65 characters, as tinyshakespeare's.
 The server runs as a subprocess on 127.0.0.1 and a free port; the clients are
 asyncio streams in this process (httpx), so both share the machine's cores.
 
-Scenarios, all in one run so the ratios are side by side:
+For each decode path (`--paths`, default: the server's default `auto`, which
+is `static` here, and `aot-w8a8`), in one run so the ratios are side by side:
 
+- `folio bench sample` on the same path at batch 1, the same number of new
+  tokens, in this process while the server idles: the rate the server's
+  single client is held against;
 - 1, 8 and 32 concurrent streaming clients, one request of 200 tokens each:
   total tokens/s, time to first token (p50, p99), inter-token latency (the
   gaps between a stream's chunks: median of each request's mean, and p99 of
   all gaps), failures (an error, or a stream without exactly 200 tokens);
 - the same 32 requests served one at a time: tokens/s, and the ratio of the
   32-client figure to it;
-- memory: the server's resident set (VmRSS) after a warm-up, and after 1,000
-  more requests (32 at a time, 16 tokens each, streamed and not).
+- for the first path only, memory: the server's resident set (VmRSS) after
+  the scenarios, and after `--requests` more (32 at a time, 16 tokens each,
+  streamed and not).
+
+Then, in this process, a chat's second turn on the engine's default path: the
+prefill of a 230-token history (turn 1), against the prefill of the next turn,
+whose first 230 tokens the slot still holds and whose 20 new tokens are all it
+computes; best of 5 each, and whether the next turn's first logits equal a
+fresh prefill of the whole conversation, bit for bit (`--paths` with no path
+measures only this).
 
     python benchmarks/serve_load.py [--threads 2] [--tokens 200] [--requests 1000]
+        [--paths auto aot-w8a8]
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from folio.checkpoint import clean_state_dict, save_checkpoint  # noqa: E402
 from folio.models import GPT, GPTConfig  # noqa: E402
+from folio.runtime import cpu_info  # noqa: E402
 from folio.tokenizers import CharTokenizer  # noqa: E402
 
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tinyshakespeare's 65
@@ -168,6 +182,137 @@ def cpu_model() -> str:
         return "unknown"
 
 
+def start_server(run: Path, path: str, threads: int) -> tuple[subprocess.Popen, str, list[str]]:
+    """`folio serve` on `run` with decode path `path`; its process, URL and first lines."""
+    # the server under test runs keyless: a FOLIO_API_KEY set for other servers stays out
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("FOLIO_API_KEY", None)
+    cmd = [
+        sys.executable, "-m", "folio", "serve", f"--checkpoint=video={run}", "--port", "0",
+        "--threads", str(threads), "--max-batch", "32", "--max-queue", "64", "--decode", path,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.rstrip())
+        if m := re.search(r"serving on (http://\S+:\d+)", line):
+            return proc, m.group(1), lines
+    raise SystemExit("the server did not start:\n" + "\n".join(lines))
+
+
+def bench_sample_rate(path: str, tokens: int, threads: int) -> dict:
+    """`folio bench sample` on the same path at batch 1 (auto: the engine's default, static)."""
+    from folio.bench.sample import bench_sample
+    from folio.sample.paths import parse_decode_path
+
+    name = "static" if path == "auto" else path
+    parse_decode_path(name)
+    torch.set_num_threads(threads)
+    config = GPTConfig(vocab_size=65, n_layer=6, n_head=6, n_embd=384, block_size=256)
+    r = bench_sample(
+        config, batch_sizes=(1,), new_tokens=tokens, paths=(name,), repeats=2, agreement_steps=50
+    )
+    return {"path": r["grid"][0]["path"], "tokens_per_s": round(r["grid"][0]["tokens_per_s"], 1)}
+
+
+def measure_path(run: Path, path: str, args: argparse.Namespace, memory: bool) -> dict:
+    """Every scenario of one decode path, against its own server."""
+    sampled = bench_sample_rate(path, args.tokens, args.threads)
+    print(json.dumps({"path": path, "bench_sample": sampled}), flush=True)
+    t0 = time.perf_counter()
+    proc, url, log = start_server(run, path, args.threads)
+    startup = round(time.perf_counter() - t0, 1)
+    try:
+        info = httpx.get(url + "/v1/models/video").json()["folio"]
+        asyncio.run(scenario(url, 2, 20))  # warm-up
+        rows = []
+        for clients in (1, 8, 32):
+            rows.append(asyncio.run(scenario(url, clients, args.tokens)))
+            print(json.dumps({"path": path, **rows[-1]}), flush=True)
+        rows.append(asyncio.run(scenario(url, 32, args.tokens, one_at_a_time=True)))
+        print(json.dumps({"path": path, **rows[-1]}), flush=True)
+        mem = None
+        if memory:
+            before = rss_mib(proc.pid)
+            t0 = time.perf_counter()
+            mem_failures = asyncio.run(many_requests(url, args.requests))
+            mem = {
+                "requests": args.requests,
+                "failures": mem_failures,
+                "rss_before_mib": round(before, 1),
+                "rss_after_mib": round(rss_mib(proc.pid), 1),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        stats = httpx.get(url + "/health").json()["models"]["video"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    one, thirty_two, serial = rows[0], rows[2], rows[3]
+    return {
+        "path": path,
+        "engine_path": info["decode"],
+        "batch_invariant": info["batch_invariant"],
+        "invariance_note": info["invariance_note"],
+        "server_start_s": startup,
+        "bench_sample_batch1": sampled,
+        "one_client_vs_bench_sample": round(one["tokens_per_s"] / sampled["tokens_per_s"], 3),
+        "clients_32_vs_1": round(thirty_two["tokens_per_s"] / one["tokens_per_s"], 2),
+        "batched_32_vs_one_at_a_time": round(
+            thirty_two["tokens_per_s"] / serial["tokens_per_s"], 2
+        ),
+        "scenarios": rows,
+        "memory": mem,
+        "engine_counts": stats,
+    }
+
+
+def handle_for(engine, ids: list[int]):
+    """A handle for a request of `ids` that is never submitted (the prefill is driven directly)."""
+    from folio.sample.engine import GenerationRequest, Handle
+
+    return Handle(engine, GenerationRequest(ids))
+
+
+def chat_turns(threads: int, repeats: int = 5) -> dict:
+    """Prefill seconds of a long first turn and of the next turn reusing it (engine, in process)."""
+    from folio.sample.engine import Engine
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=65, n_layer=6, n_head=6, n_embd=384, block_size=256)
+    model = GPT(config).eval()
+    history = [1 + (i * 7) % 64 for i in range(230)]
+    turn = history + [1 + (i * 5) % 64 for i in range(20)]
+
+    def prefill(engine: Engine, ids: list[int]) -> tuple[float, torch.Tensor]:
+        seq = engine._new_sequence(handle_for(engine, ids))
+        engine._backend.admit(seq)
+        start = time.perf_counter()
+        with torch.no_grad():
+            logits, _ = engine._backend.prefill([seq])
+        seconds = time.perf_counter() - start
+        engine._backend.release(seq)
+        return seconds, logits[0]
+
+    first, second = float("inf"), float("inf")
+    for _ in range(repeats):
+        engine = Engine(model, max_batch=1)
+        t1, _ = prefill(engine, history)  # a fresh slot: all 230 tokens
+        t2, reused = prefill(engine, turn)  # the slot holds the history: 20 tokens
+        first, second = min(first, t1), min(second, t2)
+    _, fresh = prefill(Engine(model, max_batch=1), turn)
+    return {
+        "history_tokens": len(history),
+        "new_tokens": len(turn) - len(history),
+        "first_turn_prefill_ms": round(1000 * first, 1),
+        "next_turn_prefill_ms": round(1000 * second, 1),
+        "next_vs_first": round(second / first, 3),
+        "next_turn_equals_fresh_prefill": bool(torch.equal(reused, fresh)),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2, help="server's torch threads")
@@ -175,84 +320,37 @@ def main() -> None:
     ap.add_argument(
         "--requests", type=int, default=1000, help="requests between the memory readings"
     )
+    ap.add_argument("--paths", nargs="*", default=["auto", "aot-w8a8"], help="decode paths")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/serve_load.json"))
     args = ap.parse_args()
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(Path(tmp) / "video")
-        # the server under test runs keyless: a FOLIO_API_KEY set for other servers stays out
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        env.pop("FOLIO_API_KEY", None)
-        cmd = [
-            sys.executable,
-            "-m",
-            "folio",
-            "serve",
-            f"--checkpoint=video={run}",
-            "--port",
-            "0",
-            "--threads",
-            str(args.threads),
-            "--max-batch",
-            "32",
-            "--max-queue",
-            "64",
-        ]
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
-        try:
-            url = None
-            for line in proc.stdout:
-                if m := re.search(r"serving on (http://\S+:\d+)", line):
-                    url = m.group(1)
-                    break
-            if url is None:
-                raise SystemExit("the server did not start")
-            health = httpx.get(url + "/health").json()["models"]["video"]
-            asyncio.run(scenario(url, 2, 20))  # warm-up
-            rows = []
-            for clients in (1, 8, 32):
-                rows.append(asyncio.run(scenario(url, clients, args.tokens)))
-                print(json.dumps(rows[-1]), flush=True)
-            rows.append(asyncio.run(scenario(url, 32, args.tokens, one_at_a_time=True)))
-            print(json.dumps(rows[-1]), flush=True)
-            ratio = rows[2]["tokens_per_s"] / rows[3]["tokens_per_s"]
-            before = rss_mib(proc.pid)
-            t0 = time.perf_counter()
-            mem_failures = asyncio.run(many_requests(url, args.requests))
-            after = rss_mib(proc.pid)
-            mem = {
-                "requests": args.requests,
-                "failures": mem_failures,
-                "rss_before_mib": round(before, 1),
-                "rss_after_mib": round(after, 1),
-                "seconds": round(time.perf_counter() - t0, 1),
-            }
-            stats = httpx.get(url + "/health").json()["models"]["video"]
-        finally:
-            proc.terminate()
-            proc.wait(30)
+        paths = [measure_path(run, p, args, memory=i == 0) for i, p in enumerate(args.paths)]
+    turns = chat_turns(args.threads)
+    print(json.dumps({"chat_turns": turns}), flush=True)
     result = {
         "cpu": cpu_model(),
+        "cpu_flags": cpu_info().notable_flags(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "server_threads": args.threads,
-        "batch_invariant": health["batch_invariant"],
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "model": "video-sized GPT, random weights (6 layers, 6 heads, 384 wide, block 256, vocab 65)",
         "tokens_per_request": args.tokens,
-        "scenarios": rows,
-        "batched_32_vs_one_at_a_time": round(ratio, 2),
-        "memory": mem,
-        "engine_counts": stats,
+        "paths": paths,
+        "chat_turns": turns,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
+    if not paths:  # only the chat turns: keep the load test's figures
+        args.out = str(Path(args.out).with_name("serve_load_chat_turns.json"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "scenarios"}, indent=2))
+    summary = {k: v for k, v in result.items() if k != "paths"}
+    summary["paths"] = [{k: v for k, v in p.items() if k != "scenarios"} for p in paths]
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from serving import ROOT, TEXT, default_sigint, folio_env, random_gpt, save_run
 from folio.commands.chat import _command
 from folio.errors import FolioError
 from folio.sample import Sampler, SamplingConfig
-from folio.sample.engine import Engine
+from folio.sample.engine import Engine, GenerationRequest
 from folio.serve.prompt import stop_ids_for
 from folio.serve.session import ChatSession, ChatSettings
 from folio.tokenizers import CharTokenizer
@@ -87,6 +87,34 @@ def test_a_chat_model_uses_the_template_and_stops_at_end(tmp_path):
         {"role": "user", "content": "Speak"},
         {"role": "assistant", "content": reply},
     ]
+
+
+def test_the_next_turn_prefills_only_the_new_tokens_and_equals_a_fresh_prefill():
+    ctok = with_chat_tokens(CharTokenizer.from_text(TEXT))
+    m = random_gpt(ctok.vocab_size, CHAT_BLOCK, seed=CHAT_SEED)
+    s = session(m, ctok, max_new_tokens=8, temperature=0, system="Be fair")
+    first = "".join(s.reply("Speak"))
+    # A reply cut at max_new_tokens never fed its last token back: the cache lacks it.
+    unfed = 1 if s.finish_reason == "length" else 0
+    before = dict(s.engine.counts)
+    second = "".join(s.reply("All"))
+    messages = [
+        {"role": "system", "content": "Be fair"},
+        {"role": "user", "content": "Speak"},
+        {"role": "assistant", "content": first},
+        {"role": "user", "content": "All"},
+    ]
+    prompt = render_prompt(ctok, messages)
+    assert s.dropped == 0  # the whole history is in the prompt
+    held = len(render_prompt(ctok, messages[:2])) + len(ctok.encode(first)) - unfed
+    computed = s.engine.counts["prefill_tokens"] - before["prefill_tokens"]
+    assert s.engine.counts["reused_tokens"] - before["reused_tokens"] == held
+    assert computed == len(prompt) - held  # the new message and what follows the history
+    fresh = Engine(m, max_batch=1)  # the whole history prefilled from nothing
+    cfg = SamplingConfig(max_new_tokens=8, temperature=0)
+    events = fresh.stream(GenerationRequest(prompt, cfg, stop_ids=stop_ids_for(ctok)))
+    assert second == ctok.decode([e.token_id for e in events if e.token_id is not None])
+    assert fresh.counts["reused_tokens"] == 0
 
 
 def test_commands_change_the_settings(model, tok, capsys):

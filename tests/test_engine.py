@@ -156,22 +156,20 @@ def test_batch_invariance_gives_bitwise_equal_tokens_and_logprobs(model, tok):
 
 
 def test_the_batched_decode_step_equals_each_row_alone_bit_for_bit(model):
-    """The decode forward of a (B, 1) batch: each row bitwise equal to the row at batch 1."""
+    """The module path's decode forward of a (B, 1) batch: each row bitwise equal to the row
+    at batch 1."""
     prompts = [[1 + i % 9, 2 + i % 5, 3] for i in range(33)]
-    engine = Engine(model, max_batch=33)
+    engine = Engine(model, max_batch=33, decode="module")
     with torch.no_grad():
-        caches = []
+        seqs = []
         for p in prompts:
             cache = model.new_kv_cache(1)
             model(torch.tensor([p]), cache=cache)
-            caches.append(cache)
-        seqs = [
-            SimpleNamespace(tokens=p + [4], cache=c) for p, c in zip(prompts, caches, strict=True)
-        ]
-        together = engine._decode(seqs)  # (B, V)
+            seqs.append(SimpleNamespace(tokens=p + [4], slot=cache, cached=len(p)))
+        together = engine._backend.decode(seqs)  # (B, V)
         for i, seq in enumerate(seqs):
-            rewind(seq.cache)
-            assert torch.equal(engine._decode([seq])[0], together[i]), i
+            rewind(seq.slot)
+            assert torch.equal(engine._backend.decode([seq])[0], together[i]), i
 
 
 def rewind(cache) -> None:
@@ -208,7 +206,7 @@ def test_cancel_drops_a_request_between_steps_and_returns_its_cache(model, tok):
     handle.cancel()
     engine.step()
     assert events[-1].finish_reason == "cancelled" and len(ids(events)) == 3
-    assert engine.stats()["active"] == 0 and len(engine._free_caches) == 1
+    assert engine.stats()["active"] == 0 and engine._backend.rows == []  # its slot is free
     stream = engine.stream(request(tok.encode("F"), 1000))
     next(stream)
     stream.close()  # closing a stream early cancels it too
@@ -225,15 +223,20 @@ def test_the_queue_is_bounded(model, tok):
     engine.submit(request(tok.encode("F"), 5))
 
 
-def test_thousands_of_requests_reuse_at_most_max_batch_caches(model, tok):
-    engine = Engine(model, max_batch=4, max_queue=2000)
+@pytest.mark.parametrize("decode", ["static", "module"])
+def test_thousands_of_requests_reuse_at_most_max_batch_caches(model, tok, decode):
+    engine = Engine(model, max_batch=4, max_queue=2000, decode=decode)
     done = []
     for i in range(1000):
         engine.submit(request(tok.encode("F"), 2, seed=i, listener=done.append))
     while engine.step():
         pass
     assert sum(e.finish_reason == "length" for e in done) == 1000
-    assert len(engine._free_caches) == 4 and engine.stats()["active"] == 0
+    assert engine.stats()["active"] == 0
+    if decode == "module":
+        assert engine._backend.made == 4 and len(engine._backend.free) == 4
+    else:  # four slots, made once, all free again
+        assert engine._backend.rows == [] and engine._backend.decoder.decoder.k[0].shape[0] == 4
 
 
 def test_logprobs_are_the_model_distribution(model, tok):
@@ -248,19 +251,23 @@ def test_logprobs_are_the_model_distribution(model, tok):
     assert first.top_logprobs[0][0] == first.token_id  # greedy picks the most likely
 
 
-def test_bad_requests_are_folio_errors_and_non_finite_logits_end_one_request(tok):
+@pytest.mark.parametrize("decode", ["static", "module"])
+def test_bad_requests_are_folio_errors_and_non_finite_logits_end_one_request(tok, decode):
     m = random_gpt(tok.vocab_size, BLOCK)
-    engine = Engine(m)
+    engine = Engine(m, decode=decode)
     for bad in ([], [tok.vocab_size]):
         with pytest.raises(FolioError):
             engine.submit(request(bad, 3))
     with pytest.raises(FolioError):
         engine.submit(request([1], 3, top_logprobs=21))
-    forward = m.forward
-    m.forward = lambda *a, **k: (forward(*a, **k)[0] * float("nan"), None)
+    head = m.lm_head.weight
+    saved = head.detach().clone()
+    with torch.no_grad():
+        head[3] = float("nan")  # corrupt weights, read in place by both paths
     events = run_alone(engine, request([1, 2], 3))
     assert events[-1].finish_reason == "error" and "non-finite" in events[-1].error
-    m.forward = forward
+    with torch.no_grad():
+        head.copy_(saved)
     assert len(ids(run_alone(engine, request([1, 2], 3)))) == 3  # the engine goes on
 
 

@@ -47,11 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--decode",
         default="auto",
-        choices=["auto", "module", "static", "compiled", "aot"],
-        help="how cached steps run: static (one loop over a static KV cache; auto's choice "
-        "in float32), module (the model's forward with a KV cache), compiled (static, "
-        "torch.compile'd: pays seconds of compile first), aot (static, compiled ahead of time "
-        "into a library cached in $FOLIO_CACHE: the fastest; 20-30 s the first time)",
+        metavar="PATH",
+        help="how cached steps run (folio/sample/paths.py): static (one loop over a static KV "
+        "cache; auto's choice in float32), module (the model's forward with a KV cache), "
+        "compiled (static, torch.compile'd: pays seconds of compile first), aot (static, "
+        "compiled ahead of time into a library cached in $FOLIO_CACHE: the fastest; 20-30 s "
+        "the first time); static, compiled and aot also come with -bf16, -int8 or -w8a8 "
+        "weights, e.g. aot-w8a8 (the same as --weights)",
     )
     parser.add_argument(
         "--weights",
@@ -77,8 +79,18 @@ def run(args: argparse.Namespace) -> None:
     from folio.inputs import check_seed
     from folio.runtime import autocast_dtype, pick_device, resolve_dtype
     from folio.sample import SamplingConfig, load_sampler
+    from folio.sample.paths import parse_decode_path
 
     check_seed(args.seed)
+    path = parse_decode_path(args.decode)
+    weights = args.weights
+    if path.weights != "float32":
+        if weights not in ("float32", path.weights):
+            raise FolioError(
+                f"--decode {args.decode} has {path.weights} weights and --weights says "
+                f"{weights}: give one of them"
+            )
+        weights = path.weights
 
     _positive("--max-new-tokens", args.max_new_tokens)
     _positive("--num-samples", args.num_samples)
@@ -89,7 +101,7 @@ def run(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     sampler = load_sampler(
         args.checkpoint, args.which, device, autocast_dtype(resolve_dtype(args.dtype, device)),
-        check_memory=not args.force, decode=args.decode, weights=args.weights,
+        check_memory=not args.force, decode=path.how, weights=weights,
     )  # fmt: skip
     cfg = SamplingConfig(
         max_new_tokens=args.max_new_tokens,

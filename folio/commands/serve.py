@@ -73,6 +73,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-body-bytes", type=int, default=1 << 20, help="largest request body; past it, 413"
     )
+    p.add_argument(
+        "--decode",
+        default="auto",
+        metavar="PATH",
+        help="decode path of every served model (folio/sample/paths.py): auto (static for a "
+        "float32 GPT, else module: exact and batch invariant), module, static, compiled, aot, "
+        "or a static, compiled or aot path with -bf16, -int8 or -w8a8 weights (approximate, "
+        "faster; compiled paths compile at start-up, aot ones keep the result in $FOLIO_CACHE)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--access-log", action="store_true", help="log every request")
@@ -134,6 +143,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from folio.runtime import pick_device
+    from folio.sample.paths import parse_decode_path
 
     key_in_flag = bool(args.api_key)
     args.api_key = args.api_key or os.environ.get("FOLIO_API_KEY") or None
@@ -144,6 +154,7 @@ def run(args: argparse.Namespace) -> None:
             raise FolioError(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_prompt_tokens is not None and args.max_prompt_tokens < 1:
         raise FolioError("--max-prompt-tokens must be at least 1")
+    decode = parse_decode_path(args.decode)  # a bad name is refused before loading anything
     warning = exposure_warning(args.host, args.api_key, args.allow_remote_without_key)
     if args.threads is not None:
         if args.threads < 1:
@@ -157,6 +168,7 @@ def run(args: argparse.Namespace) -> None:
             max_batch=args.max_batch,
             max_queue=args.max_queue,
             which=args.which,
+            decode=decode,
         )
         for spec in args.checkpoint
     ]
@@ -189,8 +201,15 @@ def run(args: argparse.Namespace) -> None:
         )
     for m in models:
         mode = "chat" if m.chat else "completion"
-        exact = "" if m.engine.batch_invariant else f" ({m.engine.invariance_note})"
-        print(f"model {m.id!r}: {mode} mode, block_size {m.engine.block_size}{exact}")
+        e = m.engine
+        print(
+            f"model {m.id!r}: {mode} mode, block_size {e.block_size}, decode path "
+            f"{e.path.name} ({e.invariance_note})",
+            flush=True,
+        )
+        if e.path.how in ("compiled", "aot"):
+            print(f"model {m.id!r}: compiling the decode steps ...", flush=True)
+            e.warm_up()
     print(f"serving on http://{shown}:{port} (playground at /, API at /v1)", flush=True)
     config = uvicorn.Config(
         app,

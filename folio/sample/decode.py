@@ -43,6 +43,7 @@ which calls its kernels without a Python line per kernel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -50,9 +51,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils import _pytree as pytree
 
-from folio.models import w8a8
+from folio.models import invariant, w8a8
 from folio.models.attention import CausalSelfAttention
 from folio.models.gpt import GPT, MLP, Block
+from folio.sample.choice import choose
+
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""Stores layer i's new keys and values (q, k, v: (B, nh, T, hs)) and returns its attention
+output (B, nh, T, hs): how the slot decoder (`folio.sample.slots`) replaces the default."""
 
 WEIGHT_FORMATS = ("float32", "bfloat16", "int8", "w8a8")
 
@@ -110,6 +116,8 @@ def _linear(x: torch.Tensor, lin: _Linear) -> torch.Tensor:
             y = torch.ops.aten._weight_int8pack_mm(flat, lin.weight, lin.scale)  # (N, out)
         y = y.float().view(*x.shape[:-1], -1)
         return y + lin.bias if lin.bias is not None else y
+    if invariant.applies(x, lin.weight):  # the serving engine's exact path
+        return invariant.linear(x, lin.weight, lin.bias)
     if lin.weight.dtype != x.dtype:  # bfloat16 weights: multiply in bf16, return to fp32
         b = lin.bias.to(lin.weight.dtype) if lin.bias is not None else None
         return F.linear(x.to(lin.weight.dtype), lin.weight, b).float()
@@ -138,7 +146,8 @@ def _attend_unrolled(
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(hs), masked) v as products and sums, for `torch.compile`.
 
-    q (B, nh, T, hs), k and v (B, nh, L, hs), mask (T, L) -> (B, nh, T, hs).
+    q (B, nh, T, hs), k and v (B, nh, L, hs), mask (T, L), or (B, 1, T, L) with
+    each row at its own positions -> (B, nh, T, hs).
     PyTorch's CPU flash-attention kernel is built for long queries; for one
     query, inductor's fused loops over the L cached positions cost less.
     """
@@ -147,22 +156,6 @@ def _attend_unrolled(
     scores = scores.masked_fill(~mask, float("-inf"))
     p = F.softmax(scores, dim=-1)  # (B, nh, T, L)
     return (p[..., None] * v[:, :, None]).sum(-2)  # (B, nh, T, L, hs) -> (B, nh, T, hs)
-
-
-def choose(logits: torch.Tensor, noise: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """The next token of each row of (B, V) logits: argmax where temperature (1,) is 0, else a draw.
-
-    The draw is argmax(softmax((logits - max) / T) / noise) with noise (B, V) of
-    Exp(1) variates: token v wins with probability softmax(...)[v], as
-    `torch.multinomial` draws on a CPU. The sampler's `choose_tokens` makes the
-    same draw (there with top-k and top-p too); here it runs inside the decode
-    step, so a compiled step returns its token with no Python in between.
-    """
-    greedy = logits.argmax(dim=-1)  # (B,)
-    divisor = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
-    scaled = (logits - logits.amax(dim=-1, keepdim=True)) / divisor  # (B, V)
-    drawn = (F.softmax(scaled, dim=-1) / noise).argmax(dim=-1)  # (B,)
-    return torch.where(temperature > 0, drawn, greedy)
 
 
 class _Layer(NamedTuple):
@@ -174,6 +167,16 @@ class _Layer(NamedTuple):
     ln_2: tuple[torch.Tensor, torch.Tensor | None] | None
     c_fc: _Linear | None
     mlp_proj: _Linear | None
+
+
+def _store(cache: torch.Tensor, pos: torch.Tensor, new: torch.Tensor) -> None:
+    """Write new (B, nh, T, hs) into cache (B, nh, L, hs) at positions pos: (T,) shared
+    by every row, or (B, T) one set per row."""
+    new = new.to(cache.dtype)
+    if pos.dim() == 1:
+        cache.index_copy_(2, pos, new)
+    else:
+        cache.scatter_(2, pos[:, None, :, None].expand_as(new), new)
 
 
 def _norm(ln: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
@@ -353,6 +356,23 @@ class StaticDecoder:
         program's inputs are exactly (idx, pos, noise, temperature, *inputs), and
         idx, pos and the caches among them are written in place.
         """
+        weights, caches = self._unpack_inputs(inputs)
+        return self._advance(idx, pos, noise, temperature, True, weights, caches)
+
+    def traced_forward(
+        self, idx: torch.Tensor, pos: torch.Tensor, inputs: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        """The unrolled forward as a function of `step_inputs()`: logits (B, V), no choice.
+
+        With pos (B, 1), one position per row (the serving engine's slots).
+        """
+        weights, caches = self._unpack_inputs(inputs)
+        return self._forward(idx, pos, True, weights, caches)
+
+    def _unpack_inputs(
+        self, inputs: tuple[torch.Tensor, ...]
+    ) -> tuple[tuple[Any, ...], tuple[list[torch.Tensor], list[torch.Tensor]]]:
+        """`step_inputs()` back into the weights' tree and the keys and values."""
         n = self.config.n_layer
         weights, k, v = inputs[: -2 * n], list(inputs[-2 * n : -n]), list(inputs[-n:])
         if self._packed is not None:
@@ -360,8 +380,7 @@ class StaticDecoder:
         else:  # the float32 form: put the absent tensors (None) back in their places
             given = iter(weights)
             leaves = [None if t is None else next(given) for t in _flatten(self._weights())[0]]
-        weights = pytree.tree_unflatten(leaves, self._tree)
-        return self._advance(idx, pos, noise, temperature, True, weights, (k, v))
+        return pytree.tree_unflatten(leaves, self._tree), (k, v)
 
     def _advance(
         self,
@@ -389,12 +408,18 @@ class StaticDecoder:
         unrolled: bool = False,
         weights: tuple[Any, ...] | None = None,
         caches: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
+        attend: Attend | None = None,
+        last: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Tokens idx (B, T) at positions pos (T,) -> logits of the last position (B, V).
 
-        `unrolled`: matrix products and attention as the product-and-sum forms
-        that `torch.compile` fuses (only ever traced, never run eagerly).
-        `weights` and `caches` (keys, values) replace the decoder's own.
+        pos may also be (B, T), each row at its own positions (the serving engine's
+        slots; traced, or with `attend`). `unrolled`: matrix products and attention
+        as the product-and-sum forms that `torch.compile` fuses (only ever traced,
+        never run eagerly). `weights` and `caches` (keys, values) replace the
+        decoder's own. `attend`: stores each layer's keys and values and attends in
+        its own way, instead of the decoder's cache. `last` (B,): the position of each
+        row whose logits are returned, instead of the last one.
         """
         linear = _linear_unrolled if unrolled else _linear
         if weights is None and unrolled and self._packed is not None:
@@ -405,26 +430,33 @@ class StaticDecoder:
         C, nh, hs = self.config.n_embd, self.n_head, self.head_size
         x = F.embedding(idx, wte)  # (B, T) -> (B, T, C)
         if wpe is not None:
-            x = x + F.embedding(pos, wpe)  # (B, T, C) + (T, C)
+            x = x + F.embedding(pos, wpe)  # (B, T, C) + (T, C) or (B, T, C)
         # Query t (at position pos[t]) sees the cache slots up to its own position.
         # Traced for compilation, attention reads all L slots with the rest masked,
         # so that the shapes never change; run eagerly, it reads only the `filled`
         # ones (then a lone query needs no mask at all).
         filled = self.config.block_size if unrolled else self.length + T
-        mask = self.slots[None, :filled] <= pos[:, None] if unrolled or T > 1 else None  # (T, S)
+        mask = None
+        if attend is None and (unrolled or T > 1):
+            mask = self.slots[:filled] <= pos[..., None]  # (T, S), or (B, T, S) by row
+            if mask.dim() == 3:
+                mask = mask[:, None]  # (B, 1, T, S): broadcast over heads
         for i, layer in enumerate(layers):
             h = F.layer_norm(x, (C,), *layer.ln_1) if layer.ln_1 is not None else x
             qkv = linear(h, layer.c_attn)  # (B, T, C) -> (B, T, 3C)
             qkv = qkv.view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
             q, k, v = qkv[0], qkv[1], qkv[2]  # 3 x (B, nh, T, hs)
-            cache_dtype = cache_k[i].dtype
-            cache_k[i].index_copy_(2, pos, k.to(cache_dtype))  # (B, nh, L, hs) <- (B, nh, T, hs)
-            cache_v[i].index_copy_(2, pos, v.to(cache_dtype))
-            if unrolled:
-                y = _attend_unrolled(q, cache_k[i], cache_v[i], mask)
+            if attend is not None:
+                y = attend(i, q, k, v)
             else:
-                k, v = cache_k[i][:, :, :filled], cache_v[i][:, :, :filled]  # (B, nh, S, hs)
-                y = F.scaled_dot_product_attention(q.to(cache_dtype), k, v, attn_mask=mask).float()
+                _store(cache_k[i], pos, k)  # (B, nh, L, hs) <- (B, nh, T, hs)
+                _store(cache_v[i], pos, v)
+                if unrolled:
+                    y = _attend_unrolled(q, cache_k[i], cache_v[i], mask)
+                else:
+                    k, v = cache_k[i][:, :, :filled], cache_v[i][:, :, :filled]  # (B, nh, S, hs)
+                    q = q.to(k.dtype)
+                    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).float()
             # (B, nh, T, hs) @ (B, nh, hs, L) @ (B, nh, L, hs) -> (B, nh, T, hs)
             y = y.transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
             a = linear(y, layer.c_proj)
@@ -433,7 +465,8 @@ class StaticDecoder:
                 h = F.layer_norm(x, (C,), *layer.ln_2) if layer.ln_2 is not None else x
                 m = linear(self._act(linear(h, layer.c_fc)), layer.mlp_proj)  # (B, T, C)
                 x = x + m if self.config.residual else m
-        x = x[:, -1, :]  # (B, C): sampling needs the last position only
+        # (B, C): sampling needs one position per row only
+        x = x[:, -1, :] if last is None else x[torch.arange(B, device=x.device), last]
         if ln_f is not None:
             x = F.layer_norm(x, (C,), *ln_f)
         return linear(x, lm_head)  # (B, C) -> (B, V)

@@ -7,14 +7,24 @@ queue; between two decode steps the engine admits waiting requests into the
 batch (up to `max_batch`) and drops the finished and the cancelled ones, so a
 request never waits for another to end. Each step:
 
-1. a new sequence (or one whose window just slid) is prefilled on its own:
-   its prompt runs through the model into its own KV cache;
+1. the new sequences (and those whose window just slid) are prefilled: on the
+   static paths all together, in one forward over their padded prompts, and
+   each hears its first token at once, before the decode step runs;
 2. every other sequence contributes its last token to one batched forward of
    shape (B, 1): the position-wise layers (embeddings, LayerNorm, the qkv and
    output projections, the MLP, the head) run once for the whole batch;
-3. each sequence picks its next token with its own sampling settings and its
-   own `torch.Generator`, seeded from its `seed`, and hears about it through
-   its listener.
+3. the tokens of the step are chosen in one call (`folio.sample.choice`), each
+   row with its own temperature and the variates of its own `torch.Generator`,
+   seeded from its `seed` (a row with top-k or top-p has its own call).
+
+Decode paths (`decode=`, named as in `folio.sample.paths`). The static paths
+keep every sequence in a slot of one static cache (`folio.sample.slots`);
+"module" keeps a `KVCache` per sequence and runs the model's own forward,
+prefilling one prompt at a time (the fallback for models the static decoder
+does not cover: the list-of-heads GPT, the bigram model). "auto" takes
+"static" for a float32 GPT, else "module". A request whose prompt starts
+with tokens a free slot still holds (the last turn of the same chat, a shared
+system prompt) takes that slot and prefills only the rest (prefix reuse).
 
 The engine sees token ids only; text is encoded and decoded at the edges (the
 HTTP server, the chat REPL), as in nanochat's engine.
@@ -36,20 +46,28 @@ make a sequence's floats differ between serving it alone and in a batch:
   other layers (embeddings, LayerNorm, activations, residual adds) work row
   by row already.
 
+On the static exact path ("static", float32, the default) the same holds
+for prefills: attention runs one query at a time over exactly its own keys,
+so a prompt prefilled among others, a prompt prefilled after a reused prefix,
+and the same tokens decoded one by one give the same bits
+(`folio.sample.slots`).
+
 With both, the logits of a sequence are bitwise the same alone or batched,
 so greedy and seeded sampling give the same tokens, by construction rather
 than by a library setting. `Engine.batch_invariant` says whether it holds:
-it does for a float32 model on a CPU. Elsewhere (a CUDA device, bfloat16
-weights, or no C++ compiler to build the operator) the engine serves with
-PyTorch's own kernels, says why in `Engine.invariance_note`, and outputs may
-differ between batch sizes in near ties.
+it does for a float32 model on a CPU on the "module" and "static" paths.
+Elsewhere (a CUDA device, bfloat16 weights, the compiled and low-precision
+paths, or no C++ compiler to build the operator) the engine serves with
+kernels whose sums depend on the batch, says why in `Engine.invariance_note`,
+and outputs may differ between batch sizes in near ties.
 
 Context policy, as in `folio.sample.Sampler`: when a sequence's window would
 exceed block_size, it keeps its last `context_keep` tokens (default
 block_size // 2) and is prefilled again from them.
 
 Memory stays flat: KV caches are taken from a pool of at most `max_batch`
-caches and reused; a finished sequence keeps nothing.
+caches (or slots) and reused; a finished sequence keeps nothing but the keys
+and values its slot holds for prefix reuse.
 """
 
 from __future__ import annotations
@@ -61,6 +79,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,15 +87,18 @@ from torch import nn
 
 from folio.errors import FolioError
 from folio.models import invariant
-from folio.models.kv_cache import CacheBatch, KVCache
-from folio.sample.sampler import SamplingConfig, choose_tokens
+from folio.sample.backends import ModuleBackend, SlotBackend
+from folio.sample.choice import NoiseStream, choose
+from folio.sample.decode import supports_static_decoding
+from folio.sample.paths import STATIC_HOWS, DecodePath, parse_decode_path
+from folio.sample.sampler import SamplingConfig
 
 MAX_TOP_LOGPROBS = 20
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
 
 
 def _invariance(model: nn.Module, device: torch.device) -> tuple[bool, str]:
-    """Whether the batched decode step can run the batch-invariant operator, and if not, why."""
+    """Whether the batched forwards can run the batch-invariant operator, and if not, why."""
     if device.type != "cpu":
         return False, f"batch invariance holds on a CPU only, not on {device.type}"
     dtypes = {p.dtype for p in model.parameters()}
@@ -88,6 +110,47 @@ def _invariance(model: nn.Module, device: torch.device) -> tuple[bool, str]:
     except FolioError as e:
         return False, f"batch invariance does not hold: {e}"
     return True, "batch invariant: every row is summed in one fixed order"
+
+
+def _not_invariant(path: DecodePath) -> str:
+    """Why a fast path's outputs may depend on the batch."""
+    padded = "its attention runs over the batch's padded rows, so its sums depend on the others"
+    if path.how == "static" and path.weights == "w8a8":
+        why = padded
+    elif path.how == "static":
+        why = (
+            f"its {path.weights} products run the library's kernels, whose summation order "
+            f"depends on the number of rows, and {padded}"
+        )
+    else:
+        why = (
+            "its compiled step is generated per batch size, and the products and attention "
+            "it generates sum in orders that depend on the number of rows"
+        )
+    return (
+        f"decode path '{path.name}' is not batch invariant: {why}; "
+        "'static' (float32) gives the same output alone or among others"
+    )
+
+
+def resolve_path(model: nn.Module, decode: str | DecodePath, device: torch.device) -> DecodePath:
+    """The path `decode` names for this model: 'auto' resolved, the impossible refused."""
+    path = parse_decode_path(decode) if isinstance(decode, str) else decode
+    static_ok = supports_static_decoding(model)
+    if path.how == "auto":
+        fp32 = all(p.dtype == torch.float32 for p in model.parameters())
+        return DecodePath("static" if static_ok and fp32 else "module")
+    if path.how in STATIC_HOWS and not static_ok:
+        raise FolioError(
+            f"decode path '{path.name}' needs a GPT with causal attention in the fused form; "
+            "use the decode path 'module' or 'auto'"
+        )
+    if path.weights == "w8a8" and device.type != "cpu":
+        raise FolioError(
+            f"w8a8 weights run on a CPU only (this model is on {device.type}); "
+            "use bfloat16 or int8 weights"
+        )
+    return path
 
 
 class EngineBusy(FolioError):
@@ -152,8 +215,9 @@ class _Sequence:
     handle: Handle
     tokens: list[int]  # prompt then generated ids
     start: int  # the next logits condition on tokens[start:]
-    cache: KVCache | None
-    generator: torch.Generator
+    noise: NoiseStream | None  # the draws' variates, from the request's own generator
+    slot: Any = None  # the backend's handle on this sequence's cache
+    cached: int = 0  # the cache holds tokens[start : start + cached]
     generated: int = 0
     finished: bool = False
 
@@ -168,8 +232,10 @@ class Engine:
 
     Use it from one thread with `stream()` (the chat REPL), or call `start()`
     to run the decode loop in a background thread and `submit()` from any
-    thread (the server). `batch_invariant=False` keeps PyTorch's own kernels
-    in the decode step (what benchmarks/engine_invariance.py compares against).
+    thread (the server). `decode`: the decode path, a name of
+    `folio.sample.paths` ('auto': 'static' for a float32 GPT, else 'module').
+    `batch_invariant=False` keeps PyTorch's own kernels in the batched forwards
+    (what benchmarks/engine_invariance.py compares against).
     """
 
     def __init__(
@@ -181,6 +247,7 @@ class Engine:
         context_keep: int | None = None,
         device: torch.device | str | None = None,
         batch_invariant: bool = True,
+        decode: str | DecodePath = "auto",
     ) -> None:
         for name, value in (("max_batch", max_batch), ("max_queue", max_queue)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -190,20 +257,45 @@ class Engine:
         self.vocab_size: int = model.config.vocab_size
         self.block_size: int = model.context_size
         self.context_keep = min(context_keep or max(1, self.block_size // 2), self.block_size)
-        self.supports_cache: bool = model.supports_kv_cache
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.batch_invariant, self.invariance_note = (
-            _invariance(self.model, self.device)
-            if batch_invariant
-            else (False, "batch invariance turned off: PyTorch's own kernels")
-        )
+        self.path = resolve_path(self.model, decode, self.device)
+        """The decode path this engine runs (never 'auto')."""
+        if not batch_invariant:
+            self.batch_invariant, self.invariance_note = (
+                False,
+                "batch invariance turned off: PyTorch's own kernels",
+            )
+        elif self.path.how in ("module", "static") and self.path.exact:
+            self.batch_invariant, self.invariance_note = _invariance(self.model, self.device)
+        else:
+            self.batch_invariant, self.invariance_note = False, _not_invariant(self.path)
+        if self.path.how in STATIC_HOWS:
+            exact = self.path == DecodePath("static") and self.batch_invariant
+            self._backend: ModuleBackend | SlotBackend = SlotBackend(
+                self.model, max_batch, self.path, exact
+            )
+        else:
+            self._backend = ModuleBackend(self.model, self.batch_invariant)
+        self.supports_cache: bool = self._backend.supports_cache
         self._waiting: deque[Handle] = deque()
         self._active: list[_Sequence] = []
-        self._free_caches: list[KVCache] = []
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self.counts = {"completed": 0, "cancelled": 0, "errors": 0, "steps": 0}
+        self.counts = {
+            "completed": 0,
+            "cancelled": 0,
+            "errors": 0,
+            "steps": 0,
+            "prefill_tokens": 0,
+            "reused_tokens": 0,
+        }
+        """Totals since start; prefill_tokens were computed, reused_tokens came from a slot."""
+
+    def warm_up(self) -> None:
+        """Compile the decode steps now (compiled paths), so that no request waits for it."""
+        if isinstance(self._backend, SlotBackend):
+            self._backend.warm_up()
 
     # --- submitting --------------------------------------------------------------------
 
@@ -307,7 +399,8 @@ class Engine:
                 self._fail_all(f"internal error in the decode loop ({type(e).__name__})")
 
     def step(self) -> bool:
-        """Admit, drop the finished, run one forward for every active sequence.
+        """Admit, drop the finished, prefill the new, run one forward for every other active
+        sequence.
 
         Returns False when there was nothing to do.
         """
@@ -318,13 +411,16 @@ class Engine:
         self.counts["steps"] += 1
         with torch.no_grad():
             fresh = [s for s in self._active if self._needs_prefill(s)]
-            rows = [(s, self._prefill(s)) for s in fresh]
-            rest = [s for s in self._active if s not in fresh]
+            if fresh:
+                logits, computed = self._backend.prefill(fresh)  # (F, V)
+                window = sum(len(s.tokens) - s.start for s in fresh)
+                self.counts["prefill_tokens"] += computed
+                self.counts["reused_tokens"] += window - computed
+                self._choose(fresh, logits)  # first tokens go out before the decode step
+            seen = {id(s) for s in fresh}
+            rest = [s for s in self._active if id(s) not in seen and not s.finished]
             if rest:
-                logits = self._decode(rest)  # (B, V)
-                rows += list(zip(rest, logits, strict=True))
-            for seq, row in rows:
-                self._advance(seq, row)
+                self._choose(rest, self._backend.decode(rest))  # (B, V)
         self._reap()
         return True
 
@@ -339,23 +435,21 @@ class Engine:
                     self.counts["completed"] += 1
                     self._tell(handle, TokenEvent(None, finish_reason="length"))
                     continue
-                self._active.append(self._new_sequence(handle))
+                seq = self._new_sequence(handle)
+                self._backend.admit(seq)
+                self._active.append(seq)
 
     def _new_sequence(self, handle: Handle) -> _Sequence:
-        request = handle.request
-        generator = torch.Generator(device=self.device)
-        if request.sampling.seed is None:
-            generator.seed()  # fresh entropy, never the global RNG
-        else:
-            generator.manual_seed(request.sampling.seed)
-        cache = None
-        if self.supports_cache:
-            if self._free_caches:
-                cache = self._free_caches.pop()
-                cache.reset()
+        sampling = handle.request.sampling
+        noise = None
+        if sampling.temperature > 0:
+            generator = torch.Generator(device=self.device)
+            if sampling.seed is None:
+                generator.seed()  # fresh entropy, never the global RNG
             else:
-                cache = self.model.new_kv_cache(1)
-        return _Sequence(handle, list(request.prompt_ids), 0, cache, generator)
+                generator.manual_seed(sampling.seed)
+            noise = NoiseStream(generator, (1, self.vocab_size), self.device)
+        return _Sequence(handle, list(handle.request.prompt_ids), 0, noise)
 
     def _reap(self) -> None:
         """Drop finished and cancelled sequences, returning their caches to the pool."""
@@ -366,8 +460,7 @@ class Engine:
                     self._finish_quietly(seq.handle, "cancelled", seq.generated)
                     seq.finished = True
                 if seq.finished:
-                    if seq.cache is not None:
-                        self._free_caches.append(seq.cache)
+                    self._backend.release(seq)
                 else:
                     keep.append(seq)
             self._active = keep
@@ -379,34 +472,34 @@ class Engine:
         n = len(seq.tokens)
         if n - seq.start > self.block_size:  # slide: keep the last tokens, prefill again
             seq.start = n - self.context_keep
-            if seq.cache is not None:
-                seq.cache.reset()
-        # The cache holds tokens[start : start + cache.length]; one missing token is a decode.
-        return seq.cache is None or seq.cache.length != n - seq.start - 1
+            seq.cached = 0
+        # The cache holds tokens[start : start + cached]; one missing token is a decode.
+        return seq.slot is None or seq.cached != n - seq.start - 1
 
-    def _prefill(self, seq: _Sequence) -> torch.Tensor:
-        """The next-token logits (V,) of one sequence from its whole window."""
-        window = torch.tensor([seq.tokens[seq.start :]], device=self.device)  # (1, T)
-        if seq.cache is not None:
-            seq.cache.reset()
-        logits, _ = self.model(window, cache=seq.cache, last_only=True)
-        return logits[0, -1].float()  # (1, T, V) -> (V,)
+    def _choose(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
+        """Pick each sequence's token from its row of logits (B, V), in one call where the
+        rows need no filter, and tell each sequence's listener."""
+        finite = torch.isfinite(logits).all(dim=-1).tolist()
+        configs = [s.handle.request.sampling for s in seqs]
+        noise = torch.ones_like(logits)  # greedy rows: unused
+        for b, seq in enumerate(seqs):
+            if seq.noise is not None and finite[b]:
+                noise[b] = seq.noise.next()[0]
+        temperature = torch.tensor([c.temperature for c in configs], device=logits.device)
+        tokens = choose(logits, noise, temperature).tolist()  # (B,)
+        for b, cfg in enumerate(configs):
+            if cfg.top_k is not None or cfg.top_p is not None:
+                rows = slice(b, b + 1)
+                tokens[b] = int(
+                    choose(logits[rows], noise[rows], temperature[rows], cfg.top_k, cfg.top_p)
+                )
+        for b, seq in enumerate(seqs):
+            self._advance(seq, logits[b], tokens[b], finite[b])
 
-    def _decode(self, seqs: list[_Sequence]) -> torch.Tensor:
-        """One token for each sequence, in one batched forward: (B, V) logits."""
-        idx = torch.tensor([[s.tokens[-1]] for s in seqs], device=self.device)  # (B, 1)
-        batch = CacheBatch([s.cache for s in seqs])
-        if self.batch_invariant:
-            with invariant.batch_invariant():
-                logits, _ = self.model(idx, cache=batch, last_only=True)  # (B, 1, V)
-        else:
-            logits, _ = self.model(idx, cache=batch, last_only=True)  # (B, 1, V)
-        return logits[:, -1].float()  # (B, V)
-
-    def _advance(self, seq: _Sequence, logits: torch.Tensor) -> None:
+    def _advance(self, seq: _Sequence, logits: torch.Tensor, token: int, finite: bool) -> None:
         request = seq.handle.request
         cfg = request.sampling
-        if not torch.isfinite(logits).all():
+        if not finite:
             self.counts["errors"] += 1
             self._emit(
                 seq,
@@ -419,7 +512,6 @@ class Engine:
                 ),
             )
             return
-        token = int(choose_tokens(logits[None], cfg, seq.generator)[0])
         seq.generated += 1
         event = TokenEvent(token, completion_tokens=seq.generated)
         if request.top_logprobs is not None:
@@ -470,5 +562,4 @@ class Engine:
                     None, finish_reason="error", error=message, completion_tokens=seq.generated
                 ),
             )
-            if seq.cache is not None:
-                self._free_caches.append(seq.cache)
+        self._backend.reset(active)  # after an internal error: every cache free and empty

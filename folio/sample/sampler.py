@@ -47,14 +47,13 @@ bfloat16 or int8 (`weights=`): faster where the CPU multiplies them natively,
 and approximate; `folio bench sample` reports how far they are from float32.
 The slide policy above is the same on every path.
 
-Decoding follows the usual order: temperature, then top-k, then top-p (the
-nucleus of Holtzman et al., 2019, "The Curious Case of Neural Text
-Degeneration"), then one multinomial draw from a private `torch.Generator`, so
-a seed reproduces a sample and never touches the global RNG. On the static
-paths the step itself makes the draw when there is no top-k or top-p
-(`StaticDecoder.advance`: a compiled step returns its token with no Python
-between the logits and the choice), from the same variates (`NoiseStream`),
-so every path picks the same tokens for a seed.
+Tokens are chosen by `folio.sample.choice` (temperature, then top-k, then
+top-p, then one draw from a private `torch.Generator`), the one choice every
+path that generates shares, so a seed reproduces a sample and never touches
+the global RNG. On the static paths the step itself makes the draw when there
+is no top-k or top-p (`StaticDecoder.advance`: a compiled step returns its
+token with no Python between the logits and the choice), from the same
+variates (`NoiseStream`), so every path picks the same tokens for a seed.
 """
 
 from __future__ import annotations
@@ -67,12 +66,17 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from folio.errors import FolioError
 from folio.memory import check_sampling_memory
 from folio.runtime import TORCH_DTYPES
+from folio.sample.choice import (  # noqa: F401  (re-exported: the sampler's public names)
+    NoiseStream,
+    choose_tokens,
+    filter_logits,
+    sampling_logprobs,
+)
 from folio.sample.decode import WEIGHT_FORMATS, StaticDecoder, supports_static_decoding
 from folio.tokenizers.stream import TextStream, TokenBytes
 
@@ -163,94 +167,6 @@ class Step:
     """(B, V) float32 logits of the last position, before temperature and filters."""
     ids: torch.Tensor
     """(B,) the token chosen for each sample."""
-
-
-def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """Set to -inf every logit outside the top-k, then outside the top-p nucleus. (B, V) -> (B, V)."""
-    V = logits.shape[-1]
-    if top_k is not None and top_k < V:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V) each
-        probs = F.softmax(sorted_logits, dim=-1)
-        # Drop a token when the tokens ranked above it already reach top_p; the
-        # first token has nothing above it, so it always stays.
-        mass_before = probs.cumsum(dim=-1) - probs  # (B, V)
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return logits
-
-
-def choose_tokens(
-    logits: torch.Tensor,
-    cfg: SamplingConfig,
-    generator: torch.Generator,
-    noise: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Pick one token per row of (B, V) float32 logits: argmax at temperature 0, else a draw.
-
-    `noise`: the draw's (B, V) Exp(1) variates, when the caller drew them
-    already (`NoiseStream`); None draws them from `generator`.
-    """
-    if cfg.temperature == 0:
-        return logits.argmax(dim=-1)  # (B,)
-    # Subtracting the max first keeps a tiny temperature from overflowing to inf.
-    scaled = (logits - logits.amax(dim=-1, keepdim=True)) / cfg.temperature
-    probs = F.softmax(filter_logits(scaled, cfg.top_k, cfg.top_p), dim=-1)  # (B, V)
-    # One draw per row, as torch.multinomial(probs, 1) draws it on a CPU (the same
-    # exponential variates from the generator, so the same tokens for a seed):
-    # argmax of probs / E with E ~ Exp(1) picks v with probability probs[v]. Written
-    # out, it skips multinomial's input checks, over half its time at batch 1.
-    if noise is None:
-        noise = torch.empty_like(probs).exponential_(1.0, generator=generator)  # (B, V)
-    return (probs / noise).argmax(dim=-1)  # (B,)
-
-
-class NoiseStream:
-    """The Exp(1) variates of successive draws, (B, V) per step, drawn many steps at a time.
-
-    On a CPU, torch's generator fills a tensor in order, so one (S, B, V) draw
-    holds the same numbers as S draws of (B, V): a seed gives the same tokens,
-    for a fraction of the calls. Elsewhere (CUDA's generator draws in blocks)
-    it draws one step at a time. Buffers stay under about 1 MB.
-    """
-
-    def __init__(
-        self, generator: torch.Generator, shape: tuple[int, int], device: torch.device
-    ) -> None:
-        self.generator, self.shape, self.device = generator, shape, device
-        per_step = shape[0] * shape[1]
-        self.chunk = max(1, min(64, 262_144 // per_step)) if device.type == "cpu" else 1
-        self.buffer = torch.empty(0, *shape, device=device)
-        self.used = 0
-
-    def next(self) -> torch.Tensor:
-        """The next step's (B, V) variates."""
-        if self.used == len(self.buffer):
-            self.buffer = torch.empty(self.chunk, *self.shape, device=self.device)
-            self.buffer.exponential_(1.0, generator=self.generator)
-            self.used = 0
-        self.used += 1
-        return self.buffer[self.used - 1]
-
-
-def sampling_logprobs(
-    logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None
-) -> torch.Tensor:
-    """Log-probabilities of the distribution `choose_tokens` draws from, for logits (..., V).
-
-    log p(v) = log_softmax(filter((logits - max) / temperature))[v], and -inf
-    outside the top-k / top-p set: the same steps, in the same order, as a
-    draw. RL scores its samples with it, so the loss sees exactly the
-    distribution the samples came from. Float32, differentiable; temperature > 0.
-    """
-    if temperature <= 0:
-        raise ValueError(f"sampling log-probabilities need a temperature > 0, got {temperature}")
-    V = logits.shape[-1]
-    flat = logits.reshape(-1, V).float()  # (N, V)
-    scaled = (flat - flat.amax(dim=-1, keepdim=True)) / temperature
-    return F.log_softmax(filter_logits(scaled, top_k, top_p), dim=-1).reshape(logits.shape)
 
 
 DECODE_PATHS = ("auto", "module", "static", "compiled", "aot")

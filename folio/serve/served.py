@@ -14,6 +14,7 @@ import torch
 
 from folio.models.gpt import GPT
 from folio.sample.engine import Engine
+from folio.sample.paths import DecodePath
 from folio.serve.prompt import is_chat_model, stop_ids_for
 from folio.tokenizers.stream import TokenBytes
 
@@ -51,6 +52,9 @@ class ServedModel:
                 "n_layer": getattr(c, "n_layer", 0),
                 "n_head": getattr(c, "n_head", 0),
                 "attention": isinstance(self.engine.model, GPT),
+                "decode": self.engine.path.name,
+                "batch_invariant": self.engine.batch_invariant,
+                "invariance_note": self.engine.invariance_note,
             },
         }
 
@@ -62,8 +66,10 @@ def load_served_model(
     max_batch: int = 32,
     max_queue: int = 64,
     which: str = "latest",
+    decode: str | DecodePath = "auto",
 ) -> ServedModel:
-    """A checkpoint to serve from `PATH` or `ID=PATH` (the id defaults to the run's folder name)."""
+    """A checkpoint to serve from `PATH` or `ID=PATH` (the id defaults to the run's folder name),
+    on the decode path `decode` (`folio.sample.paths`)."""
     from folio.checkpoint import load_checkpoint, require_language_model
 
     model_id, sep, path = spec.partition("=")
@@ -74,6 +80,8 @@ def load_served_model(
     if not model_id:
         p = Path(path).resolve()
         model_id = (p.parent.parent.name if p.parent.name == "checkpoints" else p.name) or "folio"
-    engine = Engine(ck.model, max_batch=max_batch, max_queue=max_queue, device=device)
+    engine = Engine(
+        ck.model, max_batch=max_batch, max_queue=max_queue, device=device, decode=decode
+    )
     created = int((ck.path / "model.safetensors").stat().st_mtime)
     return ServedModel(model_id, engine, ck.tokenizer, created)
