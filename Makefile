@@ -9,7 +9,7 @@ FOLIO  := $(VENV)/bin/folio
 # while an unpinned torch pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install browser compiler demo test lint bench bench-serve chaos clean
+.PHONY: install browser compiler demo test lint bench bench-serve chaos screenshots clean
 
 install: $(VENV)/.installed browser compiler
 
@@ -61,6 +61,11 @@ bench-serve: install
 chaos: install
 	$(PY) benchmarks/chaos.py --kills 50
 	$(PY) benchmarks/recipe_chaos.py --interruptions 10
+
+# The docs' playground screenshot (docs/playground.png) from the README's fine-tuned run
+# (make demo, then the README's `folio tasks make` and `folio sft` on reverse), in chromium.
+screenshots: install
+	$(PY) benchmarks/playground_screenshot.py --checkpoint runs/reverse --chat "Reverse: tower" --out docs/playground.png
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

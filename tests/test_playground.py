@@ -21,7 +21,9 @@ CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 KEY = "playground-clé"  # not ASCII: the page must send it as UTF-8
 
 
-def _browser_or_skip():
+def browser_or_skip(width: int = 1400, height: int = 900):
+    """Debian's chromium, headless, through chromium-driver; the test skips (or fails, as root)
+    with the reason where they are missing. The other playground test modules use it too."""
     missing = [p for p in (CHROMIUM, DRIVER) if not (os.path.exists(p) or shutil.which(p))]
     if missing:
         if os.geteuid() == 0:
@@ -42,7 +44,7 @@ def _browser_or_skip():
         "--no-sandbox",
         "--disable-gpu",
         "--disable-dev-shm-usage",
-        "--window-size=1400,900",
+        f"--window-size={width},{height}",
     ):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
@@ -54,7 +56,7 @@ def _tiny_run(tmp_path):
     return save_run(tmp_path / "tiny", random_gpt(tok.vocab_size, 16), tok)
 
 
-def _open_ready(browser, url: str):
+def open_ready(browser, url: str):
     """Load the page and wait until it says ready; the wait, for what follows."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -69,9 +71,9 @@ def test_playground_streams_a_reply_colours_tokens_and_shows_attention(tmp_path)
     from selenium.webdriver.common.by import By
 
     with Server(f"--checkpoint=tiny={_tiny_run(tmp_path)}") as server:
-        browser = _browser_or_skip()
+        browser = browser_or_skip()
         try:
-            wait = _open_ready(browser, server.url)
+            wait = open_ready(browser, server.url)
             assert browser.find_element(By.ID, "mode").get_attribute("value") == "completion"
             max_tokens = browser.find_element(By.ID, "max_tokens")
             max_tokens.clear()
@@ -127,12 +129,12 @@ def test_playground_keeps_failed_turns_out_of_the_history_and_drops_old_turns_to
     tok = with_chat_tokens(CharTokenizer.from_text(TEXT))
     run = save_run(tmp_path / "chat", random_gpt(tok.vocab_size, 32), tok)
     with Server(f"--checkpoint=chat={run}", "--api-key", KEY) as server:
-        browser = _browser_or_skip()
+        browser = browser_or_skip()
         try:
             browser.get(server.url + "/")
             wait = WebDriverWait(browser, 30)
             find = lambda element_id: browser.find_element(By.ID, element_id)  # noqa: E731
-            history = lambda: browser.execute_script("return state.history")  # noqa: E731
+            history = lambda: browser.execute_script("return chatHistory()")  # noqa: E731
             errors = lambda: [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".msg.error")]  # noqa: E731
 
             def say(text: str) -> None:
@@ -196,9 +198,9 @@ def test_the_page_fits_a_laptop_a_tablet_and_a_phone(tmp_path):
     """No sideways scrolling at any width, and the chat column takes most of a narrow window
     (at 800 px it was about 120 px wide; at 420 px the page scrolled sideways)."""
     with Server(f"--checkpoint=tiny={_tiny_run(tmp_path)}") as server:
-        browser = _browser_or_skip()
+        browser = browser_or_skip()
         try:
-            _open_ready(browser, server.url)
+            open_ready(browser, server.url)
             for width, share in ((1400, 0.35), (800, 0.6), (420, 0.85)):
                 browser.set_window_size(width, 900)
                 layout = browser.execute_script(
@@ -217,3 +219,91 @@ def test_the_page_fits_a_laptop_a_tablet_and_a_phone(tmp_path):
                 browser.save_screenshot(str(tmp_path / f"playground-{width}.png"))
         finally:
             browser.quit()
+
+
+class Playground:
+    """One browser on one server's page, driven as a person would: type, click, hover.
+
+    The other playground test modules share one server and one browser per module
+    and drive them through this; `open` starts each test on a fresh page.
+    """
+
+    def __init__(self, browser, url: str) -> None:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.browser, self.url = browser, url
+        self.wait = WebDriverWait(browser, 30)
+
+    def open(self, width: int, model: str | None = None, *, fresh: bool = True) -> None:
+        """The page at this window width, its storage emptied unless `fresh` is False."""
+        from selenium.webdriver.support.ui import Select
+
+        self.browser.set_window_size(width, 900)
+        self.browser.get(self.url + "/")
+        if fresh:
+            self.js("localStorage.clear()")
+            self.browser.get(self.url + "/")
+        self.wait.until(lambda b: self.find("status").text == "ready")
+        if model is not None:
+            Select(self.find("model")).select_by_value(model)
+
+    def find(self, element_id: str):
+        from selenium.webdriver.common.by import By
+
+        return self.browser.find_element(By.ID, element_id)
+
+    def all(self, css: str) -> list:
+        from selenium.webdriver.common.by import By
+
+        return self.browser.find_elements(By.CSS_SELECTOR, css)
+
+    def js(self, script: str, *args):
+        return self.browser.execute_script(script, *args)
+
+    def fill(self, element_id: str, value: str) -> None:
+        box = self.find(element_id)
+        box.clear()
+        box.send_keys(value)
+
+    def idle(self) -> None:
+        """Wait until the page has finished a request (the reply, or its error)."""
+        self.wait.until(
+            lambda b: not self.js("return state.busy") and self.find("send").is_enabled()
+        )
+
+    def click(self, element) -> None:
+        element.click()
+        self.idle()
+
+    def say(self, text: str) -> None:
+        self.fill("prompt", text)
+        self.click(self.find("send"))
+
+    def history(self) -> list[dict]:
+        return self.js("return chatHistory()")
+
+    def hover(self, element, dx: int | None = None, dy: int | None = None) -> None:
+        """The mouse over `element`, at (dx, dy) from its centre when given."""
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        chain = ActionChains(self.browser)
+        if dx is None:
+            chain.move_to_element(element)
+        else:
+            chain.move_to_element_with_offset(element, dx, dy)
+        chain.perform()
+
+    def fits(self) -> bool:
+        """No sideways scrolling: the page is no wider than the window."""
+        return self.js("return document.documentElement.scrollWidth <= window.innerWidth")
+
+    def scroll_to(self, element) -> None:
+        """Scroll the page so that `element` is in the middle of the window."""
+        self.js("arguments[0].scrollIntoView({block: 'center'})", element)
+
+    def screenshot(self, path, show=None) -> None:
+        """Save the window as `path`, scrolled first so that the element `show` is in view."""
+        if show is not None:
+            self.scroll_to(show)
+        assert self.browser.get_screenshot_as_png()[:8] == b"\x89PNG\r\n\x1a\n"
+        self.browser.save_screenshot(str(path))

@@ -15,9 +15,11 @@ counts are for those who may use the API.
 `{"model", "messages": [...]}` (rendered as for chat; a last assistant
 message is the reply so far), plus `"layer"` (default 0) and `"head"`
 (default 0). It answers `{"model", "layer", "head", "n_layer", "n_head",
-"tokens": [str], "weights": [[float]]}`: `weights[t][s]` is how much position
-t attends to position s (the video's `wei`; row t sums to 1, zero above the
-diagonal). The text is cut to its last block_size tokens.
+"tokens": [str], "weights": [[float]], "offset"}`: `weights[t][s]` is how much
+position t attends to position s (the video's `wei`; row t sums to 1, zero above
+the diagonal). The model reads at most block_size tokens, so a longer text is
+cut to its last block_size: `offset` is how many tokens were cut from its start
+(0 when the whole text is shown), and `tokens[0]` is the text's token `offset`.
 """
 
 from __future__ import annotations
@@ -122,15 +124,17 @@ async def attention(request: Request, body: JSONBody) -> dict[str, Any]:
     c = m.engine.model.config
     layer = P.opt_int(body, "layer", 0, c.n_layer - 1) or 0
     head = P.opt_int(body, "head", 0, c.n_head - 1) or 0
-    ids = _attention_prompt(m, body)[-m.engine.block_size :]
+    ids = _attention_prompt(m, body)
+    window = ids[-m.engine.block_size :]
     # The forward pass runs in a worker thread, so the event loop keeps serving meanwhile.
-    weights = await asyncio.to_thread(_attention_weights, m, ids, layer, head)
+    weights = await asyncio.to_thread(_attention_weights, m, window, layer, head)
     return {
         "model": m.id,
         "layer": layer,
         "head": head,
         "n_layer": c.n_layer,
         "n_head": c.n_head,
-        "tokens": _attention_tokens(m, ids),
+        "tokens": _attention_tokens(m, window),
         "weights": weights,
+        "offset": len(ids) - len(window),
     }
