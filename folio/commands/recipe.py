@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--scale", choices=["laptop", "tiny"], default="laptop",
-        help="laptop: the BENCHMARKS.md figures, about 15 minutes on 2 cores; tiny: about a "
+        help="laptop: the BENCHMARKS.md figures, about 22 minutes on 2 cores; tiny: about a "
         "minute (each step's start-up is most of it), figures meaningless",
     )  # fmt: skip
     parser.add_argument(

@@ -93,7 +93,7 @@ def _flags(text: str) -> tuple[str, ...]:
 
 SCALES: dict[str, Scale] = {
     "laptop": Scale(
-        description="a 1.3M-parameter character model; about 15 minutes on 2 CPU cores",
+        description="a 1.3M-parameter character model; about 22 minutes on 2 CPU cores",
         base=_flags(
             "--preset demo --model.n_embd 160 --batch-size 16 --max-iters 800 "
             "--set train.max_time=0 --set train.schedule_clock=steps --eval-interval 200 "
@@ -108,7 +108,10 @@ SCALES: dict[str, Scale] = {
         ),
         prefs=_flags("--n 600 --n-test 200 --replies 4 --seed 0"),
         reward=(),
-        ppo=_flags("--max-iters 200 --rl.max_new_tokens 64 --rl.ptx_coef 0.5"),
+        ppo=_flags(
+            "--max-iters 100 --rl.max_new_tokens 64 --rl.kl_coef 0.2 --rl.ptx_coef 0.5 "
+            "--rl.prompt_pool 2000"
+        ),
         dpo=_flags("--prefs.ptx_coef 0.5"),
         eval_tasks=_flags("--k 8 --max-new-tokens 48 --seed 0"),
         gold=_flags("--n 200 --samples 4 --seed 0"),

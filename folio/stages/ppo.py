@@ -46,6 +46,7 @@ from folio.config.rl import RLConfig
 from folio.config.run import RunConfig
 from folio.data.prefs import GOLD_TESTS, gold_tests, line_prompts
 from folio.data.tasks import load_material
+from folio.errors import FolioError
 from folio.models.config import PolicyValueConfig
 from folio.rl.estimators import (
     clip_fraction,
@@ -280,7 +281,10 @@ def train_ppo(
             + (f" ({left} demonstrations left out)" if left else "")
         )
     material = load_material(corpus)
-    train_prompts = line_prompts("train", rl.prompt_pool, rl.train_seed, material)
+    try:
+        train_prompts = line_prompts("train", rl.prompt_pool, rl.train_seed, material)
+    except FolioError as e:
+        raise FolioError(f"--rl.prompt_pool {rl.prompt_pool}: {e}") from None
     test_prompts = line_prompts("test", rl.eval_prompts, rl.test_seed, material)
     run = dataclasses.replace(
         run, model=config, train=dataclasses.replace(run.train, batch_size=rl.minibatch_rows)
