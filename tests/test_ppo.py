@@ -181,6 +181,12 @@ def test_folio_rl_ppo_end_to_end(line_runs: dict[str, Path]) -> None:
     assert summary["step"] == 2 and 0 <= summary["gold_score"] <= 1 and "rm_score" in summary
     run = json.loads((out / "run.json").read_text())
     assert run["algo"] == "ppo" and run["model_type"] == "gpt-value"
+    # a prompt pool larger than the gold rule has prompts takes them all, and says so
+    code, said, err = cli("rl", "--algo", "ppo", "--init-from", f"run:{line_runs['sft']}",
+                          "--reward-model", f"run:{line_runs['rm']}", "--out",
+                          line_runs["root"] / "big-pool", "--max-iters", 1, *SMALL,
+                          "--rl.prompt_pool", 10**6)  # fmt: skip
+    assert code == 0 and "training prompts; the pool takes them all" in said, err
     # a PPO run's model is a policy: GRPO, DPO or another PPO run may start from it
     code, _, err = cli("rl", "--algo", "ppo", "--init-from", f"run:{out}", "--reward-model",
                        f"run:{line_runs['rm']}", "--out", line_runs["root"] / "ppo2",

@@ -45,8 +45,7 @@ from torch import nn
 from folio.config.rl import RLConfig
 from folio.config.run import RunConfig
 from folio.data.prefs import GOLD_TESTS, gold_tests, line_prompts
-from folio.data.tasks import load_material
-from folio.errors import FolioError
+from folio.data.tasks import LINE_PROMPT, load_material, prompt_split
 from folio.models.config import PolicyValueConfig
 from folio.rl.estimators import (
     clip_fraction,
@@ -281,10 +280,17 @@ def train_ppo(
             + (f" ({left} demonstrations left out)" if left else "")
         )
     material = load_material(corpus)
-    try:
-        train_prompts = line_prompts("train", rl.prompt_pool, rl.train_seed, material)
-    except FolioError as e:
-        raise FolioError(f"--rl.prompt_pool {rl.prompt_pool}: {e}") from None
+    # the gold rule has speakers x topics prompts, about 80% of them in train: a pool asked
+    # for beyond that takes them all
+    available = sum(
+        prompt_split(LINE_PROMPT.format(speaker=sp, word=w)) == "train"
+        for sp in material.speakers
+        for w in material.topics
+    )
+    pool = min(rl.prompt_pool, available)
+    if pool < rl.prompt_pool:
+        log(f"ppo: the gold rule has {available} training prompts; the pool takes them all")
+    train_prompts = line_prompts("train", pool, rl.train_seed, material)
     test_prompts = line_prompts("test", rl.eval_prompts, rl.test_seed, material)
     run = dataclasses.replace(
         run, model=config, train=dataclasses.replace(run.train, batch_size=rl.minibatch_rows)
