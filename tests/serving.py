@@ -20,6 +20,8 @@ import torch
 
 from folio.checkpoint import clean_state_dict, save_checkpoint
 from folio.models import GPT, GPTConfig
+from folio.sample import SamplingConfig
+from folio.sample.engine import GenerationRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll: Speak, speak.\n"
@@ -42,6 +44,12 @@ def random_gpt(vocab_size: int, block_size: int = 16, seed: int = 0, **kw) -> GP
             if p.dim() > 1:
                 p.normal_(0.0, 0.2)
     return model.eval()
+
+
+def request(prompt: list[int], n: int, **kw) -> GenerationRequest:
+    """An engine request for n tokens; temperature, seed, top_k and top_p go to its sampling."""
+    sampling = {k: kw.pop(k) for k in ("temperature", "seed", "top_k", "top_p") if k in kw}
+    return GenerationRequest(prompt, SamplingConfig(max_new_tokens=n, **sampling), **kw)
 
 
 def save_run(run_dir: Path, model: GPT, tokenizer) -> Path:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from serving import TEXT, random_gpt
+from serving import TEXT, random_gpt, request
 
 from folio.errors import FolioError
 from folio.models import BigramConfig, BigramLanguageModel
@@ -27,11 +27,6 @@ def tok() -> CharTokenizer:
 @pytest.fixture(scope="module")
 def model(tok):
     return random_gpt(tok.vocab_size, BLOCK)
-
-
-def request(prompt: list[int], n: int, **kw) -> GenerationRequest:
-    sampling = {k: kw.pop(k) for k in ("temperature", "seed", "top_k", "top_p") if k in kw}
-    return GenerationRequest(prompt, SamplingConfig(max_new_tokens=n, **sampling), **kw)
 
 
 def run_alone(engine: Engine, req: GenerationRequest) -> list[TokenEvent]:

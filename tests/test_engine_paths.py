@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from serving import TEXT, random_gpt
+from serving import TEXT, random_gpt, request
 
 from folio.errors import FolioError
 from folio.models import BigramConfig, BigramLanguageModel
-from folio.sample import SamplingConfig
 from folio.sample.engine import Engine, GenerationRequest, TokenEvent
 from folio.sample.paths import PATH_NAMES, DecodePath, parse_decode_path
 from folio.tokenizers import CharTokenizer
@@ -31,11 +30,6 @@ def tok() -> CharTokenizer:
 @pytest.fixture(scope="module")
 def model(tok):
     return random_gpt(tok.vocab_size, BLOCK)
-
-
-def request(prompt: list[int], n: int, **kw) -> GenerationRequest:
-    sampling = {k: kw.pop(k) for k in ("temperature", "seed", "top_k", "top_p") if k in kw}
-    return GenerationRequest(prompt, SamplingConfig(max_new_tokens=n, **sampling), **kw)
 
 
 def run_together(engine: Engine, reqs: list[GenerationRequest]) -> list[list[TokenEvent]]:
