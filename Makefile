@@ -45,8 +45,10 @@ demo: install
 
 # -n auto: one pytest worker per core (pytest-xdist); each test module stays on one worker, so
 # its module fixtures (trained runs, compiled steps) are built once; the workers share one kernel cache.
+# Bytecode is written even where the environment says not to: the suite starts many `python -m folio`
+# processes, and each would otherwise compile Folio's sources again (about 4 s per worker, too).
 test: install
-	$(PY) -m pytest -q -n auto --dist loadscope --durations=15
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n auto --dist loadscope --durations=15
 
 lint: install
 	$(VENV)/bin/ruff check folio tests benchmarks
