@@ -40,8 +40,8 @@ def _spec(value: str) -> str:
 
 def run(args: argparse.Namespace) -> None:
     """Sample replies to held-out gold prompts and score them."""
+    from folio.data.material import load_material
     from folio.data.prefs import line_prompts
-    from folio.data.tasks import load_material
     from folio.eval.gold import gold_report
     from folio.train.policy import load_policy, same_tokenizer
 

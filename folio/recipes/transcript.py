@@ -17,8 +17,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from folio.data.material import load_material
 from folio.data.prefs import line_prompts
-from folio.data.tasks import load_material
 
 UNSEEN_PROMPT = "Who are you, and what can you do?"
 """The prompt of a kind no stage trained on."""

@@ -44,8 +44,9 @@ from torch import nn
 
 from folio.config.rl import RLConfig
 from folio.config.run import RunConfig
+from folio.data.material import load_material
 from folio.data.prefs import GOLD_TESTS, gold_tests, line_prompts
-from folio.data.tasks import LINE_PROMPT, load_material, prompt_split
+from folio.data.tasks import LINE_PROMPT, prompt_split
 from folio.models.config import PolicyValueConfig
 from folio.rl.estimators import (
     clip_fraction,

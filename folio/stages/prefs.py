@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from folio.data.material import load_material
 from folio.data.prefs import (
     FLIP,
     LINE_PROMPT,
@@ -19,7 +20,6 @@ from folio.data.prefs import (
     make_pairs,
     write_pref_dir,
 )
-from folio.data.tasks import load_material
 from folio.errors import FolioError
 from folio.eval.tasks import Reply, generate_replies
 from folio.inputs import check_seed
