@@ -19,6 +19,10 @@ A checkpoint directory is written under a temporary name, fsynced and renamed;
 then a pointer file is replaced atomically. A kill at any instant therefore
 leaves `latest.json` pointing at a complete checkpoint. Weights are
 safetensors and metadata JSON: loading a checkpoint runs no code.
+
+The file runs past 500 lines on purpose: the format's writer, its pointer files
+and its reader are kept side by side, so that a change to what is written is
+seen beside what reads it.
 """
 
 from __future__ import annotations

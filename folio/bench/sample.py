@@ -140,6 +140,36 @@ def _sampler(model: GPT, path: str, device: str) -> Sampler:
     return Sampler(model, device=device, dtype=dtype, decode=decode, weights=weights)
 
 
+def _time_paths(
+    samplers: dict[str, Sampler],
+    batch_sizes: tuple[int, ...],
+    new_tokens: int,
+    uncached: int,
+    repeats: int,
+    warmup_tokens: int,
+    progress: bool,
+) -> tuple[dict[tuple[str, int], float], dict[str, float]]:
+    """The best tokens/s of each (path, batch), the paths taking turns; and each compile's seconds."""
+    compile_s: dict[str, float] = {}
+    best: dict[tuple[str, int], float] = {}
+    for batch in batch_sizes:
+        for p, s in samplers.items():  # warm up; the first compiled step compiles
+            start = time.perf_counter()
+            _run(s, batch, warmup_tokens, p != "uncached")
+            if PATHS[p][0] in ("compiled", "aot"):
+                compile_s[f"{p} batch {batch}"] = round(time.perf_counter() - start, 2)
+        for _ in range(repeats):
+            for p, s in samplers.items():
+                tokens = uncached if p == "uncached" else new_tokens
+                seconds = _run(s, batch, tokens, p != "uncached")
+                key = (p, batch)
+                best[key] = max(best.get(key, 0.0), tokens * batch / seconds)
+        if progress:
+            done = {p: round(best[(p, batch)]) for p in samplers}
+            print(f"batch {batch}: tok/s {done}", file=sys.stderr, flush=True)
+    return best, compile_s
+
+
 def bench_sample(
     preset_config: GPTConfig,
     batch_sizes: tuple[int, ...] = (1, 8),
@@ -169,23 +199,9 @@ def bench_sample(
     default_path = Sampler(model, device=device).path()
     names = {p: s.path(use_cache=p != "uncached") for p, s in samplers.items()}
     uncached = min(uncached_tokens or new_tokens, new_tokens)
-    compile_s: dict[str, float] = {}
-    best: dict[tuple[str, int], float] = {}
-    for batch in batch_sizes:
-        for p, s in samplers.items():  # warm up; the first compiled step compiles
-            start = time.perf_counter()
-            _run(s, batch, warmup_tokens, p != "uncached")
-            if PATHS[p][0] in ("compiled", "aot"):
-                compile_s[f"{p} batch {batch}"] = round(time.perf_counter() - start, 2)
-        for _ in range(repeats):
-            for p, s in samplers.items():
-                tokens = uncached if p == "uncached" else new_tokens
-                seconds = _run(s, batch, tokens, p != "uncached")
-                key = (p, batch)
-                best[key] = max(best.get(key, 0.0), tokens * batch / seconds)
-        if progress:
-            done = {p: round(best[(p, batch)]) for p in paths}
-            print(f"batch {batch}: tok/s {done}", file=sys.stderr, flush=True)
+    best, compile_s = _time_paths(
+        samplers, batch_sizes, new_tokens, uncached, repeats, warmup_tokens, progress
+    )
     rows = [
         {
             "path": names[p],

@@ -128,6 +128,41 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _check_limits(args: argparse.Namespace) -> None:
+    """Refuse a limit below one before anything loads."""
+    for name in ("max_batch", "max_queue", "max_tokens", "default_max_tokens", "max_body_bytes"):
+        if getattr(args, name) < 1:
+            raise FolioError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_prompt_tokens is not None and args.max_prompt_tokens < 1:
+        raise FolioError("--max-prompt-tokens must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise FolioError("--threads must be at least 1")
+
+
+def _announce(models: list, warning: str | None, key_in_flag: bool) -> None:
+    """Say what is exposed and how each model decodes; compile the compiled paths' steps now."""
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    if key_in_flag:
+        print(
+            "note: --api-key shows in `ps` to every user of this machine; "
+            "FOLIO_API_KEY=KEY in the environment does not",
+            file=sys.stderr,
+            flush=True,
+        )
+    for m in models:
+        mode = "chat" if m.chat else "completion"
+        e = m.engine
+        print(
+            f"model {m.id!r}: {mode} mode, block_size {e.block_size}, decode path "
+            f"{e.path.name} ({e.invariance_note})",
+            flush=True,
+        )
+        if e.path.how in ("compiled", "aot"):
+            print(f"model {m.id!r}: compiling the decode steps ...", flush=True)
+            e.warm_up()
+
+
 def run(args: argparse.Namespace) -> None:
     """Load the checkpoints, bind, and serve until Ctrl-C or SIGTERM."""
     try:
@@ -149,16 +184,10 @@ def run(args: argparse.Namespace) -> None:
     args.api_key = args.api_key or os.environ.get("FOLIO_API_KEY") or None
     if args.api_key is not None:
         api_key_bytes(args.api_key)  # a key no client could send is refused before loading
-    for name in ("max_batch", "max_queue", "max_tokens", "default_max_tokens", "max_body_bytes"):
-        if getattr(args, name) < 1:
-            raise FolioError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.max_prompt_tokens is not None and args.max_prompt_tokens < 1:
-        raise FolioError("--max-prompt-tokens must be at least 1")
+    _check_limits(args)
     decode = parse_decode_path(args.decode)  # a bad name is refused before loading anything
     warning = exposure_warning(args.host, args.api_key, args.allow_remote_without_key)
     if args.threads is not None:
-        if args.threads < 1:
-            raise FolioError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     models = [
@@ -190,26 +219,7 @@ def run(args: argparse.Namespace) -> None:
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
-    if key_in_flag:
-        print(
-            "note: --api-key shows in `ps` to every user of this machine; "
-            "FOLIO_API_KEY=KEY in the environment does not",
-            file=sys.stderr,
-            flush=True,
-        )
-    for m in models:
-        mode = "chat" if m.chat else "completion"
-        e = m.engine
-        print(
-            f"model {m.id!r}: {mode} mode, block_size {e.block_size}, decode path "
-            f"{e.path.name} ({e.invariance_note})",
-            flush=True,
-        )
-        if e.path.how in ("compiled", "aot"):
-            print(f"model {m.id!r}: compiling the decode steps ...", flush=True)
-            e.warm_up()
+    _announce(models, warning, key_in_flag)
     print(f"serving on http://{shown}:{port} (playground at /, API at /v1)", flush=True)
     config = uvicorn.Config(
         app,

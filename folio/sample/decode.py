@@ -39,6 +39,10 @@ instead of about a hundred: at batch 1 the per-call cost of passing,
 guarding and unwrapping each input was a fifth of a token's time. For the
 same reason the compiled step uses inductor's C++ wrapper (`cpp_wrapper`),
 which calls its kernels without a Python line per kernel.
+
+The file runs past 500 lines on purpose: the packed weight formats, the step
+and the prefill must agree tensor by tensor with the exported program that
+folio/sample/aot.py compiles, and splitting them would hide that contract.
 """
 
 from __future__ import annotations

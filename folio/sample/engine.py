@@ -68,6 +68,10 @@ block_size // 2) and is prefilled again from them.
 Memory stays flat: KV caches are taken from a pool of at most `max_batch`
 caches (or slots) and reused; a finished sequence keeps nothing but the keys
 and values its slot holds for prefix reuse.
+
+The file runs past 500 lines on purpose: the admit, prefill, choose, advance and
+retire steps of one loop share the engine's state and its lock, and read best
+in one place, top to bottom, as the order a request passes through them.
 """
 
 from __future__ import annotations

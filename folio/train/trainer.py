@@ -14,6 +14,10 @@ loss plot, checkpoint (latest; best when val improved). Resume restores
 weights, optimizer, the data sampler's and dropout's random states and the
 counters, so a resumed run continues exactly as if never stopped. Ctrl-C and
 SIGTERM stop at the next step boundary with a checkpoint.
+
+The file runs a little past 500 lines: the loop is one class, read top to
+bottom (set up, step, evaluate, save, stop); the run directory and the reports
+are already their own modules (rundir.py, report.py).
 """
 
 from __future__ import annotations
