@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from folio.commands.reward import add_preference_arguments, configs, report, trainer_args
+from folio.commands.common import report_result, trainer_flags
+from folio.commands.reward import add_preference_arguments, configs
 from folio.config.rl import check_ptx
 
 HELP = "DPO: tune a chat model on preference pairs against a frozen reference"
@@ -36,6 +37,8 @@ def run(args: argparse.Namespace) -> None:
 
     result = train_dpo(
         run_config, cfg, args.init_from, args.data, args.out, reference_from=args.reference,
-        ptx_data=args.ptx_data, **trainer_args(args),
+        ptx_data=args.ptx_data, **trainer_flags(args),
     )  # fmt: skip
-    report(args, result, ("margin", "accuracy", "gold_score", "chosen_logprob", "rejected_logprob"))
+    report_result(
+        args, result, ("margin", "accuracy", "gold_score", "chosen_logprob", "rejected_logprob")
+    )

@@ -4,9 +4,8 @@ against a reward model (folio/stages/ppo.py)."""
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
+from folio.commands.common import report_result, run_flags, trainer_flags
 from folio.config.rl import RLConfig, check_ptx
 from folio.config.run import add_config_flags, add_stage_flags, list_presets
 from folio.errors import FolioError
@@ -50,19 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset", default="rl",
         help=f"preset with [train] and [rl] tables ({', '.join(list_presets())}) or a TOML file",
     )  # fmt: skip
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
-    )
-    parser.add_argument(
-        "--restart", action="store_true",
-        help="start over in a run directory that already holds a run, moving the old one aside",
-    )  # fmt: skip
-    parser.add_argument(
-        "--force", action="store_true",
-        help="train even when the memory estimate exceeds the memory available",
-    )  # fmt: skip
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    run_flags(parser)
     add_stage_flags(parser, "rl", RLConfig, "RL settings (override the preset's [rl] table)")
     add_config_flags(parser, model=False)
 
@@ -88,11 +75,7 @@ def run(args: argparse.Namespace) -> None:
         raise FolioError("folio rl runs in a single process; launch it without torchrun")
     run_config = build_run_config(args.preset, overrides, stages=("rl",))
     rl = stage_config(RLConfig, args.preset, "rl", overrides)
-    common = dict(
-        reference_from=args.reference, corpus=args.corpus, resume=args.resume,
-        restart=args.restart, force=args.force, progress=not args.quiet,
-        log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print,
-    )  # fmt: skip
+    common = dict(reference_from=args.reference, corpus=args.corpus, **trainer_flags(args))
     check_ptx(args.ptx_data, rl.ptx_coef, "rl")
     if args.algo == "grpo":
         if args.ptx_data is not None:
@@ -113,19 +96,5 @@ def run(args: argparse.Namespace) -> None:
             run_config, rl, args.init_from, args.reward_model, args.out,
             ptx_data=args.ptx_data, **common,
         )  # fmt: skip
-    last = result.history[-1] if result.history else {}
     keys = ("pass_at_1", "reward", "rm_score", "gold_score", "kl", "end_rate")
-    figures = {k: last[k] for k in keys if k in last}
-    summary = {
-        "run_dir": str(result.run_dir),
-        "algo": args.algo,
-        "step": result.step,
-        **figures,
-        "seconds": round(result.seconds, 2),
-        "stopped": result.stopped,
-    }
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in figures.items())
-        print(f"done: step {result.step}, {shown}, {result.seconds:.1f} s -> {result.run_dir}")
+    report_result(args, result, keys, algo=args.algo)

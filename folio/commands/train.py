@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from folio.commands.common import report_result, run_flags, trainer_flags
 from folio.config.run import add_config_flags, list_presets
 from folio.errors import FolioError
 
@@ -22,20 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="run directory (checkpoints, metrics, plot)")
     parser.add_argument(
-        "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
-    )
-    parser.add_argument(
-        "--restart",
-        action="store_true",
-        help="start over in a run directory that already holds a run, moving the old one "
-        "aside to RUN.old-N (never deleted)",
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="train even when the memory estimate exceeds the memory available",
-    )
-    parser.add_argument(
         "--init-from",
         default=None,
         metavar="hf:DIR|run:DIR",
@@ -44,8 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the model's shape comes from DIR and the preset's [model] section is ignored except "
         "dropout",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    run_flags(parser)
     add_config_flags(parser)
 
 
@@ -67,31 +52,7 @@ def run(args: argparse.Namespace) -> None:
         run,
         args.data,
         args.out,
-        resume=args.resume,
-        progress=not args.quiet,
         init_from=args.init_from,
-        force=args.force,
-        restart=args.restart,
+        **trainer_flags(args),
     )
-    from folio.runtime import is_main
-
-    if not is_main():  # under torchrun, rank 0 speaks for the job
-        return
-    summary = {
-        "run_dir": str(result.run_dir),
-        "step": result.step,
-        "train_loss": result.train_loss,
-        "val_loss": result.val_loss,
-        "best_val_loss": result.best_val_loss,
-        "seconds": round(result.seconds, 2),
-        "tokens_per_s": round(result.tokens_per_s, 1),
-        "params": result.n_params,
-        "stopped": result.stopped,
-    }
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(
-            f"done: step {result.step}, val loss {result.val_loss:.4f}, "
-            f"{result.seconds:.1f} s, {result.tokens_per_s:,.0f} tokens/s -> {result.run_dir}"
-        )
+    report_result(args, result)
