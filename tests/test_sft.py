@@ -196,11 +196,16 @@ def test_cli_flags_that_cannot_apply_are_one_line(
             "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
     cases = {
         "--mix-fraction needs --mix-data": ["--mix-fraction", "0.2"],
-        "--mix-fraction must be in [0, 1)": ["--mix-data", str(world["ds"]), "--mix-fraction", "1"],
+        "sft config: mix_fraction must be in [0, 1)": [
+            "--mix-data",
+            str(world["ds"]),
+            "--mix-fraction",
+            "1",
+        ],
         "model.block_size: the model's shape comes from": ["--model.block_size", "32"],
-        "--eval-prompts must be a non-negative integer": ["--eval-prompts", "-1"],
+        "sft config: eval_prompts must not be negative": ["--eval-prompts", "-1"],
         "rl.kl_coef: this command reads no [rl] settings; it takes settings of the sections "
-        "model, train": ["--set", "rl.kl_coef=1"],
+        "model, train, sft": ["--set", "rl.kl_coef=1"],
         "prefs.beta: this command reads no [prefs] settings": ["--set", "prefs.beta=0.5"],
     }
     for words, extra in cases.items():

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from folio.config.run import add_config_flags
-from folio.config.sft import EVAL_PROMPTS, MIX_FRACTION, VAL_FRACTION
+from folio.commands.common import report_result, run_flags, trainer_flags
+from folio.config.run import add_config_flags, add_stage_flags
+from folio.config.sft import EVAL_PROMPTS, MIX_FRACTION, VAL_FRACTION, SFTConfig
+from folio.errors import FolioError
 
 HELP = "fine-tune a trained model on conversations (loss on the assistant's tokens only)"
 
@@ -42,53 +43,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "so the model keeps it (default: none)",
     )
     parser.add_argument(
-        "--mix-fraction",
-        type=float,
-        default=None,
-        help=f"share of each training batch's rows taken from --mix-data "
-        f"(default: {MIX_FRACTION} with --mix-data)",
-    )
+        "--mix-fraction", dest="cfg:sft.mix_fraction", metavar="V", default=None,
+        help=f"= --sft.mix_fraction V: share of each training batch's rows taken from --mix-data "
+        f"(the preset's: {MIX_FRACTION})",
+    )  # fmt: skip
     parser.add_argument(
-        "--val-fraction",
-        type=float,
-        default=VAL_FRACTION,
-        help="share of the conversations held out for validation when no val.jsonl or "
-        "test.jsonl is given",
-    )
+        "--val-fraction", dest="cfg:sft.val_fraction", metavar="V", default=None,
+        help=f"= --sft.val_fraction V: share of the conversations held out for validation when "
+        f"no val.jsonl or test.jsonl is given (the preset's: {VAL_FRACTION})",
+    )  # fmt: skip
     parser.add_argument(
-        "--eval-prompts",
-        type=int,
-        default=EVAL_PROMPTS,
-        help="validation prompts answered greedily at each eval for pass@1 and the end rate "
-        "(0: none)",
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
-    )
-    parser.add_argument(
-        "--restart",
-        action="store_true",
-        help="start over in a run directory that already holds a run, moving the old one "
-        "aside to RUN.old-N (never deleted)",
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="train even when the memory estimate exceeds the memory available",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+        "--eval-prompts", dest="cfg:sft.eval_prompts", metavar="V", default=None,
+        help=f"= --sft.eval_prompts V: validation prompts answered greedily at each eval for "
+        f"pass@1 and the end rate, 0: none (the preset's: {EVAL_PROMPTS})",
+    )  # fmt: skip
+    run_flags(parser)
+    add_stage_flags(parser, "sft", SFTConfig, "SFT settings (override the preset's [sft] table)")
     add_config_flags(parser)
 
 
 def run(args: argparse.Namespace) -> None:
     """Fine-tune, then print the result (rank 0 only under torchrun)."""
-    from folio.config.run import build_run_config, check_model_overrides, config_overrides
-    from folio.runtime import is_main
+    from folio.config.run import (
+        build_run_config,
+        check_model_overrides,
+        config_overrides,
+        stage_config,
+    )
 
     overrides = config_overrides(args)
     check_model_overrides(overrides, args.init_from)
-    run_config = build_run_config(args.preset, overrides, stages=())
+    run_config = build_run_config(args.preset, overrides, stages=("sft",))
+    cfg = stage_config(SFTConfig, args.preset, "sft", overrides)
+    if args.mix_data is None and any(k == "sft.mix_fraction" for k, _ in overrides):
+        raise FolioError("--mix-fraction needs --mix-data (the pretraining dataset to mix in)")
     from folio.stages.sft import train  # torch, only once the flags are known to be good
 
     result = train(
@@ -97,35 +85,9 @@ def run(args: argparse.Namespace) -> None:
         args.data,
         args.out,
         mix_data=args.mix_data,
-        mix_fraction=args.mix_fraction,
-        val_fraction=args.val_fraction,
-        eval_prompts=args.eval_prompts,
-        resume=args.resume,
-        restart=args.restart,
-        progress=not args.quiet,
-        force=args.force,
+        mix_fraction=cfg.mix_fraction if args.mix_data is not None else None,
+        val_fraction=cfg.val_fraction,
+        eval_prompts=cfg.eval_prompts,
+        **trainer_flags(args),
     )
-    if not is_main():
-        return
-    last = result.history[-1] if result.history else {}
-    summary = {
-        "run_dir": str(result.run_dir),
-        "step": result.step,
-        "train_loss": result.train_loss,
-        "val_loss": result.val_loss,
-        "best_val_loss": result.best_val_loss,
-        **{k: last[k] for k in ("pass_at_1", "end_rate", "text_val_loss") if k in last},
-        "seconds": round(result.seconds, 2),
-        "tokens_per_s": round(result.tokens_per_s, 1),
-        "params": result.n_params,
-        "stopped": result.stopped,
-    }
-    if args.json:
-        print(json.dumps(summary))
-        return
-    names = {"pass_at_1": "pass@1", "end_rate": "end rate"}
-    extra = "".join(f", {name} {last[k]:.3f}" for k, name in names.items() if k in last)
-    print(
-        f"done: step {result.step}, val loss {result.val_loss:.4f}{extra}, "
-        f"{result.seconds:.1f} s -> {result.run_dir}"
-    )
+    report_result(args, result, ("pass_at_1", "end_rate", "text_val_loss"))

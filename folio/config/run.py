@@ -294,7 +294,7 @@ def _split_key(key: str) -> tuple[str, str]:
     return section, name
 
 
-STAGE_SECTIONS = ("rl", "prefs")
+STAGE_SECTIONS = ("sft", "rl", "prefs")
 """Preset tables that a later stage reads into its own config with `stage_config` (`folio rl`
 reads [rl]; `folio reward` and `folio dpo` read [prefs]); the run config ignores them and
 their `--SECTION.FIELD` overrides."""
