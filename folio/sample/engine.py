@@ -177,6 +177,8 @@ class TokenEvent:
     """One line saying what went wrong, with finish_reason 'error'."""
     completion_tokens: int = 0
     """Tokens generated so far, this step's included (a stop token too)."""
+    stop_token_id: int | None = None
+    """The stop token that ended the request (finish_reason 'stop'); `logprob` is its own."""
 
 
 @dataclass
@@ -525,7 +527,7 @@ class Engine:
                 values, ids = torch.topk(logprobs, min(request.top_logprobs, self.vocab_size))
                 event.top_logprobs = list(zip(ids.tolist(), values.tolist(), strict=True))
         if token in request.stop_ids:
-            event.token_id, event.finish_reason = None, "stop"
+            event.token_id, event.stop_token_id, event.finish_reason = None, token, "stop"
         elif seq.generated >= cfg.max_new_tokens:
             event.finish_reason = "length"
         else:

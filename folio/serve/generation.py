@@ -99,11 +99,14 @@ class Generation:
         self.events.put_nowait(None)
 
     def _entry(self, event: TokenEvent) -> dict[str, Any] | None:
-        if not self.params.logprobs or event.token_id is None or event.logprob is None:
+        token = event.token_id
+        if token is None and self.params.include_stop_token:
+            token = event.stop_token_id  # the stop token's entry, asked for by the stream
+        if not self.params.logprobs or token is None or event.logprob is None:
             return None
         tb = self.served.token_bytes
         alternatives = [(tb(i), lp) for i, lp in event.top_logprobs or []]
-        return P.chat_logprob_entry(tb(event.token_id), event.logprob, alternatives)
+        return P.chat_logprob_entry(tb(token), event.logprob, alternatives)
 
     async def deltas(self) -> AsyncIterator[Delta]:
         """Text pieces until the end; cancels the generation if the consumer stops early."""

@@ -86,6 +86,9 @@ class GenerationParams:
     seed: int | None = None
     stream: bool = False
     include_usage: bool = False
+    include_stop_token: bool = False
+    """A Folio extension of `stream_options`: a stream that ends on a stop token carries that
+    token's logprob entry, with no text, in its last chunk (the playground shows it)."""
     logprobs: bool = False
     top_logprobs: int = 0
 
@@ -179,6 +182,7 @@ def _common(body: Any, limits: Limits) -> GenerationParams:
     if options is not None and not isinstance(options, dict):
         raise bad("stream_options", "'stream_options' must be an object")
     include_usage = _opt_bool(options or {}, "include_usage")
+    include_stop_token = _opt_bool(options or {}, "include_stop_token")
     return GenerationParams(
         model=model,
         max_tokens=max_tokens if max_tokens is not None else limits.default_max_tokens,
@@ -190,6 +194,7 @@ def _common(body: Any, limits: Limits) -> GenerationParams:
         seed=None if seed is None else seed % 2**64,
         stream=stream,
         include_usage=stream and include_usage,
+        include_stop_token=stream and include_stop_token,
     )
 
 
