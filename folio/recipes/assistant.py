@@ -106,8 +106,10 @@ SCALES: dict[str, Scale] = {
             "--preset sft --dtype float32 --mix-fraction 0.1 --max-iters 100 "
             "--train.lr_schedule constant --train.learning_rate 1e-4 --train.warmup_iters 0"
         ),
-        prefs=_flags("--n 600 --n-test 200 --replies 4 --seed 0"),
-        reward=(),
+        # 2,000 prompts (about 1,900 pairs): with 600 the reward model overfit, its held-out
+        # accuracy falling from 0.77 at step 100 to 0.73 at 300; 200 steps on the larger set.
+        prefs=_flags("--n 2000 --n-test 200 --replies 4 --seed 0"),
+        reward=_flags("--max-iters 200"),
         ppo=_flags(
             "--max-iters 100 --rl.max_new_tokens 64 --rl.kl_coef 0.2 --rl.ptx_coef 0.5 "
             "--rl.prompt_pool 2000"
