@@ -63,10 +63,9 @@ def parameter_shapes(config: BigramConfig | GPTConfig) -> dict[str, tuple[int, .
     no storage. A parameter shared by two modules (tied weights) is listed once,
     under its first name, as `folio.checkpoint.clean_state_dict` saves it.
     """
-    import torch
+    from folio.models.meta import meta_model
 
-    with torch.device("meta"):
-        model = build_model(config)
+    model = meta_model(build_model, config)
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
 

@@ -10,6 +10,7 @@ file under the final name.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import subprocess
@@ -56,9 +57,23 @@ def build(source: Path, what: str, way_out: str, directory: Path | None = None) 
     path = directory / f"{source.stem}-{library_key(source)}.so"
     if path.exists():
         return path
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_suffix(".lock"), "a")  # noqa: SIM115  # held until built
+    except OSError as e:
+        raise FolioError(f"cannot build {what} ({e.strerror or e}); {way_out}") from None
+    with lock:
+        # Processes starting together (test workers, servers) wait for the first one's build
+        # instead of compiling the same library side by side.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return path
+        return _compile(source, path, what, way_out)
+
+
+def _compile(source: Path, path: Path, what: str, way_out: str) -> Path:
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
         done = subprocess.run(
             _build_command(source, tmp), capture_output=True, text=True, check=False
         )
