@@ -64,11 +64,16 @@ def build(source: Path, what: str, way_out: str, directory: Path | None = None) 
         raise FolioError(f"cannot build {what} ({e.strerror or e}); {way_out}") from None
     with lock:
         # Processes starting together (test workers, servers) wait for the first one's build
-        # instead of compiling the same library side by side.
+        # instead of compiling the same library side by side. The lock file goes when the
+        # build does: at worst a process arriving just then compiles again, and the rename
+        # keeps either library whole.
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists():
-            return path
-        return _compile(source, path, what, way_out)
+        try:
+            if path.exists():
+                return path
+            return _compile(source, path, what, way_out)
+        finally:
+            Path(lock.name).unlink(missing_ok=True)
 
 
 def _compile(source: Path, path: Path, what: str, way_out: str) -> Path:
