@@ -156,11 +156,21 @@ def physical_cores() -> int:
     return cpu_info().physical_cores
 
 
+def default_threads(processes_here: int = 1) -> int:
+    """The threads a process takes when told 0: $OMP_NUM_THREADS where it is a positive integer
+    (the usual way to say it, which PyTorch also reads at start-up), else the physical cores
+    shared among this machine's `processes_here` processes."""
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return max(1, physical_cores() // processes_here)
+
+
 def set_threads(threads: int, processes_here: int = 1) -> None:
-    """CPU threads for PyTorch: `threads`, or (0) the physical cores shared among this machine's processes."""
+    """CPU threads for PyTorch: `threads`, or (0) `default_threads(processes_here)`."""
     import torch
 
-    torch.set_num_threads(threads or max(1, physical_cores() // processes_here))
+    torch.set_num_threads(threads or default_threads(processes_here))
 
 
 def keep_freed_memory() -> bool:

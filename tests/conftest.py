@@ -38,6 +38,23 @@ def one_thread():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def one_thread_everywhere():
+    """OMP_NUM_THREADS=1 for the session: a run told `threads 0` in a test, in this process or
+    in a `folio` subprocess, takes one thread, as every test does.
+
+    Without it each would take every core, and on a 2-core machine running two test workers
+    the extra threads only wait on each other.
+    """
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    if old is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
 def folio_cache(tmp_path_factory: pytest.TempPathFactory):
     """Keep the measured-peak-FLOP/s cache (and anything else Folio caches) out of $HOME.
 

@@ -107,7 +107,7 @@ class TrainConfig:
     compile: bool = False
     """Wrap the model with torch.compile (falls back to eager with a warning on failure)."""
     threads: int = 0
-    """CPU threads for PyTorch (0 = the number of physical cores)."""
+    """CPU threads for PyTorch (0: $OMP_NUM_THREADS if set, else the physical cores)."""
     max_time: float = 0.0
     """Stop (with a final eval and checkpoint) after this many seconds of training, counted
     across resumes; 0 = no limit."""
