@@ -55,7 +55,8 @@ def trainer(model: GPT, tok: CharTokenizer, out: Path, iters: int, resume=False,
         "tiny",
         [("train.learning_rate", 1e-3), ("train.max_iters", iters), ("train.eval_iters", 1),
          ("train.eval_interval", kw.pop("eval_interval", iters)), ("train.weight_decay", 0.0),
-         ("train.eval_at_start", kw.pop("eval_at_start", True)), ("train.threads", 1)],
+         ("train.eval_at_start", kw.pop("eval_at_start", True)), ("train.threads", 1),
+         ("train.plot", kw.pop("plot", True))],
     )  # fmt: skip
     run = dataclasses.replace(run, model=model.config)
     return Trainer(
@@ -181,7 +182,8 @@ def test_first_minibatch_ratio_is_one_with_dropout_off() -> None:
 def test_reference_is_frozen_and_unchanged_after_steps(tmp_path: Path) -> None:
     tok = tokenizer()
     model = picker(tok, steps=10)
-    t = trainer(model, tok, tmp_path / "run", iters=3, kl_coef=0.1, eval_at_start=False)
+    t = trainer(model, tok, tmp_path / "run", iters=3, kl_coef=0.1, eval_at_start=False,
+                plot=False)  # fmt: skip
     ref = t.objective.reference
     before = {k: v.clone() for k, v in ref.state_dict().items()}
     t.fit()
@@ -210,7 +212,7 @@ def test_grpo_raises_the_reward_of_a_learnable_task(tmp_path: Path) -> None:
 def test_resume_mid_rollout_continues_exactly(tmp_path: Path) -> None:
     tok = tokenizer()
     model = picker(tok, steps=10)
-    args = dict(eval_interval=6, eval_at_start=False)
+    args = dict(eval_interval=6, eval_at_start=False, plot=False)  # nothing looks at loss.png
     trainer(model, tok, tmp_path / "whole", iters=6, **args).fit()
     trainer(model, tok, tmp_path / "split", iters=3, **args).fit()  # 3 of a rollout's 4 steps
     trainer(model, tok, tmp_path / "split", iters=6, resume=True, **args).fit()
@@ -257,7 +259,8 @@ def test_folio_rl_grpo_end_to_end(chat_run: Path, tmp_path: Path) -> None:
                        "--max-iters", 4, "--resume", "--quiet", *SMALL, "--rl.kl_coef", 0.5)  # fmt: skip
     assert code == 2 and "another rl" in err
     code, _, err = cli("rl", "--init-from", f"run:{chat_run}", "--tasks", "add", "--out", out,
-                       "--max-iters", 4, "--resume", "--quiet", *SMALL)  # fmt: skip
+                       "--max-iters", 4, "--resume", "--quiet", *SMALL, "--set",
+                       "train.plot=false")  # fmt: skip
     assert code == 0, err
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from folio import runtime
 from folio.cli import main
 from folio.errors import FolioError
 from folio.recipes.assistant import (
@@ -29,13 +32,35 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def folio(*args: object) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # one thread, as every test runs: a tiny model gains nothing from more, and on a busy
+    # machine the idle ones spin
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "folio", *map(str, args)], capture_output=True, text=True, env=env
     )
 
 
-def test_the_tiny_recipe_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path) -> None:
+def folio_here(*args: object) -> tuple[int, str, str]:
+    """`folio ARGS` in this process: its exit status, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def one_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training step's default thread count (train.threads 0: one per core) is one here.
+
+    The steps run in this process, and each would otherwise set two threads for itself and
+    every later step: twice the CPU for a model this small, the second thread mostly spinning.
+    """
+    monkeypatch.setattr(runtime, "physical_cores", lambda: 1)
+
+
+def test_the_tiny_recipe_runs_every_stage_and_a_rerun_skips_them(
+    tmp_path: Path, one_core: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every step in this process (the same logs and records as the processes `folio recipe`
     starts), then the command itself, which finds every step done."""
     out = tmp_path / "recipe"
@@ -79,9 +104,9 @@ def test_the_tiny_recipe_runs_every_stage_and_a_rerun_skips_them(tmp_path: Path)
     assert all(chat.count(f"\n{stage}> ") == 4 for stage in ("sft", "grpo", "ppo", "dpo"))
     # another scale or tokenizer on the same OUT is refused, not answered with the old table
     for flags in (["--scale", "laptop"], ["--scale", "tiny", "--tokenizer", "bpe"]):
-        other = folio("recipe", "assistant", *flags, "--out", out, "--json")
-        assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
-        assert "holds a recipe run with" in other.stderr and other.stdout == ""
+        code, stdout, err = folio_here("recipe", "assistant", *flags, "--out", out, "--json")
+        assert code == 2 and err.count("\n") == 1, err
+        assert "holds a recipe run with" in err and stdout == ""
 
 
 def test_a_stopped_training_step_resumes_and_a_finished_one_is_not_rerun(tmp_path: Path) -> None:
@@ -140,20 +165,24 @@ def test_format_table_shows_a_dash_where_a_figure_does_not_apply() -> None:
 
 
 def test_bad_input_is_one_line(tmp_path: Path) -> None:
+    """The real command exits 2 with one line; the other refusals, in this process, likewise."""
     (tmp_path / "notes.txt").write_text("mine")
     r = folio("recipe", "assistant", "--out", tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "notes.txt" in r.stderr
     assert (tmp_path / "notes.txt").read_text() == "mine"
-    r = folio("recipe", "assistant", "--out", tmp_path / "o", "--base", tmp_path)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a Folio run" in r.stderr
+    code, _, err = folio_here("recipe", "assistant", "--out", tmp_path / "o", "--base", tmp_path)
+    assert code == 2 and err.count("\n") == 1 and "not a Folio run" in err
     fake = tmp_path / "fake"
     fake.mkdir()
     (fake / "latest.json").write_text("{}")
-    r = folio("recipe", "assistant", "--scale", "tiny", "--out", tmp_path / "o2", "--base", fake)
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("folio: error: ")
-    assert "Traceback" not in r.stderr and "log: " in r.stderr
-    r = folio("recipe", "assistant", "--scale", "tiny", "--out", "/sys/folio-recipe")  # unwritable
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--out /sys/folio-recipe" in r.stderr
+    code, _, err = folio_here(
+        "recipe", "assistant", "--scale", "tiny", "--out", tmp_path / "o2", "--base", fake
+    )
+    assert code == 2 and err.strip().splitlines()[-1].startswith("folio: error: ")
+    assert "Traceback" not in err and "log: " in err
+    unwritable = ("--scale", "tiny", "--out", "/sys/folio-recipe")
+    code, _, err = folio_here("recipe", "assistant", *unwritable)
+    assert code == 2 and err.count("\n") == 1 and "--out /sys/folio-recipe" in err
 
 
 def test_a_step_is_the_folio_command_a_user_would_type() -> None:
@@ -168,6 +197,7 @@ from pathlib import Path
 from folio.recipes.assistant import SCALES, Recipe
 from folio.recipes.runner import Stopped
 base = tuple(a if a != "4" else "100000" for a in SCALES["tiny"].base)  # never ends by itself
+base += ("--threads", "1")  # as every test trains: a second thread would mostly spin
 try:
     Recipe(Path(sys.argv[1]), replace(SCALES["tiny"], base=base)).run()
 except Stopped as e:
@@ -240,8 +270,12 @@ def test_sigint_sigterm_and_sigkill_stop_the_recipe_keep_the_stage_and_leave_no_
         assert latest_step(base) > steps
         if signum != signal.SIGKILL:
             assert "checkpoint saved" in (out / "logs" / "base.log").read_text()
-        else:  # its output went on to a file after the recipe was gone
-            assert "checkpoint saved" in (out / "logs" / "base.log.stdout").read_text()
+        else:  # its output went on to the files after the recipe was gone (its log lines to
+            # the log, its result to the stdout file the recipe never got to copy)
+            logged = (out / "logs" / "base.log").read_text()
+            stdout = (out / "logs" / "base.log.stdout").read_text()
+            assert "checkpoint saved" in logged + stdout
+            assert json.loads(stdout.strip().splitlines()[-1])["stopped"] == "terminated"
         steps = latest_step(base)
         assert not recipe.record_path(base_step).exists()  # not done: it resumes on a rerun
         assert recipe.command(base_step)[-1] == "--resume"

@@ -91,6 +91,10 @@ def _flags(text: str) -> tuple[str, ...]:
     return tuple(text.split())
 
 
+NO_PLOT = " --set train.plot=false"
+"""The tiny scale's runs skip their loss plots: a second of drawing each, for figures that
+mean nothing."""
+
 SCALES: dict[str, Scale] = {
     "laptop": Scale(
         description="a 1.3M-parameter character model; about 22 minutes on 2 CPU cores",
@@ -120,35 +124,38 @@ SCALES: dict[str, Scale] = {
     ),
     "tiny": Scale(
         description="a model of a few thousand parameters and a few steps per stage: about a "
-        "minute on 2 cores, most of it each step's start-up (its figures mean nothing)",
+        "minute on 2 cores, most of it each step's start-up (its figures mean nothing, and its "
+        "runs draw no loss plots)",
         base=_flags(
             "--preset tiny --model.block_size 128 --max-iters 4 --eval-interval 4 "
-            "--set train.eval_iters=1 --set train.max_time=0 --dtype float32"
+            "--set train.eval_iters=1 --set train.max_time=0 --dtype float32" + NO_PLOT
         ),
         tasks=_flags("--tasks reverse,add,line --n 12 --n-test 4 --seed 0"),
         sft=_flags(
             "--preset sft --dtype float32 --max-iters 3 --batch-size 4 "
-            "--train.eval_interval 3 --train.eval_iters 1 --eval-prompts 2"
+            "--train.eval_interval 3 --train.eval_iters 1 --eval-prompts 2" + NO_PLOT
         ),
         grpo=_flags(
             "--max-iters 2 --train.eval_interval 2 --rl.prompts_per_rollout 2 --rl.group_size 2 "
             "--rl.minibatches 1 --rl.epochs 1 --rl.max_new_tokens 4 --rl.eval_prompts 2 "
-            "--rl.prompt_pool 8"
+            "--rl.prompt_pool 8" + NO_PLOT
         ),
         sft_longer=_flags(
             "--preset sft --dtype float32 --max-iters 2 --batch-size 4 --train.eval_interval 2 "
-            "--train.eval_iters 1 --eval-prompts 2"
+            "--train.eval_iters 1 --eval-prompts 2" + NO_PLOT
         ),
         prefs=_flags("--n 6 --n-test 4 --replies 3 --seed 0 --max-new-tokens 8"),
-        reward=_flags("--max-iters 2 --batch-size 2 --train.eval_interval 2 --train.eval_iters 1"),
+        reward=_flags(
+            "--max-iters 2 --batch-size 2 --train.eval_interval 2 --train.eval_iters 1" + NO_PLOT
+        ),
         ppo=_flags(
             "--max-iters 2 --train.eval_interval 2 --rl.prompts_per_rollout 2 --rl.group_size 2 "
             "--rl.minibatches 1 --rl.epochs 1 --rl.max_new_tokens 4 --rl.eval_prompts 2 "
-            "--rl.prompt_pool 8 --rl.ptx_coef 0.5"
+            "--rl.prompt_pool 8 --rl.ptx_coef 0.5" + NO_PLOT
         ),
         dpo=_flags(
             "--max-iters 2 --batch-size 2 --train.eval_interval 2 --train.eval_iters 1 "
-            "--prefs.gold_prompts 2 --prefs.max_new_tokens 4 --prefs.ptx_coef 0.5"
+            "--prefs.gold_prompts 2 --prefs.max_new_tokens 4 --prefs.ptx_coef 0.5" + NO_PLOT
         ),
         eval_tasks=_flags("--k 2 --max-new-tokens 6 --seed 0"),
         gold=_flags("--n 3 --samples 2 --seed 0 --max-new-tokens 6"),
