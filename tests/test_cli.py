@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import math
@@ -19,6 +20,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -106,6 +108,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     return Trained(corpus, root / "data", root / "run", prepare_out, train_out)
 
 
+@pytest.fixture
+def no_plot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For runs whose loss.png nobody looks at: drawing it costs about 0.3 s an eval."""
+    import folio.train.trainer
+
+    monkeypatch.setattr(folio.train.trainer, "plot_losses", lambda out_dir, rows: None)
+
+
 # ----------------------------------------------------------------- happy paths
 
 
@@ -188,7 +198,7 @@ def test_sample_decode_paths_agree(trained: Trained, capsys: pytest.CaptureFixtu
                       "int8 weights need the decode path")  # fmt: skip
 
 
-def test_train_seed_determinism(trained: Trained, tmp_path: Path) -> None:
+def test_train_seed_determinism(trained: Trained, tmp_path: Path, no_plot: None) -> None:
     def losses(run_dir: Path) -> list[float]:
         return [r["loss"] for r in read_metrics(run_dir) if "loss" in r]
 
@@ -384,7 +394,7 @@ def test_train_into_a_directory_of_user_files_refuses(
 
 
 def test_train_restart_moves_the_old_run_aside(
-    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_plot: None
 ) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(trained.run, run_dir)
@@ -590,7 +600,7 @@ def test_misspelled_settings_fail_before_the_dataset_is_opened(
 
 
 def test_config_flags_reach_the_run(
-    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_plot: None
 ) -> None:
     code, _, err = run(
         capsys, "train", "--data", trained.data, "--out", tmp_path / "r", *TRAIN,
@@ -629,11 +639,14 @@ def test_speedrun_presets_train_resume_and_evaluate(
 ) -> None:
     # A few steps of each speedrun preset (Muon and all) from the CLI, then a resume
     # and the whole-split evaluation the speedrun figures come from.
+    # One batch for the in-training evals (the preset's 10 took most of the time): the
+    # whole-split evaluation below is the one that scores a speedrun.
     run_dir = tmp_path / "run"
     common = ["--data", trained.data, "--out", run_dir, "--preset", preset, "--quiet"]
-    code, _, err = run(capsys, "train", *common, "--max-iters", 2, "--threads", 1)
+    common += ["--threads", 1, "--set", "train.eval_iters=1"]
+    code, _, err = run(capsys, "train", *common, "--max-iters", 2)
     assert code == 0, err
-    code, _, err = run(capsys, "train", *common, "--max-iters", 3, "--threads", 1, "--resume")
+    code, _, err = run(capsys, "train", *common, "--max-iters", 3, "--resume")
     assert code == 0, err
     code, out, err = run(capsys, "eval", "--checkpoint", run_dir, "--splits", "val", "--json")
     assert code == 0, err
@@ -644,31 +657,43 @@ def test_speedrun_presets_train_resume_and_evaluate(
 
 
 def test_speedrun_benchmark_script_times_and_scores_a_preset(
-    tinyshakespeare_path: Path, tmp_path: Path
+    tinyshakespeare_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    no_plot: None,
 ) -> None:
     # benchmarks/speedrun.py end to end, on the tests' tiny preset so that it takes seconds.
+    # The `python -m folio ...` commands it builds go through the same CLI in this process,
+    # not three more interpreters that each import torch (test_module_entry_point covers
+    # `python -m folio`). Nothing here looks at loss.png.
+    import folio.runtime
+
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(root / "benchmarks" / "speedrun.py"),
-            "--preset",
-            "tiny",
-            "--seeds",
-            "3",
-            "--input",
-            str(tinyshakespeare_path),
-            "--results",
-            str(tmp_path),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr
-    rows = json.loads(proc.stdout.splitlines()[-1])["runs"]
+    spec = importlib.util.spec_from_file_location("speedrun", root / "benchmarks" / "speedrun.py")
+    speedrun = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speedrun)
+    commands: list[str] = []
+
+    def run_folio(cmd: list[str], check: bool = False, **kwargs) -> subprocess.CompletedProcess:
+        assert cmd[:3] == [sys.executable, "-m", "folio"], cmd
+        commands.append(cmd[3])
+        code, out, err = cli(*cmd[3:])
+        if check and code:
+            raise subprocess.CalledProcessError(code, cmd, out, err)
+        return subprocess.CompletedProcess(cmd, code, out, err)
+
+    monkeypatch.setattr(speedrun, "subprocess", SimpleNamespace(run=run_folio, DEVNULL=None))
+    # One thread, as every test trains: the script leaves the count to `folio train`, which
+    # takes every physical core, and the other cores run other tests.
+    monkeypatch.setattr(folio.runtime, "physical_cores", lambda: 1)
+    capsys.readouterr()
+    code = speedrun.main(["--preset", "tiny", "--seeds", "3", "--input", str(tinyshakespeare_path),
+                          "--results", str(tmp_path), "--json"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert commands == ["prepare", "train", "eval"]
+    rows = json.loads(out.splitlines()[-1])["runs"]
     assert [r["seed"] for r in rows] == [3] and rows[0]["step"] == 40
     assert 0 < rows[0]["val_loss"] < 4.2 and rows[0]["val_tokens"] == 111_539
     log = (tmp_path / "tiny-seed3.log").read_text()

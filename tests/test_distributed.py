@@ -1,8 +1,10 @@
 """Data-parallel training: N processes take the step one process takes on their union.
 
-Each test launches `torchrun --standalone` (loopback rendezvous, gloo, one thread a
+The tests launch `torchrun --standalone` (loopback rendezvous, gloo, one thread a
 process) on the tiny model, so they are marked `distributed` but stay in the
-default run: CI exercises them.
+default run: CI exercises them. A launch costs about 9 s of CPU (torchrun and each
+rank import torch), so the fresh runs share one launch, in one process group, and
+only the resume, which must start new processes, gets one of its own.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +36,7 @@ from folio.train.optim import make_optimizer
 
 pytestmark = pytest.mark.distributed
 
+ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the quick brown fox jumps over a lazy dog and runs far away".split()
 SEED = 1337
 COMMON = [
@@ -56,6 +60,8 @@ COMMON = [
     "train.lr_schedule=constant",
     "--set",
     "train.warmup_iters=2",
+    "--set",
+    "train.plot=false",  # nothing here looks at loss.png
 ]
 
 
@@ -69,23 +75,29 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "ds"
 
 
-def _torchrun(dataset: Path, out: Path, *args: str, nproc: int = 2) -> dict[str, Any]:
+def _train_argv(dataset: Path, out: Path, *args: str) -> list[str]:
+    return ["train", "--data", str(dataset), "--out", str(out), *COMMON, *args, "--quiet", "--json"]
+
+
+def _launch(script: list[str], runs: int, nproc: int = 2) -> list[dict[str, Any]]:
+    """`torchrun SCRIPT` on nproc ranks; the JSON summaries of its `runs` runs."""
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip(f"torchrun not found beside {sys.executable}")
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "FOLIO_CACHE": str(out.parent / "folio-cache"),
-        "MPLBACKEND": "Agg",
-    }
-    cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m", "folio", "train"]
-    cmd += ["--data", str(dataset), "--out", str(out), *COMMON, *args, "--quiet", "--json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    # The session's FOLIO_CACHE (in os.environ): the ranks measure the peak FLOP/s once, not
+    # at every launch.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", *script]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summaries = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(summaries) == 1, proc.stdout  # rank 0 alone prints
-    return json.loads(summaries[0])
+    assert len(summaries) == runs, proc.stdout  # rank 0 alone prints
+    return [json.loads(line) for line in summaries]
+
+
+def _torchrun(dataset: Path, out: Path, *args: str) -> dict[str, Any]:
+    """`torchrun -m folio train ...`: Folio makes the process group and ends it."""
+    return _launch(["-m", "folio", *_train_argv(dataset, out, *args)], runs=1)[0]
 
 
 def _reference_weights(dataset: Path, steps: int, world_size: int) -> dict[str, torch.Tensor]:
@@ -123,16 +135,32 @@ def _step_rows(run_dir: Path) -> list[tuple]:
     return [(r["step"], r["tokens"], r["loss"], r["grad_norm"]) for r in rows if "loss" in r]
 
 
+@pytest.fixture(scope="module")
+def runs(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
+    """Fresh runs by two ranks, one after another in one launch: 4 steps with an eval and
+    checkpoint every 2, the same stopped at step 2, and FSDP for 2 steps. Each run's directory
+    and summary; tests copy a run to write to it."""
+    root = tmp_path_factory.mktemp("ddp")
+    args = {
+        "straight": ["--max-iters", "4", "--eval-interval", "2"],
+        "half": ["--max-iters", "2", "--eval-interval", "2"],
+        "fsdp": ["--max-iters", "2", "--eval-interval", "2", "--fsdp"],
+    }
+    commands = [_train_argv(dataset, root / name, *a) for name, a in args.items()]
+    summaries = _launch([str(ROOT / "tests" / "torchrun_runs.py"), json.dumps(commands)], 3)
+    return {name: (root / name, s) for name, s in zip(args, summaries, strict=True)}
+
+
 def test_two_processes_equal_one_process_on_the_union_of_their_batches(
-    dataset: Path, tmp_path: Path
+    dataset: Path, runs: dict[str, tuple[Path, dict]], tmp_path: Path
 ) -> None:
-    out = tmp_path / "ddp"
-    summary = _torchrun(dataset, out, "--max-iters", "3", "--eval-interval", "3")
-    assert summary["step"] == 3
+    out = Path(shutil.copytree(runs["straight"][0], tmp_path / "ddp"))
+    assert runs["straight"][1]["step"] == 4
     # The global batch: 4 sequences x 2 micro-batches x 2 ranks x block 16 tokens a step.
-    assert [t for _, t, *_ in _step_rows(out)] == [256, 512, 768]
+    assert [t for _, t, *_ in _step_rows(out)] == [256, 512, 768, 1024]
     got = load_checkpoint(out).model.state_dict()
-    want = _reference_weights(dataset, steps=3, world_size=2)
+    # Its eval at step 2 draws no training batch: the weights still match step for step.
+    want = _reference_weights(dataset, steps=4, world_size=2)
     assert got.keys() == want.keys()
     # atol 1e-5: the key part of c_attn.bias gets a gradient that is only rounding noise
     # (softmax ignores a shift shared by all keys), which AdamW scales up to ~1e-6; a
@@ -141,30 +169,32 @@ def test_two_processes_equal_one_process_on_the_union_of_their_batches(
         torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-5, msg=k)
 
     # A checkpoint two ranks wrote resumes in one process (rank 0's streams carry on).
+    # warmup_iters and plot as recorded: a resume continues the run's own settings.
     run = build_run_config(
         "tiny",
         [("seed", SEED), ("batch_size", 4), ("grad_accum", 2), ("threads", 1)]
-        + [("eval_iters", 1), ("eval_at_start", False), ("max_iters", 4), ("eval_interval", 4)]
-        + [("warmup_iters", 2)],  # as recorded: a resume continues the run's own settings
+        + [("eval_iters", 1), ("eval_at_start", False), ("max_iters", 5), ("eval_interval", 5)]
+        + [("warmup_iters", 2), ("plot", False)],
     )
     result = train(run, dataset, out, resume=True, progress=False, log=lambda _: None)
-    assert result.step == 4
-    assert json.loads((out / "run.json").read_text())["train"]["max_iters"] == 4
+    assert result.step == 5
+    assert json.loads((out / "run.json").read_text())["train"]["max_iters"] == 5
 
 
-def test_two_process_resume_is_exact(dataset: Path, tmp_path: Path) -> None:
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    _torchrun(dataset, straight, "--max-iters", "4", "--eval-interval", "2")
-    _torchrun(dataset, resumed, "--max-iters", "2", "--eval-interval", "2")
+def test_two_process_resume_is_exact(
+    dataset: Path, runs: dict[str, tuple[Path, dict]], tmp_path: Path
+) -> None:
+    # The run stopped at step 2 resumes in new processes, which hold only what it saved.
+    straight, resumed = runs["straight"][0], tmp_path / "resumed"
+    shutil.copytree(runs["half"][0], resumed)
     _torchrun(dataset, resumed, "--max-iters", "4", "--eval-interval", "2", "--resume")
     assert _step_rows(resumed) == _step_rows(straight)  # bitwise: every rank's streams saved
     a, b = load_checkpoint(straight).model.state_dict(), load_checkpoint(resumed).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_fsdp_equals_one_process_too(dataset: Path, tmp_path: Path) -> None:
-    out = tmp_path / "fsdp"
-    summary = _torchrun(dataset, out, "--max-iters", "2", "--eval-interval", "2", "--fsdp")
+def test_fsdp_equals_one_process_too(dataset: Path, runs: dict[str, tuple[Path, dict]]) -> None:
+    out, summary = runs["fsdp"]
     assert summary["step"] == 2
     got = load_checkpoint(out).model.state_dict()  # gathered whole onto rank 0
     want = _reference_weights(dataset, steps=2, world_size=2)

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import folio.cli
 import folio.train.trainer as trainer_module
 from folio.cli import main
 from folio.config.run import TrainConfig
@@ -49,6 +50,16 @@ def fuzz(n: int) -> settings:
 def report_counts():
     yield
     print("\nfuzz inputs tried: " + ", ".join(f"{k} {v}" for k, v in sorted(TRIED.items())))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_parser():
+    # The CLI tests below call `main` hundreds of times; building the parser of every
+    # subcommand took about 8 ms of each. Parsing leaves a parser as it was, so one serves all.
+    parser = folio.cli.build_parser()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(folio.cli, "build_parser", lambda: parser)
+        yield
 
 
 # --- text and files ----------------------------------------------------------------------------

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+import folio.recipes.ladder as ladder_module
+import folio.train.trainer as trainer_module
 from folio.cli import main
 from folio.data.corpora import load_corpus
 from folio.data.prepare import prepare_dataset
@@ -35,7 +37,17 @@ def ladder_run(data_dir, tmp_path_factory):
     """`folio ladder --json` trained once for this module: its rows and its OUT."""
     out = tmp_path_factory.mktemp("ladder-run") / "out"
     buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
+    real_build = ladder_module.build_run_config
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(buffer):
+        # One thread per rung, as every test trains: `folio ladder` takes all physical cores,
+        # whose OpenMP workers spin against each other on a busy machine. The rungs' own
+        # loss plots are not looked at (ladder.png is, and stays).
+        mp.setattr(
+            ladder_module,
+            "build_run_config",
+            lambda preset, pairs: real_build(preset, [*pairs, ("train.threads", 1)]),
+        )
+        mp.setattr(trainer_module, "plot_losses", lambda out_dir, rows: None)
         rc = main(
             [
                 "ladder",

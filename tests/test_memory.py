@@ -128,7 +128,6 @@ def test_force_trains_what_the_guard_would_refuse(
 ) -> None:
     monkeypatch.setattr(memory, "available_memory", lambda device: 1024)  # a 1 KiB machine
     monkeypatch.setattr(trainer_module, "plot_losses", lambda out_dir, rows: None)
-    monkeypatch.setenv("FOLIO_CACHE", str(tmp_path / "cache"))
     assert main(_train(dataset, tmp_path / "run")) == 2
     assert "only 0.0 GiB is available on cpu" in capsys.readouterr().err
     assert main(_train(dataset, tmp_path / "run", "--force")) == 0

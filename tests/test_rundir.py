@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+import folio.train.trainer as trainer_module
+from folio.cli import main
 from folio.errors import FolioError
 from folio.train.rundir import STAGES, check_run_dir, recorded_stage, stage_of
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def fake_run(path: Path, record: dict) -> dict[str, bytes]:
@@ -62,11 +62,12 @@ def test_fresh_runs_and_restart_keep_their_rules(tmp_path: Path) -> None:
         check_run_dir(tmp_path / "none", "dpo", resume=True, restart=False)
 
 
-def folio(*args: object) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "folio", *map(str, args)], capture_output=True, text=True, env=env
-    )
+def in_process(*args: object) -> subprocess.CompletedProcess:
+    """`folio ARGS` run in this process (the same CLI, without a Python start-up)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.mark.parametrize(
@@ -86,10 +87,16 @@ def test_a_command_resuming_another_stages_run_changes_nothing(tmp_path: Path, a
     held = "ppo" if argv[0] != "rl" else "sft"
     before = fake_run(run, {"stage": held})
     other = tmp_path / "missing"
-    r = folio(*[a.format(other=other) for a in argv], "--out", run, "--resume")
+    r = in_process(*[a.format(other=other) for a in argv], "--out", run, "--resume")
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and f"holds a {held} run" in r.stderr, r.stderr
     assert snapshot(run) == before
+
+
+@pytest.fixture(autouse=True)
+def no_plot(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing here looks at loss.png, and drawing it costs about 0.3 s an eval.
+    monkeypatch.setattr(trainer_module, "plot_losses", lambda out_dir, rows: None)
 
 
 @pytest.fixture(scope="module")
@@ -103,19 +110,6 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "data"
 
 
-def in_process(*args: object) -> subprocess.CompletedProcess:
-    """`folio ARGS` run in this process (the same CLI, without a Python start-up)."""
-    import contextlib
-    import io
-
-    from folio.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
 TINY = ("--preset", "tiny", "--max-iters", 2, "--eval-interval", 2, "--set", "train.eval_iters=1",
         "--threads", 1, "--quiet")  # fmt: skip
 
@@ -123,7 +117,7 @@ TINY = ("--preset", "tiny", "--max-iters", 2, "--eval-interval", 2, "--set", "tr
 def test_resume_refuses_a_setting_other_than_the_runs_own(dataset: Path, tmp_path: Path) -> None:
     """A flag left off takes the preset's default: the run is not silently changed."""
     run = tmp_path / "run"
-    r = folio(
+    r = in_process(
         "train", "--data", dataset, "--out", run, *TINY, "--dtype", "float32", "--batch-size", 4
     )
     assert r.returncode == 0, r.stderr

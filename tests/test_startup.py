@@ -2,8 +2,8 @@
 
 Importing torch costs a second or more; `folio --help`, `folio CMD --help`
 and every error a bad argument causes (unknown command or flag, bad value,
-missing required flag) must not pay it. Each check runs in a fresh
-interpreter, since this test process has torch loaded already.
+missing required flag) must not pay it. The checks run in interpreters of
+their own, since this test process has torch loaded already.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from folio.cli import COMMANDS
+from folio.data.corpora import load_corpus
+from folio.data.prepare import prepare_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,26 +30,38 @@ def _python(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-# Calls the CLI as `folio ARGV` would, then reports its exit status and whether torch was loaded.
+# Calls the CLI as `folio ARGV` would for each ARGV in turn, then reports its exit status and
+# whether torch was loaded. Once loaded, torch stays: the first command to import it is reported,
+# and every one after it too, so sharing the interpreter hides none.
 PROBE = """
 import json, sys
 from folio.cli import main
-argv = json.loads(sys.argv[1])
-try:
-    code = main(argv)
-except SystemExit as e:
-    code = e.code
-print(json.dumps({"code": code, "torch": "torch" in sys.modules}))
-"""
+for argv in json.loads(sys.argv[1]):
+    print(SEP, flush=True)
+    print(SEP, file=sys.stderr, flush=True)
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    sys.stderr.flush()
+    print(json.dumps({"code": code, "torch": "torch" in sys.modules}), flush=True)
+""".replace("SEP", repr("--- folio probe ---"))
 
 
-def _probe(argv: list[str]) -> tuple[int, bool, str, str]:
-    """(exit status, torch imported?, stdout before the report, stderr) of `folio ARGV`."""
-    r = _python("-c", PROBE, json.dumps(argv))
+def _probe(*argvs: list[str]) -> list[tuple[int, bool, str, str]]:
+    """(exit status, torch imported?, stdout before the report, stderr) of each `folio ARGV`,
+    run one after another in one interpreter."""
+    r = _python("-c", PROBE, json.dumps(argvs))
     assert r.returncode == 0, r.stderr
-    *out, report = r.stdout.rstrip("\n").split("\n")
-    result = json.loads(report)
-    return result["code"], result["torch"], "\n".join(out), r.stderr
+    outs = r.stdout.split("--- folio probe ---\n")[1:]
+    errs = r.stderr.split("--- folio probe ---\n")[1:]
+    assert len(outs) == len(errs) == len(argvs), r.stdout + r.stderr
+    results = []
+    for out, err in zip(outs, errs, strict=True):
+        *lines, report = out.rstrip("\n").split("\n")
+        result = json.loads(report)
+        results.append((result["code"], result["torch"], "\n".join(lines), err))
+    return results
 
 
 def test_module_help_imports_no_torch() -> None:
@@ -74,31 +88,43 @@ def test_every_command_help_imports_no_torch() -> None:
     assert r.stderr.strip().splitlines()[-1] == "TORCH False"
 
 
+BAD_ARGUMENTS = [
+    (["nosuchcommand"], "invalid choice: 'nosuchcommand'"),
+    (["train", "--data", "d", "--out", "o", "--bogus"], "unrecognized arguments: --bogus"),
+    (["sample"], "the following arguments are required: --checkpoint"),
+    (["bench", "sample", "--paths", "int3"], "invalid choice: 'int3'"),
+    (["train", "--data", "d", "--out", "o", "--preset", "nope"], "unknown preset 'nope'"),
+    (
+        ["train", "--data", "d", "--out", "o", "--preset", "tiny", "--train.dtype", "fp8"],
+        "dtype must be one of",
+    ),
+    (
+        ["sft", "--init-from", "run:r", "--data", "d", "--out", "o", "--model.n_layer", "2"],
+        "model.n_layer: the model's shape comes from --init-from",
+    ),
+    (
+        ["dpo", "--init-from", "run:r", "--data", "d", "--out", "o", "--prefs.beta", "-1"],
+        "beta must be positive",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_argument_results() -> dict[str, tuple[int, bool, str, str]]:
+    """Every case below, probed in one interpreter (each start-up costs about 0.3 s)."""
+    argvs = [argv for argv, _ in BAD_ARGUMENTS]
+    return {json.dumps(a): r for a, r in zip(argvs, _probe(*argvs), strict=True)}
+
+
 @pytest.mark.parametrize(
     "argv, message",
-    [
-        (["nosuchcommand"], "invalid choice: 'nosuchcommand'"),
-        (["train", "--data", "d", "--out", "o", "--bogus"], "unrecognized arguments: --bogus"),
-        (["sample"], "the following arguments are required: --checkpoint"),
-        (["bench", "sample", "--paths", "int3"], "invalid choice: 'int3'"),
-        (["train", "--data", "d", "--out", "o", "--preset", "nope"], "unknown preset 'nope'"),
-        (
-            ["train", "--data", "d", "--out", "o", "--preset", "tiny", "--train.dtype", "fp8"],
-            "dtype must be one of",
-        ),
-        (
-            ["sft", "--init-from", "run:r", "--data", "d", "--out", "o", "--model.n_layer", "2"],
-            "model.n_layer: the model's shape comes from --init-from",
-        ),
-        (
-            ["dpo", "--init-from", "run:r", "--data", "d", "--out", "o", "--prefs.beta", "-1"],
-            "beta must be positive",
-        ),
-    ],
+    BAD_ARGUMENTS,
     ids=["command", "flag", "required", "choice", "preset", "value", "sft-model", "dpo-value"],
 )
-def test_bad_argument_is_one_line_without_torch(argv: list[str], message: str) -> None:
-    code, torch_loaded, _, err = _probe(argv)
+def test_bad_argument_is_one_line_without_torch(
+    argv: list[str], message: str, bad_argument_results: dict
+) -> None:
+    code, torch_loaded, _, err = bad_argument_results[json.dumps(argv)]
     assert code == 2
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
@@ -147,8 +173,7 @@ def test_muon_training_does_not_import_dynamo(tmp_path: Path) -> None:
     # MuonAdamW sidesteps them, which the short speedrun presets count on.
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("to be or not to be, that is the question\n" * 200, encoding="utf-8")
-    r = _python("-m", "folio", "prepare", str(corpus), "--out", str(tmp_path / "ds"))
-    assert r.returncode == 0, r.stderr
+    prepare_dataset(load_corpus([str(corpus)]), tmp_path / "ds")  # here: not what is measured
     r = _python("-c", MUON_PROBE, str(tmp_path / "ds"), str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout.rstrip("\n").split("\n")[-1])
