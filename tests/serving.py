@@ -1,4 +1,5 @@
-"""Helpers for the serving tests: tiny random-weight checkpoints and a server subprocess.
+"""What the serving tests share: tiny random-weight checkpoints, a server subprocess, and
+an app served in a thread of the test's own process.
 
 Servers bind 127.0.0.1 on a free port (`--port 0`, the port read back from the
 server's first line) and are always stopped when the `with` block ends.
@@ -136,6 +137,54 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+class AppServer:
+    """An app served by uvicorn in a thread of this process, on 127.0.0.1 and a free port.
+
+    For tests of what the app does over real HTTP (streams, disconnects, a browser) where
+    the process is not what is tested: no interpreter and no torch to start. Stopped on exit.
+    """
+
+    def __init__(self, app, timeout: float = 30.0) -> None:
+        self.app, self.timeout = app, timeout
+
+    def __enter__(self) -> AppServer:
+        import socket
+
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        config = uvicorn.Config(
+            self.app, log_level="warning", access_log=False, timeout_graceful_shutdown=3
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+        self.thread.start()
+        deadline = time.monotonic() + self.timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.__exit__(None, None, None)
+                raise RuntimeError("the app did not start")
+            time.sleep(0.01)
+        return self
+
+    def get(self, path: str, **kw) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=30, **kw)
+
+    def post(self, path: str, **kw) -> httpx.Response:
+        return httpx.post(self.url + path, timeout=60, **kw)
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+        self.sock.close()
 
 
 def tiny_served(model_id: str = "m", block_size: int = 16, chat: bool = False):

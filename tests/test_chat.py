@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -131,7 +132,7 @@ def test_commands_change_the_settings(model, tok, capsys):
     assert "temperature must be" in out and "unknown command" in out
 
 
-# --- the command in a terminal-like subprocess ---------------------------------------------------
+# --- the command: in this process on text input, in a subprocess where the process matters -------
 
 
 @pytest.fixture(scope="module")
@@ -181,15 +182,27 @@ class Chat:
             self.reader.join(5)
 
 
-def test_chat_command_streams_replies_and_takes_commands(run_dir):
-    chat = Chat("--checkpoint", str(run_dir), "--max-new-tokens", "6", "--temperature", "0")
-    try:
-        for line in ("First", "/temperature 0.5", "/top_k 0", "/reset", "/quit"):
-            chat.send(line)
-        assert chat.close() == 0
-    finally:
-        chat.close()
-    out = chat.out.decode()
+def chat_here(monkeypatch, lines: list[str], *args: str) -> tuple[int, str]:
+    """`folio chat ARGS` in this process with `lines` as its input: its exit status, and its
+    stdout and stderr as one text, in the order written (as a pipe or a terminal shows them).
+
+    What only a process has (Ctrl-C, a terminal, how Python decodes stdin) is tested on
+    subprocesses below.
+    """
+    from folio.cli import main
+
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(line + "\n" for line in lines)))
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", out)
+    return main(["chat", *args]), out.getvalue()
+
+
+def test_chat_command_streams_replies_and_takes_commands(run_dir, monkeypatch):
+    lines = ["First", "/temperature 0.5", "/top_k 0", "/reset", "/quit"]
+    args = ["--checkpoint", str(run_dir), "--max-new-tokens", "6", "--temperature", "0"]
+    status, out = chat_here(monkeypatch, lines, *args)
+    assert status == 0
     assert "in continuation" in out and out.count("model> ") == 1
     assert "(temperature 0.5)" in out and "(top_k off)" in out and "(conversation forgotten)" in out
 
@@ -302,22 +315,21 @@ def test_chat_command_refuses_a_bad_system_in_one_line(run_dir, capsys):
     assert err.count("\n") == 1 and err.startswith("folio: error: --system needs a chat model")
 
 
-def test_model_is_printed_only_for_a_reply_notices_come_first_and_a_cut_is_marked(run_dir):
+def test_model_is_printed_only_for_a_reply_notices_come_first_and_a_cut_is_marked(
+    run_dir, monkeypatch
+):
     """No empty `model>` before an error, the history notice before the reply it affects, and
     a reply cut at the token limit says so."""
-    chat = Chat("--checkpoint", str(run_dir), "--max-new-tokens", "3", "--temperature", "0")
-    try:
-        chat.send("First")
-        chat.wait_for("cut at 3 tokens")
-        chat.send("e" * 200)  # longer than the context (16 tokens) on its own
-        chat.wait_for("folio: error:")
-        for _ in range(4):  # the history outgrows the context
-            chat.send("First")
-        chat.send("/quit")
-        assert chat.close() == 0
-    finally:
-        chat.close()
-    out = chat.out.decode()
+    lines = [
+        "First",
+        "e" * 200,  # longer than the context (16 tokens) on its own
+        *["First"] * 4,  # the history outgrows the context
+        "/quit",
+    ]
+    args = ["--checkpoint", str(run_dir), "--max-new-tokens", "3", "--temperature", "0"]
+    status, out = chat_here(monkeypatch, lines, *args)
+    assert status == 0
+    assert "cut at 3 tokens" in out and "folio: error:" in out
     assert "model> \nfolio: error" not in out and "model> folio: error" not in out
     assert out.count("model> ") == 5
     assert "message(s))\nmodel> " in out  # the notice, then the reply it belongs to

@@ -1,32 +1,23 @@
 """The playground's attention map in a real browser: labelled with its tokens on both axes,
 the hovered row outlined, and a note when the text is longer than the model reads.
 
-One server (a tiny completion model, block size 16) and one browser serve the module;
-each test runs at a laptop's and a phone's width and saves a screenshot.
+One server (with a tiny completion model, block size 16) and one browser serve the
+playground tests (tests/playground_page.py); each test runs at a laptop's and a
+phone's width, starts with the page's storage emptied, and saves a screenshot.
 """
 
 from __future__ import annotations
 
 import pytest
-from serving import TEXT, Server, random_gpt, save_run
-from test_playground import Playground, browser_or_skip
-
-from folio.tokenizers import CharTokenizer
+from playground_page import BLOCK, Playground, playground
 
 WIDTHS = [1400, 420]
-BLOCK = 16
 
 
-@pytest.fixture(scope="module")
-def page(tmp_path_factory):
-    tok = CharTokenizer.from_text(TEXT)
-    run = save_run(tmp_path_factory.mktemp("runs") / "tiny", random_gpt(tok.vocab_size, BLOCK), tok)
-    with Server(f"--checkpoint=tiny={run}") as server:
-        browser = browser_or_skip()
-        try:
-            yield Playground(browser, server.url)
-        finally:
-            browser.quit()
+@pytest.fixture
+def page(request) -> Playground:
+    """The shared browser on the shared keyless server's page."""
+    return playground(request.config)
 
 
 def _complete(page: Playground, prompt: str, max_tokens: int) -> list[str]:
@@ -37,6 +28,8 @@ def _complete(page: Playground, prompt: str, max_tokens: int) -> list[str]:
     n = min(BLOCK, len(prompt) + max_tokens)
     page.wait.until(lambda b: page.js("return state.attn && state.attn.tokens.length") == n)
     page.wait.until(lambda b: len(page.all("#attn-map .lab.y")) == n)
+    # A refresh scheduled while the reply streamed may still redraw the map: wait it out.
+    page.wait.until(lambda b: page.js("return !state.attnTimer && !state.attnPending"))
     return page.js("return state.attn.tokens")
 
 
@@ -66,9 +59,16 @@ def test_the_map_is_labelled_with_its_tokens_and_marks_the_hovered_row(page, wid
     tokens = _complete(page, "Fir", 3)  # 6 tokens: every one labelled on both axes
     assert len(tokens) == 6
     for axis in ("y", "x"):
-        labels = page.all(f"#attn-map .lab.{axis}")
-        assert [int(lab.get_attribute("data-index")) for lab in labels] == list(range(6))
-        assert [lab.text for lab in labels] == [_shown(t) for t in tokens]
+        # Read in one call: a redraw between two calls would leave the first labels stale.
+        labels = page.js(
+            "return [...document.querySelectorAll(arguments[0])].map((l) => [Number("
+            "l.dataset.index), l.innerText, l.checkVisibility({opacityProperty: true, "
+            "visibilityProperty: true})])",
+            f"#attn-map .lab.{axis}",
+        )
+        assert [index for index, _, _ in labels] == list(range(6))
+        assert [text for _, text, _ in labels] == [_shown(t) for t in tokens]
+        assert all(shown for _, _, shown in labels)  # as a person sees them
     assert not page.find("attn-window").is_displayed()  # the whole text is shown
     # The last token's row is marked until a row is hovered.
     marked = _marked_row(page)

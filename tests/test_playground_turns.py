@@ -1,10 +1,11 @@
 """The playground's conversation in a real browser: regenerate, edit and resend, the stop
 token shown, an empty reply explained, and the conversation kept across a page reload.
 
-One server and one browser serve the whole module (tests/test_playground.py says how
-chromium is found); each test runs at a laptop's and a phone's width and saves a
-screenshot of what it checked. The chat models are tiny random GPTs whose `<|end|>` is
-made likely: "chat" ends a reply after a few tokens, "quiet" at once.
+One server and one browser serve the playground tests (tests/playground_page.py
+says how chromium is found); each test runs at a laptop's and a phone's width, starts
+with the page's storage emptied, and saves a screenshot of what it checked. The chat
+models are tiny random GPTs whose `<|end|>` is made likely: "chat" ends a reply after a
+few tokens, "quiet" at once.
 """
 
 from __future__ import annotations
@@ -12,44 +13,17 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from serving import TEXT, Server, random_gpt, save_run
-from test_playground import Playground, browser_or_skip
+from playground_page import Playground, playground
 
-from folio.tokenizers import CharTokenizer
-from folio.tokenizers.chat import END, with_chat_tokens
+from folio.tokenizers.chat import END
 
 WIDTHS = [1400, 420]
 
 
-def _ending_gpt(tok, end_logit: float):
-    """A random chat GPT whose `<|end|>` logit is about `end_logit` above zero at every position.
-
-    ln_f's output becomes mostly its bias (ones); the tied row of `<|end|>` is set to
-    read that bias as `end_logit`, the other rows stay random (logits of about +-1).
-    """
-    model = random_gpt(tok.vocab_size, 64)
-    end = tok.special_token_id(END)
-    with torch.no_grad():
-        ln_f = model.transformer.ln_f
-        ln_f.weight.mul_(0.5)
-        ln_f.bias.fill_(1.0)
-        model.lm_head.weight[end] = end_logit * ln_f.bias / ln_f.bias.dot(ln_f.bias)
-    return model
-
-
-@pytest.fixture(scope="module")
-def page(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    tok = with_chat_tokens(CharTokenizer.from_text(TEXT))
-    chat = save_run(runs / "chat", _ending_gpt(tok, 3.0), tok)  # p(<|end|>) about 0.2 a step
-    quiet = save_run(runs / "quiet", _ending_gpt(tok, 12.0), tok)  # about 0.9995
-    with Server(f"--checkpoint=chat={chat}", f"--checkpoint=quiet={quiet}") as server:
-        browser = browser_or_skip()
-        try:
-            yield Playground(browser, server.url)
-        finally:
-            browser.quit()
+@pytest.fixture
+def page(request) -> Playground:
+    """The shared browser on the shared keyless server's page."""
+    return playground(request.config)
 
 
 # Records the body of every chat request the page sends.
@@ -193,9 +167,10 @@ def test_a_reply_ends_with_its_stop_token_and_an_empty_reply_says_so(page, width
     page.hover(end)
     tip = page.find("tip")
     assert tip.is_displayed() and END in tip.text
-    # This server's stream may or may not report the stop token's probability: the tip
-    # gives it, or says it is not reported.
-    assert "p = " in tip.text or "does not report" in tip.text
+    # Folio's stream reports the stop token's probability (the page asks with
+    # stream_options.include_stop_token): the end is coloured and its tip gives it.
+    assert "p = " in tip.text and "does not report" not in tip.text
+    assert 0.0 < float(end.get_attribute("data-p")) <= 1.0
     # A stream that reports it: the end token is coloured and hovered like any token.
     page.js(REPORT_THE_END_TOKEN)
     page.say("Speak")

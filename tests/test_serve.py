@@ -2,8 +2,11 @@
 
 One server serves three tiny random-weight checkpoints at once (a character
 model in completion mode, a chat-template model, a byte-level BPE model) on
-127.0.0.1 and a free port, with an API key; a second one, with a batch of one
-and a queue of one, is there to be overloaded. Both are stopped at the end.
+127.0.0.1 and a free port, with an API key; it is stopped at the end. What a
+process adds (argv, a busy port, the exit status, the key and Host checks the
+command sets up) is tested on real processes; an app with a batch of one and a
+queue of one, there to be overloaded, and the command's refusals that come
+before it binds run in this process.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ import time
 import httpx
 import openai
 import pytest
-from serving import ROOT, TEXT, Server, folio_env, random_gpt, save_run
+from serving import ROOT, TEXT, AppServer, Server, folio_env, random_gpt, save_run
 
+from folio.cli import main
 from folio.sample import Sampler, SamplingConfig
+from folio.serve.app import create_app, load_served_model
 from folio.serve.prompt import stop_ids_for
+from folio.serve.protocol import Limits
 from folio.tokenizers import BPETokenizer, CharTokenizer
 from folio.tokenizers.chat import render_prompt, with_chat_tokens
 
@@ -389,15 +395,10 @@ def test_32_concurrent_streams_all_complete_each_equal_to_the_same_request_alone
 
 def test_a_full_queue_answers_429_with_retry_after(runs):
     path, _ = runs["tiny"]
-    with Server(
-        f"--checkpoint=tiny={path}",
-        "--max-batch",
-        "1",
-        "--max-queue",
-        "1",
-        "--max-tokens",
-        "100000",
-    ) as s:
+    # What `folio serve --max-batch 1 --max-queue 1 --max-tokens 100000` serves, in this
+    # process: the queue is the engine's, the 429 the app's.
+    served = load_served_model(f"tiny={path}", max_batch=1, max_queue=1)
+    with AppServer(create_app([served], limits=Limits(max_tokens=100000))) as s:
         long = {"model": "tiny", "prompt": "F", "max_tokens": 100000, "stream": True}
         with httpx.stream("POST", s.url + "/v1/completions", json=long, timeout=30) as first:
             lines = first.iter_lines()  # kept: dropping the iterator closes the stream
@@ -439,11 +440,30 @@ def _folio(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_binding_beyond_loopback_needs_a_key_or_an_explicit_flag(runs):
+def _folio_here(capsys, *args: str) -> tuple[int, str]:
+    """`folio ARGS` in this process, for a command refused before it binds: status, stderr.
+
+    `folio.cli.main` returns the status the process exits with (a real process gives it
+    in test_a_busy_port_and_a_missing_checkpoint_are_one_line_errors).
+    """
+    capsys.readouterr()
+    status = main(list(args))
+    return status, capsys.readouterr().err
+
+
+def _never_bind(host, port):
+    raise AssertionError(f"the command went on to bind {host}:{port}")
+
+
+def test_binding_beyond_loopback_needs_a_key_or_an_explicit_flag(runs, capsys, monkeypatch):
     path, _ = runs["tiny"]
-    r = _folio("serve", "--checkpoint", str(path), "--host", "0.0.0.0", "--port", "0")
-    assert r.returncode == 2 and r.stderr.count("\n") == 1
-    assert "--allow-remote-without-key" in r.stderr and "--api-key" in r.stderr
+    # Refused before binding: were it not, this fails here rather than serving for ever.
+    monkeypatch.setattr("folio.commands.serve._bind", _never_bind)
+    status, err = _folio_here(
+        capsys, "serve", "--checkpoint", str(path), "--host", "0.0.0.0", "--port", "0"
+    )
+    assert status == 2 and err.count("\n") == 1
+    assert "--allow-remote-without-key" in err and "--api-key" in err
     from folio.commands.serve import exposure_warning
 
     assert exposure_warning("127.0.0.1", None, False) is None
@@ -452,17 +472,13 @@ def test_binding_beyond_loopback_needs_a_key_or_an_explicit_flag(runs):
     assert "without an API key" in exposure_warning("0.0.0.0", None, True)
 
 
-def test_a_busy_port_and_a_missing_checkpoint_are_one_line_errors(runs, server, tmp_path):
+def test_a_busy_port_and_a_missing_checkpoint_are_one_line_errors(runs, server, tmp_path, capsys):
     path, _ = runs["tiny"]
     port = server.url.rsplit(":", 1)[1]
-    for args in (
-        ["--checkpoint", str(path), "--port", port],
-        ["--checkpoint", str(tmp_path / "no")],
-    ):
-        r = _folio("serve", *args)
-        assert (
-            r.returncode == 2 and r.stderr.startswith("folio: error:") and r.stderr.count("\n") == 1
-        )
+    r = _folio("serve", "--checkpoint", str(path), "--port", port)  # a real process
+    assert r.returncode == 2 and r.stderr.startswith("folio: error:") and r.stderr.count("\n") == 1
+    status, err = _folio_here(capsys, "serve", "--checkpoint", str(tmp_path / "no"))
+    assert status == 2 and err.startswith("folio: error:") and err.count("\n") == 1
 
 
 # --- keys and host names -----------------------------------------------------------------------------
@@ -486,21 +502,17 @@ def test_a_non_ascii_api_key_works_and_the_flag_says_to_prefer_the_environment(r
     assert "Traceback" not in s.log
 
 
-def test_the_api_key_help_prefers_the_environment_which_is_read(tmp_path):
+def test_the_api_key_help_prefers_the_environment_which_is_read(tmp_path, capsys, monkeypatch):
     assert "prefer FOLIO_API_KEY" in " ".join(_folio("serve", "--help").stdout.split())
     # A key from the environment counts as a key: binding beyond loopback is allowed, and
     # the missing checkpoint is the error, with no note about the flag.
-    r = subprocess.run(
-        [sys.executable, "-m", "folio", "serve", "--checkpoint", str(tmp_path / "no")]
-        + ["--host", "0.0.0.0", "--port", "0"],
-        cwd=ROOT,
-        env={**folio_env(), "FOLIO_API_KEY": "from-the-environment"},
-        capture_output=True,
-        text=True,
-        timeout=120,
+    monkeypatch.setenv("FOLIO_API_KEY", "from-the-environment")
+    monkeypatch.setattr("folio.commands.serve._bind", _never_bind)
+    status, err = _folio_here(
+        capsys, "serve", "--checkpoint", str(tmp_path / "no"), "--host", "0.0.0.0", "--port", "0"
     )
-    assert r.returncode == 2 and r.stderr.count("\n") == 1
-    assert "--allow-remote-without-key" not in r.stderr and "ps" not in r.stderr
+    assert status == 2 and err.count("\n") == 1
+    assert "--allow-remote-without-key" not in err and "ps" not in err
 
 
 def test_a_keyless_loopback_server_answers_loopback_host_names_only(runs):

@@ -3,6 +3,10 @@ named in the server's log and in /v1/models, and a bad name is one line.
 
 Also: clients that disconnect mid-stream give their slots back, so the next
 ones run at once.
+
+A bad name given to `folio serve` goes through a real process (exit status 2, one line on
+stderr); the other commands run in this process, where `folio.cli.main` returns the status
+the process would exit with.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ import time
 
 import httpx
 import pytest
-from serving import ROOT, TEXT, Server, folio_env, random_gpt, save_run
+from serving import ROOT, TEXT, AppServer, Server, folio_env, random_gpt, save_run
 
+from folio.cli import main
+from folio.serve.app import create_app, load_served_model
+from folio.serve.protocol import Limits
 from folio.tokenizers import CharTokenizer
 
 
@@ -37,21 +44,34 @@ def _folio(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def _folio_here(capsys, *args: str) -> tuple[int, str, str]:
+    """`folio ARGS` in this process: its exit status, stdout and stderr."""
+    capsys.readouterr()
+    status = main(list(args))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 @pytest.mark.parametrize("command", ["serve", "sample"])
-def test_a_bad_decode_path_is_one_line_naming_the_good_ones(run_dir, command):
-    r = _folio(command, "--checkpoint", str(run_dir), "--decode", "fastest")
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.count("\n") == 1 and r.stderr.startswith("folio: error: unknown decode path")
-    assert "aot-w8a8" in r.stderr
+def test_a_bad_decode_path_is_one_line_naming_the_good_ones(run_dir, command, capsys):
+    args = (command, "--checkpoint", str(run_dir), "--decode", "fastest")
+    if command == "serve":  # a real process: its exit status and all it writes to stderr
+        r = _folio(*args)
+        status, err = r.returncode, r.stderr
+    else:  # in this process, where an exception would fail the test instead of a traceback
+        status, _, err = _folio_here(capsys, *args)
+    assert status == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("folio: error: unknown decode path")
+    assert "aot-w8a8" in err
 
 
-def test_sample_takes_a_path_with_its_weights_and_refuses_two_different_weights(run_dir):
+def test_sample_takes_a_path_with_its_weights_and_refuses_two_different_weights(run_dir, capsys):
     base = ["sample", "--checkpoint", str(run_dir), "--max-new-tokens", "12", "--seed", "1"]
-    named = _folio(*base, "--decode", "static-int8")
-    flagged = _folio(*base, "--decode", "static", "--weights", "int8")
-    assert named.returncode == 0 and named.stdout == flagged.stdout
-    clash = _folio(*base, "--decode", "static-int8", "--weights", "bfloat16")
-    assert clash.returncode == 2 and clash.stderr.count("\n") == 1 and "give one" in clash.stderr
+    named = _folio_here(capsys, *base, "--decode", "static-int8")
+    flagged = _folio_here(capsys, *base, "--decode", "static", "--weights", "int8")
+    assert named[0] == 0 and named[1] == flagged[1]
+    status, _, err = _folio_here(capsys, *base, "--decode", "static-int8", "--weights", "bfloat16")
+    assert status == 2 and err.count("\n") == 1 and "give one" in err
 
 
 def _stream(url: str, max_tokens: int) -> tuple[httpx.Client, httpx.Response]:
@@ -79,7 +99,10 @@ def test_an_approximate_path_is_named_with_why_it_is_not_batch_invariant_and_ser
 
 
 def test_clients_that_disconnect_mid_stream_free_their_slots_for_the_next(run_dir):
-    with Server(f"--checkpoint=tiny={run_dir}", "--max-batch", "2", "--max-tokens", "100000") as s:
+    # What `folio serve --max-batch 2 --max-tokens 100000` serves, in this process: the
+    # disconnects are the app's and the engine's to notice, not the process's.
+    served = load_served_model(f"tiny={run_dir}", max_batch=2)
+    with AppServer(create_app([served], limits=Limits(max_tokens=100000))) as s:
         info = s.get("/v1/models/tiny").json()["folio"]
         assert info["decode"] == "static" and info["batch_invariant"] is True
         for _ in range(2):  # twice over: both slots taken, both given back
