@@ -367,7 +367,11 @@ def test_real_gpt2_vocabulary() -> None:
 # ------------------------------------------------------------ end to end
 
 
-def test_cli_prepare_train_eval_sample_with_bpe(tmp_path: Path, capsys) -> None:
+def test_cli_prepare_train_eval_sample_with_bpe(tmp_path: Path, capsys, monkeypatch) -> None:
+    import folio.train.trainer as trainer_module
+
+    # Nothing here looks at loss.png, and drawing it (matplotlib) costs about a second.
+    monkeypatch.setattr(trainer_module, "plot_losses", lambda out_dir, rows: None)
     src = tmp_path / "corpus"
     src.mkdir()
     for i, doc in enumerate(DOCS):

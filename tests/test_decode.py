@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch._dynamo.testing import CompileCounter
+from inductor_settings import few_compiles  # noqa: F401  (a fixture)
 
 from folio.bench.sample import precision_report
 from folio.errors import FolioError
@@ -20,6 +20,9 @@ from folio.sample.decode import StaticDecoder, _Packed, supports_static_decoding
 
 BLOCK = 16
 TINY = GPTConfig(vocab_size=40, n_layer=2, n_head=4, n_embd=32, block_size=BLOCK)
+# What inductor compiles: every layer adds seconds of code generation and C++ build, and
+# one layer already runs every part of the step (norms, attention, MLP, cache, draw).
+ONE_LAYER = dataclasses.replace(TINY, n_layer=1)
 
 
 def tiny_gpt(config: GPTConfig = TINY) -> GPT:
@@ -36,6 +39,12 @@ def tiny_gpt(config: GPTConfig = TINY) -> GPT:
 @pytest.fixture(scope="module")
 def model() -> GPT:
     return tiny_gpt()
+
+
+@pytest.fixture(scope="module")
+def one_layer() -> GPT:
+    """The model of the tests that compile with inductor (the same weights on every call)."""
+    return tiny_gpt(ONE_LAYER)
 
 
 def greedy(n: int, **kw) -> SamplingConfig:
@@ -80,6 +89,8 @@ def test_a_prefill_restarts_a_used_cache(model: GPT) -> None:
 
 
 def test_the_compiled_step_compiles_once_across_positions_and_slides(model: GPT) -> None:
+    from torch._dynamo.testing import CompileCounter  # imports dynamo: only where it runs
+
     counter = CompileCounter()  # dynamo's trace counted, run without inductor (fast)
     decoder = StaticDecoder(model, batch=1)
     decoder.compile(backend=counter)
@@ -92,10 +103,13 @@ def test_the_compiled_step_compiles_once_across_positions_and_slides(model: GPT)
     assert counter.frame_count == 1
 
 
+@pytest.mark.usefixtures("few_compiles")
 @pytest.mark.parametrize("decode", ["module", "static", "compiled"])
-def test_every_path_gives_the_uncached_greedy_tokens_for_300_steps(model: GPT, decode: str) -> None:
+def test_every_path_gives_the_uncached_greedy_tokens_for_300_steps(
+    model: GPT, one_layer: GPT, decode: str
+) -> None:
     """300 tokens in a block of 16: the window slides about 35 times on the way."""
-    sampler = Sampler(model, decode=decode)
+    sampler = Sampler(one_layer if decode == "compiled" else model, decode=decode)  # ONE_LAYER
     cfg = greedy(300)
     cached = [int(s.ids[0]) for s in sampler.decode_steps([5, 6, 7], cfg)]
     plain = dataclasses.replace(cfg, use_cache=False)
@@ -112,44 +126,48 @@ def aot_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield path
 
 
+@pytest.mark.usefixtures("few_compiles")
 def test_the_aot_path_gives_the_uncached_greedy_tokens_and_is_reused(
-    model: GPT, aot_cache: Path
+    one_layer: GPT, aot_cache: Path
 ) -> None:
     """Compiled ahead of time once (seconds), then loaded from the cache by a second sampler."""
     cfg = greedy(300)
     plain = [
-        int(s.ids[0]) for s in Sampler(model).decode_steps([5, 6, 7], replace(cfg, use_cache=False))
+        int(s.ids[0])
+        for s in Sampler(one_layer).decode_steps([5, 6, 7], replace(cfg, use_cache=False))
     ]
-    first = Sampler(model, decode="aot")
+    first = Sampler(one_layer, decode="aot")
     assert first.path() == "static-kv aot-compiled float32"
     assert [int(s.ids[0]) for s in first.decode_steps([5, 6, 7], cfg)] == plain
     assert not first.static_decoder(1).from_cache
     libraries = list((aot_cache / "aot").iterdir())
     assert len(libraries) == 1 and libraries[0].name.startswith("step-")  # no temporary left
-    again = Sampler(model, decode="aot")
+    again = Sampler(one_layer, decode="aot")
     assert [int(s.ids[0]) for s in again.decode_steps([5, 6, 7], cfg)] == plain
     assert again.static_decoder(1).from_cache
     assert list((aot_cache / "aot").iterdir()) == libraries
 
 
-def test_an_unreadable_aot_library_is_rebuilt(model: GPT, aot_cache: Path) -> None:
-    StaticDecoder(model, batch=1).compile(ahead_of_time=True)  # from the cache, if built above
+@pytest.mark.usefixtures("few_compiles")
+def test_an_unreadable_aot_library_is_rebuilt(one_layer: GPT, aot_cache: Path) -> None:
+    StaticDecoder(one_layer, batch=1).compile(ahead_of_time=True)  # from the cache, if built above
     for library in (aot_cache / "aot").glob("step-*"):
         library.write_bytes(b"not a library")
-    again = StaticDecoder(model, batch=1)
+    again = StaticDecoder(one_layer, batch=1)
     again.compile(ahead_of_time=True)
     assert not again.from_cache
     x = torch.zeros(1, 1, dtype=torch.long)
     with torch.no_grad():
         again.prefill(x)
         got = again.step(x)
-        full, _ = model(torch.zeros(1, 2, dtype=torch.long))
+        full, _ = one_layer(torch.zeros(1, 2, dtype=torch.long))
     torch.testing.assert_close(got, full[:, -1], atol=1e-5, rtol=1e-5)
 
 
-def test_the_aot_step_reads_the_weights_it_is_given(model: GPT, aot_cache: Path) -> None:
+@pytest.mark.usefixtures("few_compiles")
+def test_the_aot_step_reads_the_weights_it_is_given(aot_cache: Path) -> None:
     """The library holds no weights: a float32 decoder follows the model trained in place."""
-    trained = tiny_gpt()
+    trained = tiny_gpt(ONE_LAYER)
     decoder = StaticDecoder(trained, batch=1)
     decoder.compile(ahead_of_time=True)  # the shapes of the test above: from the cache
     assert decoder.from_cache
@@ -163,23 +181,26 @@ def test_the_aot_step_reads_the_weights_it_is_given(model: GPT, aot_cache: Path)
     torch.testing.assert_close(got, full[:, -1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.usefixtures("few_compiles")
 @pytest.mark.parametrize("top_k", [20, None], ids=["top-k, chosen by the sampler", "in the step"])
 @pytest.mark.parametrize("decode", ["static", "compiled"])
 def test_seeded_samples_are_the_same_on_every_path(
-    model: GPT, decode: str, top_k: int | None
+    model: GPT, one_layer: GPT, decode: str, top_k: int | None
 ) -> None:
     cfg = SamplingConfig(max_new_tokens=60, seed=3, num_samples=3, top_k=top_k, context_keep=12)
+    model = one_layer if decode == "compiled" else model  # see ONE_LAYER
     module = torch.stack(list(Sampler(model, decode="module").generate_ids([1], cfg)))
     fast = torch.stack(list(Sampler(model, decode=decode).generate_ids([1], cfg)))
     assert torch.equal(module, fast)
 
 
-def test_a_seeded_sample_is_the_same_on_the_aot_path(model: GPT, aot_cache: Path) -> None:
+@pytest.mark.usefixtures("few_compiles")
+def test_a_seeded_sample_is_the_same_on_the_aot_path(one_layer: GPT, aot_cache: Path) -> None:
     """The AOT step draws its own token (temperature 0.8, across slides); batch 1 reuses the
     library of the test above."""
     cfg = SamplingConfig(max_new_tokens=150, seed=4, temperature=0.8)
-    module = torch.stack(list(Sampler(model, decode="module").generate_ids([1], cfg)))
-    fast = torch.stack(list(Sampler(model, decode="aot").generate_ids([1], cfg)))
+    module = torch.stack(list(Sampler(one_layer, decode="module").generate_ids([1], cfg)))
+    fast = torch.stack(list(Sampler(one_layer, decode="aot").generate_ids([1], cfg)))
     assert torch.equal(module, fast)
 
 

@@ -79,13 +79,17 @@ def test_the_progress_bar_counts_every_batch(
     assert bars[0].name == "eval val" and bars[0].total == bars[0].n > 0  # every batch counted
 
 
-def test_folio_eval_reads_the_val_split_unless_asked(tmp_path, capsys) -> None:
+def test_folio_eval_reads_the_val_split_unless_asked(tmp_path, capsys, monkeypatch) -> None:
     """The train split of a real corpus takes minutes: `folio eval` asks for val by default."""
     import json
 
+    import folio.train.trainer as trainer_module
     from folio.cli import main
     from folio.data.corpora import load_corpus
     from folio.data.prepare import prepare_dataset
+
+    # Nothing here looks at loss.png, and drawing it (matplotlib) was most of the test's time.
+    monkeypatch.setattr(trainer_module, "plot_losses", lambda out_dir, rows: None)
 
     (tmp_path / "t.txt").write_text("to be or not to be, that is the question.\n" * 60)
     prepare_dataset(load_corpus([str(tmp_path / "t.txt")]), tmp_path / "data")

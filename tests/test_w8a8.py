@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_decode import tiny_gpt
+from inductor_settings import few_compiles  # noqa: F401  (a fixture)
+from test_decode import ONE_LAYER, tiny_gpt
 
 from folio.bench.sample import precision_report
 from folio.errors import FolioError
@@ -99,12 +100,14 @@ def test_w8a8_stays_close_to_float32() -> None:
     assert report["logit_range"] > 5
 
 
+@pytest.mark.usefixtures("few_compiles")
 def test_the_compiled_w8a8_steps_compute_the_eager_one() -> None:
     """Traced by dynamo and compiled ahead of time, the step calls the same kernel. The two
     compiled forms compute the same function; the eager step differs from them as every
     low-precision eager step does (its attention runs in bfloat16, theirs in float32).
-    The library goes to the session's cache, where the next test finds it (seconds saved)."""
-    model = tiny_gpt()
+    The library goes to the session's cache, where the next test finds it (seconds saved).
+    One layer (ONE_LAYER): every further one only adds compile time."""
+    model = tiny_gpt(ONE_LAYER)
     idx = torch.randint(0, 40, (1, 12), generator=torch.Generator().manual_seed(5))
     out = []
     for how in ("eager", "traced", "aot"):
@@ -120,8 +123,9 @@ def test_the_compiled_w8a8_steps_compute_the_eager_one() -> None:
     torch.testing.assert_close(out[1], out[0], atol=0.1, rtol=0.05)
 
 
+@pytest.mark.usefixtures("few_compiles")
 def test_the_aot_w8a8_sampler_names_its_path_and_samples() -> None:
-    model = tiny_gpt()
+    model = tiny_gpt(ONE_LAYER)  # the model of the test above: its library, from the cache
     sampler = Sampler(model, decode="aot", weights="w8a8")
     assert sampler.path() == "static-kv aot-compiled w8a8"
     cfg = SamplingConfig(max_new_tokens=40, temperature=0.0)
