@@ -278,7 +278,7 @@ class Recipe:
             if result.get("stopped") in ("interrupted", "terminated"):  # not done: never recorded
                 raise Stopped(self.supervisor.signum or signal.SIGTERM, step.name)
         record = {"step": step.name, "stage": step.stage, "command": "folio " + " ".join(
-            step.args), "seconds": round(seconds, 1), "result": result}  # fmt: skip
+            step.args), "seconds": round(seconds, 3), "result": result}  # fmt: skip
         if step.run is not None:
             record["last_eval"] = last_eval(step.run)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -353,8 +353,9 @@ class Recipe:
                 row["kl"] = records.get("grpo", {}).get("last_eval", {}).get("kl")
             if stage == "reward":
                 row["rm_accuracy"] = result("eval-reward").get("accuracy")
+            # milliseconds: a tiny stage can take less than a tenth of a second
             row["seconds"] = round(
-                sum(r["seconds"] for r in records.values() if r["stage"] == stage), 1
+                sum(r["seconds"] for r in records.values() if r["stage"] == stage), 3
             )
             rows.append(row)
         return {
@@ -362,7 +363,7 @@ class Recipe:
             "k": self.scale.k,
             "flip": self.scale.flip,
             "rm_ceiling": 1.0 - self.scale.flip,
-            "seconds": round(sum(r["seconds"] for r in records.values()), 1),
+            "seconds": round(sum(r["seconds"] for r in records.values()), 3),
         }
 
     def _checkpoint(self, stage: str) -> Path:
