@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from factories import wide_gpt
 
 from folio.checkpoint import clean_state_dict, save_checkpoint
 from folio.models import GPT, GPTConfig
@@ -39,12 +40,7 @@ def random_gpt(vocab_size: int, block_size: int = 16, seed: int = 0, **kw) -> GP
         block_size=block_size,
         **kw,
     )
-    model = GPT(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.2)
-    return model.eval()
+    return wide_gpt(config, seed)
 
 
 def request(prompt: list[int], n: int, **kw) -> GenerationRequest:

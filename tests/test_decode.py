@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from factories import wide_gpt
 from inductor_settings import few_compiles  # noqa: F401  (a fixture)
 
 from folio.bench.sample import precision_report
@@ -27,13 +28,7 @@ ONE_LAYER = dataclasses.replace(TINY, n_layer=1)
 
 def tiny_gpt(config: GPTConfig = TINY) -> GPT:
     """Weights wide enough that greedy text does not settle into a loop at once."""
-    torch.manual_seed(0)
-    model = GPT(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.2)
-    return model.eval()
+    return wide_gpt(config)
 
 
 @pytest.fixture(scope="module")

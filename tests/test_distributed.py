@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from factories import word_dataset
 
 from folio import runtime
 from folio.checkpoint import load_checkpoint
 from folio.config.run import build_run_config
 from folio.data.batches import Dataset, get_batch
-from folio.data.corpora import load_corpus
-from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
 from folio.models import build_model
 from folio.stages.pretrain import train
@@ -67,12 +66,7 @@ COMMON = [
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    rng = random.Random(0)
-    lines = (" ".join(rng.choice(WORDS) for _ in range(10)) for _ in range(300))
-    (root / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    prepare_dataset(load_corpus([str(root / "corpus.txt")]), root / "ds")
-    return root / "ds"
+    return word_dataset(tmp_path_factory.mktemp("data"), WORDS)
 
 
 def _train_argv(dataset: Path, out: Path, *args: str) -> list[str]:

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from factories import word_dataset
 
 from folio.checkpoint import load_checkpoint
 from folio.config.run import build_run_config
-from folio.data.corpora import load_corpus
-from folio.data.prepare import prepare_dataset
 from folio.models import GPT, GPTConfig
 from folio.sample import Sampler, SamplingConfig
 from folio.stages.pretrain import train
@@ -36,12 +34,7 @@ WORDS = "the quick brown fox jumps over a lazy dog and runs far away".split()
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    rng = random.Random(0)
-    lines = (" ".join(rng.choice(WORDS) for _ in range(10)) for _ in range(300))
-    (root / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    prepare_dataset(load_corpus([str(root / "corpus.txt")]), root / "ds")
-    return root / "ds"
+    return word_dataset(tmp_path_factory.mktemp("data"), WORDS)
 
 
 def _tiny_gpt(vocab_size: int = 40) -> GPT:

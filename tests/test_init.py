@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from factories import word_dataset
 
 from folio.checkpoint import load_checkpoint
 from folio.cli import main
 from folio.config.run import build_run_config
 from folio.data.batches import Dataset, RemappedTokens, get_batch, remapped
-from folio.data.corpora import load_corpus
-from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
 from folio.eval.loss import evaluate_checkpoint
 from folio.models import build_model
@@ -38,12 +36,7 @@ NEW_WORDS = ["Zounds", "café", "the", "king", "0", "lord"]
 
 
 def _dataset(root: Path, words: list[str]) -> Path:
-    rng = random.Random(0)
-    lines = (" ".join(rng.choice(words) for _ in range(10)) for _ in range(200))
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    prepare_dataset(load_corpus([str(root / "corpus.txt")]), root / "ds")
-    return root / "ds"
+    return word_dataset(root, words, lines=200)
 
 
 def _run(*overrides: tuple[str, object]):

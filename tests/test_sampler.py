@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from factories import wide_gpt
 
 from folio.errors import FolioError
 from folio.models import GPT, BigramConfig, BigramLanguageModel, GPTConfig
@@ -23,16 +24,10 @@ def tok() -> CharTokenizer:
 
 def tiny_gpt(vocab_size: int, attention: str = "fused") -> GPT:
     """The house tiny model with weights wide enough that greedy text does not repeat at once."""
-    torch.manual_seed(0)
     config = GPTConfig(
         vocab_size=vocab_size, n_layer=2, n_head=4, n_embd=32, block_size=BLOCK, attention=attention
     )
-    model = GPT(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.2)
-    return model.eval()
+    return wide_gpt(config)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from factories import word_dataset
 from forked_trainers import Folio
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -44,8 +45,6 @@ from folio.checkpoint import (
 )
 from folio.config.run import build_run_config
 from folio.data.batches import Dataset
-from folio.data.corpora import load_corpus
-from folio.data.prepare import prepare_dataset
 from folio.errors import FolioError
 from folio.eval.loss import estimate_loss, evaluate_split
 from folio.models import GPT, GPTConfig
@@ -85,12 +84,7 @@ def quiet_run(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _write_dataset(root: Path, words: list[str]) -> Path:
-    rng = random.Random(0)
-    lines = (" ".join(rng.choice(words) for _ in range(10)) for _ in range(300))
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    prepare_dataset(load_corpus([str(root / "corpus.txt")]), root / "ds")
-    return root / "ds"
+    return word_dataset(root, words)
 
 
 @pytest.fixture(scope="module", autouse=True)
