@@ -63,6 +63,18 @@ def folio_env() -> dict[str, str]:
     return env
 
 
+def run_folio(*args: str) -> subprocess.CompletedProcess:
+    """`python -m folio ARGS` in a child process, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "folio", *args],
+        cwd=ROOT,
+        env=folio_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def default_sigint() -> None:
     """preexec_fn for a child the test will Ctrl-C: SIGINT back to its default.
 

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import openai
 import pytest
-from serving import ROOT, TEXT, AppServer, Server, folio_env, random_gpt, save_run
+from serving import TEXT, AppServer, Server, random_gpt, run_folio, save_run
 
 from folio.cli import main
 from folio.sample import Sampler, SamplingConfig
@@ -429,17 +427,6 @@ def test_a_full_queue_answers_429_with_retry_after(runs):
         )
 
 
-def _folio(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "folio", *args],
-        cwd=ROOT,
-        env=folio_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def _folio_here(capsys, *args: str) -> tuple[int, str]:
     """`folio ARGS` in this process, for a command refused before it binds: status, stderr.
 
@@ -475,7 +462,7 @@ def test_binding_beyond_loopback_needs_a_key_or_an_explicit_flag(runs, capsys, m
 def test_a_busy_port_and_a_missing_checkpoint_are_one_line_errors(runs, server, tmp_path, capsys):
     path, _ = runs["tiny"]
     port = server.url.rsplit(":", 1)[1]
-    r = _folio("serve", "--checkpoint", str(path), "--port", port)  # a real process
+    r = run_folio("serve", "--checkpoint", str(path), "--port", port)  # a real process
     assert r.returncode == 2 and r.stderr.startswith("folio: error:") and r.stderr.count("\n") == 1
     status, err = _folio_here(capsys, "serve", "--checkpoint", str(tmp_path / "no"))
     assert status == 2 and err.startswith("folio: error:") and err.count("\n") == 1
@@ -503,7 +490,7 @@ def test_a_non_ascii_api_key_works_and_the_flag_says_to_prefer_the_environment(r
 
 
 def test_the_api_key_help_prefers_the_environment_which_is_read(tmp_path, capsys, monkeypatch):
-    assert "prefer FOLIO_API_KEY" in " ".join(_folio("serve", "--help").stdout.split())
+    assert "prefer FOLIO_API_KEY" in " ".join(run_folio("serve", "--help").stdout.split())
     # A key from the environment counts as a key: binding beyond loopback is allowed, and
     # the missing checkpoint is the error, with no note about the flag.
     monkeypatch.setenv("FOLIO_API_KEY", "from-the-environment")

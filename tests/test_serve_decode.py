@@ -11,13 +11,11 @@ the process would exit with.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
-from serving import ROOT, TEXT, AppServer, Server, folio_env, random_gpt, save_run
+from serving import TEXT, AppServer, Server, random_gpt, run_folio, save_run
 
 from folio.cli import main
 from folio.serve.app import create_app, load_served_model
@@ -33,17 +31,6 @@ def run_dir(tmp_path_factory):
     )
 
 
-def _folio(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "folio", *args],
-        cwd=ROOT,
-        env=folio_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def _folio_here(capsys, *args: str) -> tuple[int, str, str]:
     """`folio ARGS` in this process: its exit status, stdout and stderr."""
     capsys.readouterr()
@@ -56,7 +43,7 @@ def _folio_here(capsys, *args: str) -> tuple[int, str, str]:
 def test_a_bad_decode_path_is_one_line_naming_the_good_ones(run_dir, command, capsys):
     args = (command, "--checkpoint", str(run_dir), "--decode", "fastest")
     if command == "serve":  # a real process: its exit status and all it writes to stderr
-        r = _folio(*args)
+        r = run_folio(*args)
         status, err = r.returncode, r.stderr
     else:  # in this process, where an exception would fail the test instead of a traceback
         status, _, err = _folio_here(capsys, *args)

@@ -38,17 +38,20 @@ def client(tmp_path_factory):
         yield c
 
 
-def _stream(client, **options) -> list[dict]:
-    body = {
+def _body(**fields) -> dict:
+    """A greedy chat request of "Sir" with log-probabilities, and `fields`."""
+    return {
         "model": "chat",
         "messages": [{"role": "user", "content": "Sir"}],
         "max_tokens": 40,
         "temperature": 0,
         "logprobs": True,
-        "top_logprobs": 3,
-        "stream": True,
-        "stream_options": options,
+        **fields,
     }
+
+
+def _stream(client, **options) -> list[dict]:
+    body = _body(top_logprobs=3, stream=True, stream_options=options)
     r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
     events = [e[len("data: ") :] for e in r.text.split("\n\n") if e.startswith("data: ")]
@@ -88,14 +91,7 @@ def test_a_stream_that_asks_ends_with_the_stop_tokens_entry_and_no_text(client) 
 
 
 def test_a_whole_response_never_carries_the_stop_token(client) -> None:
-    body = {
-        "model": "chat",
-        "messages": [{"role": "user", "content": "Sir"}],
-        "max_tokens": 40,
-        "temperature": 0,
-        "logprobs": True,
-        "stream_options": {"include_stop_token": True},  # only a stream reads it
-    }
+    body = _body(stream_options={"include_stop_token": True})  # only a stream reads it
     r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
