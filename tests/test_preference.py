@@ -19,8 +19,10 @@ from folio.cli import main
 from folio.data.conversations import Conversation, sft_rows
 from folio.data.prefs import (
     Pair,
+    all_comparisons,
     check_prefs_target,
     gold_score,
+    make_pairs,
     rank_replies,
     read_pairs,
     read_pref_dir,
@@ -113,6 +115,31 @@ def test_gold_rule_by_hand_and_ranking() -> None:
     assert rank_replies(prompt, replies, 0.0, rng) == (good, "x" * 90)
     assert rank_replies(prompt, replies, 1.0, rng) == ("x" * 90, good)  # always flipped
     assert rank_replies(prompt, [("love", True), ("dove love", True)], 0.0, rng) is None  # a tie
+
+
+def test_all_comparisons_by_hand() -> None:
+    """Every two replies whose scores differ, the better chosen; ties and equal texts skipped."""
+    prompt = "Write a line for ROMEO about love"
+    good = "My love is deeper than the sea, and more."  # 3 of 3
+    wordless = "x" * 30  # 2 of 3: length and end
+    short = "love"  # 2 of 3: word and end
+    bad = "x" * 90  # 0 of 3 (not ended)
+    replies = [(short, True), (good, True), (wordless, True), (bad, False), (good, True)]
+    got = all_comparisons(prompt, replies, 0.0, random.Random(0))
+    assert got == [
+        (good, short), (short, bad), (good, short),  # short against good, bad, good
+        (good, wordless), (good, bad),  # good against wordless and bad (good == good: skipped)
+        (wordless, bad), (good, wordless),  # wordless against bad and the second good
+        (good, bad),  # bad against the second good
+    ]  # fmt: skip
+    flipped = all_comparisons(prompt, replies, 1.0, random.Random(0))
+    assert flipped == [(r, c) for c, r in got]
+    # one pair a prompt with "extremes", every differing pair with "all"
+    sample = lambda prompts: [replies for _ in prompts]  # noqa: E731
+    assert len(make_pairs([prompt], sample, 0.0, 0, "extremes")) == 1
+    assert len(make_pairs([prompt], sample, 0.0, 0, "all")) == 8
+    with pytest.raises(FolioError, match="--pairs must be one of extremes, all"):
+        make_pairs([prompt], sample, 0.0, 0, "some")
 
 
 def test_pair_rows_read_the_end_token_and_refuse_what_does_not_fit() -> None:

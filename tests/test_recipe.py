@@ -67,7 +67,7 @@ def test_the_tiny_recipe_runs_every_stage_and_a_rerun_skips_them(
     table = Recipe(out, SCALES["tiny"], supervisor=InProcess(main)).run()
     assert [row["stage"] for row in table["stages"]] == list(STAGES)
     for row in table["stages"]:
-        assert set(row) == {"stage", "checkpoint", "tasks", *TABLE_KEYS, *GOLD_KEYS}
+        assert set(row) == {"stage", "checkpoint", "tasks", "tasks_k", *TABLE_KEYS, *GOLD_KEYS}
         assert Path(row["checkpoint"]).is_dir(), row
         assert row["seconds"] > 0
     by = {row["stage"]: row for row in table["stages"]}
@@ -76,6 +76,8 @@ def test_the_tiny_recipe_runs_every_stage_and_a_rerun_skips_them(
             assert 0.0 <= by[stage][k] <= 1.0
         assert by[stage]["rm_accuracy"] is None
         assert set(by[stage]["tasks"]) == {"reverse", "add"}  # per task (line: train only)
+        assert set(by[stage]["tasks_k"]) == {"reverse", "add"}
+        assert all(0.0 <= v <= 1.0 for v in by[stage]["tasks_k"].values())
     for stage in ("sft", "ppo", "dpo"):  # measured against the gold rule, with KL to SFT
         assert 0.0 <= by[stage]["gold_score"] <= 1.0
         assert by[stage]["kl"] >= 0.0
@@ -156,11 +158,11 @@ def test_format_table_shows_a_dash_where_a_figure_does_not_apply() -> None:
     assert "per task" not in text and "gold rule's tests" not in text  # no such figures: no table
     sft = dict.fromkeys(TABLE_KEYS) | {
         "stage": "sft", "pass_at_1": 0.5, "tasks": {"reverse": 0.9, "add": 0.1},
-        "gold_score": 0.5, "gold_word": 0.25, "gold_length": 0.375, "gold_end": 0.875,
+        "tasks_k": {"reverse": 0.95, "add": None}, "gold_score": 0.5, "gold_word": 0.25, "gold_length": 0.375, "gold_end": 0.875,
         "reply_chars": 41.26,
     }  # fmt: skip
     text = format_table({"stages": [sft, row], "flip": 0.1, "rm_ceiling": 0.9, "seconds": 1})
-    assert "| stage | reverse | add |" in text and "| sft | 0.900 | 0.100 |" in text
+    assert "| stage | reverse | add |" in text and "| sft | 0.900 (0.950) | 0.100 |" in text
     assert "| sft | 0.250 | 0.375 | 0.875 | 41.3 |" in text
 
 

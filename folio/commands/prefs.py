@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pm.add_argument("--max-new-tokens", type=int, default=64, help="reply length limit")
     pm.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     pm.add_argument(
+        "--pairs", choices=("extremes", "all"), default="extremes",
+        help="pair each prompt's best reply with its worst (one pair a prompt), or every two "
+        "replies whose scores differ (up to replies*(replies-1)/2 pairs a prompt)",
+    )  # fmt: skip
+    pm.add_argument(
         "--force", action="store_true", help="replace a preference directory edited by hand"
     )
     pm.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
@@ -66,7 +71,7 @@ def run(args: argparse.Namespace) -> None:
     manifest = make_preferences(
         args.checkpoint, args.out, n=args.n, n_test=args.n_test, replies=args.replies,
         flip=args.flip, seed=args.seed, corpus=args.corpus, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, force=args.force,
+        temperature=args.temperature, force=args.force, pairing=args.pairs,
     )  # fmt: skip
     if args.json:
         print(json.dumps({"out": args.out, **manifest}))

@@ -190,20 +190,52 @@ def rank_replies(
     return chosen, rejected
 
 
+PAIRINGS = ("extremes", "all")
+"""How `make_pairs` pairs a prompt's ranked replies: its best against its worst (one pair a
+prompt), or every two replies whose scores differ (InstructGPT's K-choose-2 comparisons: more
+pairs from the same samples, among them the ones that differ by a single test)."""
+
+
+def all_comparisons(
+    prompt: str, replies: Sequence[tuple[str, bool]], flip: float, rng: random.Random
+) -> list[tuple[str, str]]:
+    """(chosen, rejected) for every two replies (in sampled order) whose gold scores differ
+    and whose texts differ, the better one chosen, each pair swapped with probability `flip`."""
+    scores = [gold_score(prompt, *r) for r in replies]
+    out = []
+    for i in range(len(replies)):
+        for j in range(i + 1, len(replies)):
+            if scores[i] == scores[j] or replies[i][0] == replies[j][0]:
+                continue
+            better, worse = (i, j) if scores[i] > scores[j] else (j, i)
+            chosen, rejected = replies[better][0], replies[worse][0]
+            if rng.random() < flip:
+                chosen, rejected = rejected, chosen
+            out.append((chosen, rejected))
+    return out
+
+
 def make_pairs(
     prompts: Sequence[str],
     sample: Callable[[Sequence[str]], list[list[tuple[str, bool]]]],
     flip: float,
     seed: int,
+    pairing: str = "extremes",
 ) -> list[Pair]:
-    """Pairs from sampled replies: `sample(prompts)` gives (text, ended) replies per prompt."""
+    """Pairs from sampled replies: `sample(prompts)` gives (text, ended) replies per prompt,
+    paired as `pairing` (a name of PAIRINGS) says."""
+    if pairing not in PAIRINGS:
+        raise FolioError(f"--pairs must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
     rng = random.Random(seed)
     pairs = []
     for prompt, replies in zip(prompts, sample(prompts), strict=True):
-        ranked = rank_replies(prompt, replies, flip, rng)
-        if ranked is not None:
-            messages = [{"role": "user", "content": prompt}]
-            pairs.append(Pair(messages, *ranked))
+        messages = [{"role": "user", "content": prompt}]
+        if pairing == "all":
+            ranked = all_comparisons(prompt, replies, flip, rng)
+        else:
+            one = rank_replies(prompt, replies, flip, rng)
+            ranked = [one] if one is not None else []
+        pairs += [Pair(messages, *r) for r in ranked]
     return pairs
 
 

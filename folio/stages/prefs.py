@@ -15,6 +15,7 @@ from folio.data.material import load_material
 from folio.data.prefs import (
     FLIP,
     LINE_PROMPT,
+    PAIRINGS,
     check_prefs_target,
     line_prompts,
     make_pairs,
@@ -39,6 +40,7 @@ def make_preferences(
     max_new_tokens: int = 64,
     temperature: float = 1.0,
     force: bool = False,
+    pairing: str = "extremes",
 ) -> dict[str, Any]:
     """Sample `replies` replies to each of n train and n_test test prompts from the chat model
     `checkpoint` (run:DIR), rank them by the gold rule, flip a share `flip` of the labels, and
@@ -57,6 +59,8 @@ def make_preferences(
             raise FolioError(f"{name} must be a positive integer, got {v!r}")
     if temperature <= 0:
         raise FolioError(f"--temperature must be positive (replies must differ), got {temperature}")
+    if pairing not in PAIRINGS:
+        raise FolioError(f"--pairs must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
     check_seed(seed)
     policy = load_policy(checkpoint, "--checkpoint")
     tok, model = policy.tokenizer, policy.model
@@ -76,13 +80,14 @@ def make_preferences(
         ids, cut = cut_at_turn_token(tok, r.ids)
         return tok.decode(ids), r.ended and not cut
 
-    train = make_pairs(line_prompts("train", n, seed, material), sample, flip, seed)
-    test = make_pairs(line_prompts("test", n_test, seed, material), sample, flip, seed + 1)
+    train_prompts = line_prompts("train", n, seed, material)
+    train = make_pairs(train_prompts, sample, flip, seed, pairing)
+    test = make_pairs(line_prompts("test", n_test, seed, material), sample, flip, seed + 1, pairing)
     manifest = {
         "checkpoint": where(policy), "replies": replies, "flip": flip, "seed": seed,
         "corpus": material.corpus, "prompts": {"train": n, "test": n_test},
         "pairs": {"train": len(train), "test": len(test)}, "max_new_tokens": max_new_tokens,
-        "temperature": temperature, "rule": LINE_PROMPT,
+        "temperature": temperature, "rule": LINE_PROMPT, "pairing": pairing,
     }  # fmt: skip
     write_pref_dir(out_dir, train, test, manifest, force)
     return manifest
