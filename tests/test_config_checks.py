@@ -9,7 +9,7 @@ import pytest
 from folio.cli import main
 from folio.config.checks import check_fields, within
 from folio.config.prefs import PrefConfig
-from folio.config.rl import RLConfig
+from folio.config.rl import RLConfig, algo_of, check_algo_fields
 from folio.config.run import stage_config
 from folio.config.sft import SFTConfig
 from folio.errors import FolioError
@@ -90,6 +90,41 @@ def test_the_sft_table_comes_from_the_preset_and_the_flags(tmp_path) -> None:
 def test_sft_settings_are_checked_before_anything_loads(tmp_path, capsys, flags, words) -> None:
     argv = ["sft", "--init-from", f"run:{tmp_path / 'none'}", "--data", str(tmp_path / "none.jsonl"),
             "--out", str(tmp_path / "run"), *flags]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_each_algorithms_own_rl_settings_are_marked_and_refused_to_the_other() -> None:
+    assert [
+        n for n in ("scale_by_std", "loss_mean", "dynamic_sampling") if algo_of(n) != "grpo"
+    ] == []
+    assert [n for n in ("gamma", "gae_lambda", "vf_coef", "value_clip", "ptx_coef")
+            if algo_of(n) != "ppo"] == []  # fmt: skip
+    assert algo_of("kl_coef") is None and algo_of("no_end_penalty") is None  # both read them
+    check_algo_fields(["rl.gamma", "rl.kl_coef", "train.learning_rate"], "ppo")
+    check_algo_fields(["rl.dynamic_sampling", "rl.kl_coef"], "grpo")
+    with pytest.raises(FolioError, match=r"rl.gamma is PPO's setting \(--algo ppo\)"):
+        check_algo_fields(["rl.gamma"], "grpo")
+    with pytest.raises(FolioError, match=r"rl.loss_mean is GRPO's setting"):
+        check_algo_fields(["rl.loss_mean"], "ppo")
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--algo", "grpo", "--tasks", "add", "--rl.vf_coef", "0.5"], "rl.vf_coef is PPO's"),
+        (
+            ["--algo", "ppo", "--reward-model", "run:x", "--set", "rl.dynamic_sampling=2"],
+            "rl.dynamic_sampling is GRPO's",
+        ),  # fmt: skip
+    ],
+)
+def test_rl_refuses_the_other_algorithms_setting_before_anything_loads(
+    tmp_path, capsys, flags, words
+) -> None:
+    argv = ["rl", "--init-from", f"run:{tmp_path / 'none'}", "--out", str(tmp_path / "run"), *flags]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err, err

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from folio.commands.common import report_result, run_flags, trainer_flags
-from folio.config.rl import RLConfig, check_ptx
+from folio.config.rl import RLConfig, check_algo_fields, check_ptx
 from folio.config.run import add_config_flags, add_stage_flags, list_presets
 from folio.errors import FolioError
 
@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> None:
                 f"{key}: a minibatch of `folio rl` is rl.prompts_per_rollout x rl.group_size / "
                 f"rl.minibatches replies; set those instead"
             )
+    check_algo_fields([key for key, _ in overrides], args.algo)
     if env_from_environ().enabled:
         raise FolioError("folio rl runs in a single process; launch it without torchrun")
     run_config = build_run_config(args.preset, overrides, stages=("rl",))

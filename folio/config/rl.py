@@ -15,7 +15,7 @@ minibatch on.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from folio.config.checks import check_fields, within
@@ -23,6 +23,29 @@ from folio.errors import FolioError
 
 LOSS_MEAN_NAMES = ("token", "reply")
 """The values of `loss_mean` (folio.rl.estimators.LOSS_MEANS has one function per name)."""
+
+
+GRPO = {"algo": "grpo"}
+"""Field metadata: a setting only GRPO reads."""
+PPO = {"algo": "ppo"}
+"""Field metadata: a setting only PPO reads."""
+
+
+def algo_of(name: str) -> str | None:
+    """The one algorithm that reads RLConfig's field `name`, or None when both do."""
+    return next((f.metadata.get("algo") for f in fields(RLConfig) if f.name == name), None)
+
+
+def check_algo_fields(keys: list[str], algo: str) -> None:
+    """Refuse an `rl.FIELD` override that the other algorithm alone reads (it would do nothing)."""
+    for key in keys:
+        section, _, name = key.rpartition(".")
+        owner = algo_of(name) if section == "rl" else None
+        if owner is not None and owner != algo:
+            raise FolioError(
+                f"{key} is {owner.upper()}'s setting (--algo {owner}); --algo {algo} does not "
+                f"read it"
+            )
 
 
 @dataclass
@@ -49,26 +72,26 @@ class RLConfig:
     """Weight of the KL penalty to the frozen reference (the initial policy); 0: none. GRPO adds
     kl_coef times the k3 estimate to the loss; PPO subtracts kl_coef times log(pi / pi_ref) from
     each token's reward."""
-    scale_by_std: bool = True
+    scale_by_std: bool = field(default=True, metadata=GRPO)
     """GRPO: divide each group's advantages by the standard deviation of its rewards."""
-    loss_mean: str = field(default="token", metadata=within(choices=LOSS_MEAN_NAMES))
+    loss_mean: str = field(default="token", metadata=within(choices=LOSS_MEAN_NAMES) | GRPO)
     """GRPO: how the loss averages over reply tokens. 'token': every token of the minibatch
     weighs the same (DAPO), so long replies carry more of the gradient; 'reply': each reply's
     tokens are averaged first and every reply weighs the same (the original GRPO)."""
-    dynamic_sampling: int = field(default=0, metadata=within(0))
+    dynamic_sampling: int = field(default=0, metadata=within(0) | GRPO)
     """GRPO (DAPO's dynamic sampling): up to this many extra rollouts per update to replace
     groups whose replies all scored the same (their advantages are 0: no signal); 0: off."""
     no_end_penalty: float = field(default=0.0, metadata=within(0))
     """Subtracted from the reward of a reply that never produces the end-of-turn token."""
-    gamma: float = field(default=1.0, metadata=within(0, 1))
+    gamma: float = field(default=1.0, metadata=within(0, 1) | PPO)
     """PPO: discount of later rewards in GAE (1: none; a reply is short)."""
-    gae_lambda: float = field(default=0.95, metadata=within(0, 1))
+    gae_lambda: float = field(default=0.95, metadata=within(0, 1) | PPO)
     """PPO: GAE's lambda, trading the value estimate's bias (0) for the returns' variance (1)."""
-    vf_coef: float = field(default=0.1, metadata=within(0))
+    vf_coef: float = field(default=0.1, metadata=within(0) | PPO)
     """PPO: weight of the value loss beside the policy loss (they share the transformer)."""
-    value_clip: float = field(default=0.2, metadata=within(0))
+    value_clip: float = field(default=0.2, metadata=within(0) | PPO)
     """PPO: the value loss ignores moves of the value estimate beyond this from the rollout's."""
-    ptx_coef: float = field(default=0.0, metadata=within(0))
+    ptx_coef: float = field(default=0.0, metadata=within(0) | PPO)
     """PPO: weight of the SFT loss on --ptx-data conversations added to every step (PPO-ptx, as in
     InstructGPT), so the policy keeps what SFT taught beside what the reward model asks; 0: off."""
     train_seed: int = field(default=1, metadata=within(0))
