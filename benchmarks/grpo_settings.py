@@ -32,7 +32,14 @@ import time
 from pathlib import Path
 
 TASKS = ("reverse", "add", "count")
-RL = ("--rl.max_new_tokens", "48", "--train.eval_interval", "100000")
+RL = (
+    "--rl.max_new_tokens",
+    "48",
+    "--train.eval_interval",
+    "100000",
+    "--set",
+    "train.eval_at_start=false",
+)
 BIG = "--rl.prompts_per_rollout 32 --rl.epochs 1 --rl.minibatches 2"
 SETTINGS = {
     "preset-2e-5-all": "--tasks reverse,add,count --max-iters 100 --train.learning_rate 2e-5",
