@@ -1,12 +1,16 @@
-"""What many tests build: a dataset of random words, and a tiny GPT with wide random weights."""
+"""What many tests build: a dataset of random words, a tiny GPT with wide random weights, and
+`folio` run in the test's own process."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import random
 from pathlib import Path
 
 import torch
 
+from folio.cli import main
 from folio.data.corpora import load_corpus
 from folio.data.prepare import prepare_dataset
 from folio.models import GPT, GPTConfig
@@ -34,3 +38,12 @@ def wide_gpt(config: GPTConfig, seed: int = 0) -> GPT:
             if p.dim() > 1:
                 p.normal_(0.0, 0.2)
     return model.eval()
+
+
+def cli(*argv: object) -> tuple[int, str, str]:
+    """`folio ARGV` in this process (the same CLI, without a Python start-up): its exit status,
+    stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()

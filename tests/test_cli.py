@@ -23,6 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from factories import cli
 
 from folio.cli import build_parser, main
 
@@ -43,14 +44,6 @@ VERSE = [
 CORPUS = "\n".join(VERSE * 8) + "\n"  # about 3 KB
 PROMPT = "FIRST"
 TRAIN = ["--preset", "tiny", "--max-iters", "20", "--quiet", "--threads", "1"]
-
-
-def cli(*argv: object) -> tuple[int, str, str]:
-    """Run `folio ARGV` in-process; return (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from factories import cli
 
 from folio.checkpoint import clean_state_dict, save_checkpoint
-from folio.cli import main
 from folio.data.conversations import Conversation
 from folio.data.corpora import Corpus
 from folio.data.prepare import prepare_dataset
@@ -34,13 +32,6 @@ def chat_tokenizer() -> CharTokenizer:
 def conversation(prompt: str, answer: str, task: str, n: int = 1) -> Conversation:
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
     return Conversation(messages, f"test.jsonl:{n}", task)
-
-
-def cli(*argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_pass_at_k_hand_values() -> None:

@@ -4,16 +4,14 @@ itself and the k3 sum by hand otherwise."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from factories import cli
 
 from folio.checkpoint import clean_state_dict, save_checkpoint
-from folio.cli import main
 from folio.data.prefs import gold_score
 from folio.eval.gold import gold_report
 from folio.models import GPT, GPTConfig, build_model
@@ -80,13 +78,6 @@ def test_kl_to_another_reference_is_the_k3_sum_over_each_reply() -> None:
         by_hand.append(total)
     assert got["kl"] > 0
     assert abs(got["kl"] - sum(by_hand) / 2) < 1e-5
-
-
-def cli(*argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_folio_eval_gold_and_its_bad_input(tmp_path: Path) -> None:

@@ -7,19 +7,17 @@ one letter only: GRPO must make it more likely.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 import struct
 from pathlib import Path
 
 import pytest
 import torch
+from factories import cli
 from rl_models import picker, tiny, tokenizer
 
 from folio.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
-from folio.cli import main
 from folio.config.rl import RLConfig
 from folio.config.run import build_run_config
 from folio.data.tasks import Example
@@ -222,13 +220,6 @@ def test_resume_mid_rollout_continues_exactly(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- folio rl
-
-
-def cli(*argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture

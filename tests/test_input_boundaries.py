@@ -7,17 +7,15 @@ starts with "folio: error:", and never a traceback.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from factories import cli
 from serving import TEXT, random_gpt, save_run
 
 from folio.checkpoint import clean_state_dict, save_checkpoint
-from folio.cli import main
 from folio.errors import FolioError
 from folio.models import build_model
 from folio.models.config import RewardModelConfig
@@ -34,13 +32,6 @@ HOSTILE = {
     "huge integer": ('{"messages": [], "n": ' + "9" * 4301 + "}", "an integer of 4301 digits"),
     "lone surrogate": (None, "lone UTF-16 surrogate (U+D800)"),  # the line is the command's own
 }
-
-
-def cli(*argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def assert_one_line(code: int, err: str, *fragments: str) -> None:

@@ -7,19 +7,17 @@ pick any of four letters.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from factories import cli
 from rl_models import picker, tokenizer
 from safetensors.torch import load_file
 
 from folio.checkpoint import clean_state_dict, save_checkpoint
-from folio.cli import main
 from folio.config.rl import RLConfig
 from folio.config.run import build_run_config
 from folio.data.material import load_material
@@ -138,13 +136,6 @@ def test_reference_and_reward_model_unchanged_and_ppo_raises_the_reward(tmp_path
 
 
 # ---------------------------------------------------------------- folio rl
-
-
-def cli(*argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ folio/stages/, `folio prefs`, `folio reward`, `folio dpo`, `folio eval prefs`)."
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import random
@@ -13,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from factories import cli
 
 from folio.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
-from folio.cli import main
 from folio.data.conversations import Conversation, sft_rows
 from folio.data.prefs import (
     Pair,
@@ -57,13 +55,6 @@ def pairs_ab(ks) -> list[Pair]:
 def write_jsonl(path: Path, lines: list) -> Path:
     path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
     return path
-
-
-def cli(*argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 # ------------------------------------------------------------------ the data

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import signal
@@ -13,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from factories import cli as folio_here
 
 from folio import runtime
 from folio.cli import main
@@ -38,14 +37,6 @@ def folio(*args: object) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "folio", *map(str, args)], capture_output=True, text=True, env=env
     )
-
-
-def folio_here(*args: object) -> tuple[int, str, str]:
-    """`folio ARGS` in this process: its exit status, stdout and stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
+from factories import cli
 
 import folio.train.trainer as trainer_module
-from folio.cli import main
 from folio.errors import FolioError
 from folio.train.rundir import STAGES, check_run_dir, recorded_stage, stage_of
 
@@ -64,10 +62,7 @@ def test_fresh_runs_and_restart_keep_their_rules(tmp_path: Path) -> None:
 
 def in_process(*args: object) -> subprocess.CompletedProcess:
     """`folio ARGS` run in this process (the same CLI, without a Python start-up)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(args, *cli(*args))
 
 
 @pytest.mark.parametrize(
