@@ -196,6 +196,12 @@ prompt), or every two replies whose scores differ (InstructGPT's K-choose-2 comp
 pairs from the same samples, among them the ones that differ by a single test)."""
 
 
+def check_pairing(pairing: str) -> None:
+    """A FolioError unless `pairing` is a name of PAIRINGS."""
+    if pairing not in PAIRINGS:
+        raise FolioError(f"--pairs must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+
+
 def all_comparisons(
     prompt: str, replies: Sequence[tuple[str, bool]], flip: float, rng: random.Random
 ) -> list[tuple[str, str]]:
@@ -224,8 +230,7 @@ def make_pairs(
 ) -> list[Pair]:
     """Pairs from sampled replies: `sample(prompts)` gives (text, ended) replies per prompt,
     paired as `pairing` (a name of PAIRINGS) says."""
-    if pairing not in PAIRINGS:
-        raise FolioError(f"--pairs must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+    check_pairing(pairing)
     rng = random.Random(seed)
     pairs = []
     for prompt, replies in zip(prompts, sample(prompts), strict=True):

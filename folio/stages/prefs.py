@@ -15,7 +15,7 @@ from folio.data.material import load_material
 from folio.data.prefs import (
     FLIP,
     LINE_PROMPT,
-    PAIRINGS,
+    check_pairing,
     check_prefs_target,
     line_prompts,
     make_pairs,
@@ -59,8 +59,7 @@ def make_preferences(
             raise FolioError(f"{name} must be a positive integer, got {v!r}")
     if temperature <= 0:
         raise FolioError(f"--temperature must be positive (replies must differ), got {temperature}")
-    if pairing not in PAIRINGS:
-        raise FolioError(f"--pairs must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+    check_pairing(pairing)  # before the slow sampling
     check_seed(seed)
     policy = load_policy(checkpoint, "--checkpoint")
     tok, model = policy.tokenizer, policy.model
